@@ -1,0 +1,79 @@
+//! The thin layer every wasmgate filter shares over the proxy-wasm host.
+//!
+//! Logging and panic reporting ([`init`]), loading a plugin configuration with one
+//! clear log line on refusal ([`load_config`]), Envoy attributes as text
+//! ([`property_text`]), time ([`now_millis`]), metrics ([`Counter`], [`Histogram`])
+//! and the [`SharedStore`](wasmgate_shared_store::SharedStore) adapter over shared
+//! data ([`HostStore`]). Everything that decides anything lives in the logic crates.
+
+mod metrics;
+mod store;
+
+pub use metrics::{Counter, Gauge, Histogram};
+pub use store::HostStore;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MapType};
+use std::time::UNIX_EPOCH;
+use wasmgate_config::ConfigError;
+
+/// Installs the logger and a panic hook that names the filter. Call from `main!`.
+///
+/// The release profile aborts on panic, which traps the VM; the hook makes sure the
+/// reason reaches Envoy's log first.
+pub fn init(filter: &'static str) {
+    proxy_wasm::set_log_level(LogLevel::Info);
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = hostcalls::log(LogLevel::Critical, &format!("{filter}: panic: {info}"));
+    }));
+}
+
+/// Follows Envoy's log level for the `wasm` component, so `debug` logs cost nothing
+/// unless someone asked for them. Call from `on_vm_start` or `on_configure`.
+pub fn follow_host_log_level() {
+    if let Ok(level) = hostcalls::get_log_level() {
+        proxy_wasm::set_log_level(level);
+    }
+}
+
+/// Reads and parses the plugin configuration. On refusal, logs one line naming the
+/// filter and the offending field and returns `None`; `on_configure` then returns
+/// `false`, so Envoy refuses the filter instead of serving a half-configured one.
+pub fn load_config<T>(
+    filter: &str,
+    bytes: Option<Vec<u8>>,
+    parse: impl FnOnce(&[u8]) -> Result<T, ConfigError>,
+) -> Option<T> {
+    let bytes = bytes.unwrap_or_default();
+    match parse(&bytes) {
+        Ok(config) => Some(config),
+        Err(err) => {
+            let _ = hostcalls::log(
+                LogLevel::Error,
+                &format!("{filter}: invalid plugin configuration: {err}"),
+            );
+            None
+        }
+    }
+}
+
+/// An Envoy attribute as UTF-8 text (`["source", "address"]`), if present.
+pub fn property_text(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok().flatten()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The first value of a request header.
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The host's wall clock in milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,79 @@
+"""pytest fixtures for the end-to-end tests. See harness/__init__.py."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import Envoy, Service, tool_path  # noqa: E402
+from harness.envoy import run_to_exit  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _failed(request) -> bool:
+    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+               for when in ("setup", "call"))
+
+
+@pytest.fixture
+def start_envoy(request, tmp_path):
+    """`start_envoy(config, **kwargs) -> Envoy`, stopped after the test. When the test
+    fails, every Envoy log it started is printed (pytest shows it with the failure)."""
+    started = []
+
+    def start(config, **kwargs):
+        kwargs.setdefault("name", f"envoy{len(started)}")
+        envoy = Envoy(config, tmp_path, **kwargs)
+        started.append(envoy)
+        return envoy.start()
+
+    yield start
+    for envoy in started:
+        envoy.stop()
+    if _failed(request):
+        for envoy in started:
+            print(f"\n===== {envoy.name} log ({envoy.log_file}) =====\n{envoy.log()[-30000:]}")
+
+
+@pytest.fixture
+def refused_envoy(tmp_path):
+    """`refused_envoy(config) -> (returncode, log)` for configs Envoy must refuse."""
+
+    def run(config):
+        return run_to_exit(config, tmp_path)
+
+    return run
+
+
+@pytest.fixture
+def start_service(request, tmp_path):
+    """`start_service(argv, name) -> Service`, stopped after the test; logs printed on
+    failure."""
+    started = []
+
+    def start(argv, name, **kwargs):
+        service = Service(argv, name, tmp_path, **kwargs)
+        started.append(service)
+        return service.start()
+
+    yield start
+    for service in started:
+        service.stop()
+    if _failed(request):
+        for service in started:
+            print(f"\n===== {service.name} log =====\n{service.log()[-10000:]}")
+
+
+@pytest.fixture
+def echo(start_service):
+    """An echo upstream (`wasmgate-demo echo`): answers with the request it received."""
+    return start_service([tool_path("demo"), "echo", "--name", "echo"], "echo")
+
