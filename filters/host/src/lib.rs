@@ -4,11 +4,14 @@
 //! clear log line on refusal ([`load_config`]), Envoy attributes as text
 //! ([`property_text`]), time ([`now_millis`]), metrics ([`Counter`], [`Histogram`])
 //! and the [`SharedStore`](wasmgate_shared_store::SharedStore) adapter over shared
-//! data ([`HostStore`]). Everything that decides anything lives in the logic crates.
+//! data ([`HostStore`]), HTTP callouts and waking the requests that waited for them
+//! ([`Callout`], [`resume_request`]). Everything that decides anything lives in the logic crates.
 
+mod callout;
 mod metrics;
 mod store;
 
+pub use callout::{respond_to_request, resume_request, Callout, CalloutResponse};
 pub use metrics::{Counter, Gauge, Histogram};
 pub use store::HostStore;
 
