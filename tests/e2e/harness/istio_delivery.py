@@ -414,7 +414,41 @@ def proxy_bootstrap(http_filters: list, upstream, extra_clusters=()) -> dict:
                              "istio-system.svc.cluster.local")
 
 
+class EmulatedProxy:
+    """One Istio proxy as istiod and istio-agent set it up for a set of WasmPlugins:
+    `bootstrap()` gives the Envoy config, `push()` sends an updated WasmPlugin the way
+    an edit in Kubernetes would reach the running proxy."""
+
+    def __init__(self, workdir: Path, istio_version: str, build_dir: Path):
+        self.istiod = IstiodEmulation(istio_version)
+        self.agent = AgentEmulation(BuiltArtifacts(Path(build_dir)), Path(workdir) / "wasm-cache")
+        self.ecds_dir = Path(workdir) / "ecds"
+        self.ecds_dir.mkdir(parents=True, exist_ok=True)
+        self._versions = {}
+
+    def ecds_file(self, plugin: WasmPlugin) -> Path:
+        digest = hashlib.sha256(self.istiod.resource_name(plugin).encode()).hexdigest()[:16]
+        return self.ecds_dir / f"{plugin.namespace}.{plugin.name}.{digest}.json"
+
+    def push(self, plugin: WasmPlugin) -> dict:
+        """istiod's resource, converted by the agent, written for Envoy. Returns what
+        Envoy receives."""
+        resource = self.agent.convert(self.istiod.extension_config(plugin))
+        key = self.istiod.resource_name(plugin)
+        self._versions[key] = self._versions.get(key, 0) + 1
+        write_ecds(self.ecds_file(plugin), resource, str(self._versions[key]))
+        return resource
+
+    def bootstrap(self, plugins: list, upstream, service_entries=(), callout_endpoint=None) -> dict:
+        for plugin in plugins:
+            self.push(plugin)
+        filters = [self.istiod.http_filter(p, self.ecds_file(p)) for p in self.istiod.ordered(plugins)]
+        clusters = service_entry_clusters(service_entries, callout_endpoint or upstream)
+        return proxy_bootstrap(filters, upstream, clusters)
+
+
 __all__ = [
+    "EmulatedProxy",
     "AgentEmulation", "BuiltArtifacts", "FetchError", "HCM", "ISTIO_VERSIONS", "IstiodEmulation",
     "WasmPlugin", "istio_cluster_name", "istiod_json", "proxy_bootstrap", "rbac_fallback",
     "service_entry_clusters", "write_ecds",
