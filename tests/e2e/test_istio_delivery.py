@@ -102,6 +102,7 @@ def gateway(start_envoy, echo, tmp_path):
 def test_emulated_istio_delivery_serves_the_shipped_wasmplugin(gateway, name, istio_version):
     doc = PLUGIN_DOCS[name]
     envoy, proxy = gateway([doc], istio_version)
+    assert proxy.agent.log == [], "the agent refused the module (stale pin? `make istio-pin`)"
     plugin = WasmPlugin.from_manifest(doc)
     resource = proxy.istiod.resource_name(plugin)
     # The pluginConfig, serialised as istiod does, was accepted by the filter itself.
@@ -124,6 +125,7 @@ def test_emulated_istio_delivery_over_https(gateway):
     for variant in https_variants(wasm_plugins(SHIPPED)):
         assert variant.doc["spec"]["url"].startswith("https://")
         envoy, proxy = gateway([variant.doc], ISTIO_1_30)
+        assert proxy.agent.log == [], "the agent refused the module (stale pin? `make istio-pin`)"
         resource = proxy.istiod.resource_name(WasmPlugin.from_manifest(variant.doc))
         assert ecds_stat(envoy, resource, "update_success") == 1
         probe_for(variant.doc)(envoy)
@@ -133,6 +135,7 @@ def test_emulated_istio_delivery_over_https(gateway):
 def test_emulated_istio_delivery_chains_every_plugin_in_phase_and_priority_order(gateway):
     docs = list(PLUGIN_DOCS.values())
     envoy, proxy = gateway(docs, ISTIO_1_30)
+    assert proxy.agent.log == [], "the agent refused a module (stale pin? `make istio-pin`)"
     plugins = [WasmPlugin.from_manifest(d) for d in docs]
     expected = [proxy.istiod.resource_name(p) for p in proxy.istiod.ordered(plugins)]
     assert listener_filter_names(envoy) == [*expected, "envoy.filters.http.router"]

@@ -88,3 +88,24 @@ def test_oci_images_are_reproducible(tmp_path):
     for module in MODULES:
         assert (tmp_path / f"{module}.tar").read_bytes() == \
             (BUILD / "oci" / f"{module}.tar").read_bytes()
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_skopeo_reads_the_image_and_keeps_its_digest_when_copying(module, tmp_path):
+    """An independent OCI implementation (skopeo, containers/image) reads the layout
+    and the tarball with the pinned digest, and copying the image the way a push does
+    keeps that digest: the WasmPlugin's sha256 still matches after publishing."""
+    version = built_digests()["version"]
+    digest = built_digests()["modules"][module]["manifest"]
+
+    def raw_manifest(reference):
+        return subprocess.run(["skopeo", "inspect", "--raw", reference], check=True,
+                              capture_output=True, timeout=60).stdout
+
+    layout = BUILD / "oci" / module
+    assert sha256(raw_manifest(f"oci:{layout}:{version}")) == digest
+    assert sha256(raw_manifest(f"oci-archive:{BUILD / 'oci' / module}.tar:{version}")) == digest
+    copy = tmp_path / "copy"
+    subprocess.run(["skopeo", "copy", "--preserve-digests", f"oci:{layout}:{version}",
+                    f"oci:{copy}:{version}"], check=True, capture_output=True, timeout=60)
+    assert sha256(raw_manifest(f"oci:{copy}:{version}")) == digest

@@ -126,7 +126,8 @@ class CrdCatalog:
                 schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
         problems = [_schema_problem(err) for err in self._validators[key].iter_errors(doc)]
         if problems:
-            # The API server runs CEL rules only on documents that fit the schema.
+            # CEL rules assume the schema's types (`self.size()` of a string); judge
+            # them only on documents that fit it. The verdict is a refusal either way.
             return sorted(set(problems), key=str)
         return _KubernetesRules(self._versions[key]).check(doc)
 
