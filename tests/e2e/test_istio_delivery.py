@@ -187,6 +187,20 @@ def test_emulated_istio_delivery_keeps_serving_when_the_filter_refuses_an_update
         assert seen.header("x-user-id") is None
 
 
+def test_emulated_istio_delivery_passes_the_vm_environment_without_the_agents_own(gateway):
+    """vmConfig.env (how the API-key filter gets its pepper): inline values and host
+    variable names reach Envoy, the agent's ISTIO_META_* variables do not."""
+    doc = _headers_doc()
+    doc["spec"]["vmConfig"] = {"env": [{"name": "WASMGATE_PEPPER", "valueFrom": "HOST"},
+                                       {"name": "WASMGATE_MODE", "value": "strict"}]}
+    envoy, proxy = gateway([doc])
+    resource = proxy.istiod.resource_name(WasmPlugin.from_manifest(doc))
+    vm = ecds_dump(envoy)[resource]["typed_config"]["config"]["vm_config"]
+    assert vm["environment_variables"] == {"host_env_keys": ["WASMGATE_PEPPER"],
+                                           "key_values": {"WASMGATE_MODE": "strict"}}
+    probe_headers(envoy)
+
+
 def _with_wrong_sha256(fail_strategy: str, https: bool = False) -> dict:
     doc = _headers_doc()
     doc["spec"]["failStrategy"] = fail_strategy

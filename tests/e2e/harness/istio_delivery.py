@@ -10,7 +10,9 @@ istiod (`IstiodEmulation`)
   a JSON `google.protobuf.StringValue` (`protomarshal.ToJSON`, see `istiod_json`), V8,
   the code as `remote` (`http_uri` with cluster `_`, timeout 30s, `sha256`), VM
   environment (`ISTIO_META_WASM_*` for the agent, then `vmConfig.env`), failStrategy
-  -> `failure_policy` (FAIL_CLOSE -> FAIL_CLOSED, the default; FAIL_OPEN -> FAIL_OPEN).
+  -> `failure_policy` (FAIL_CLOSE -> FAIL_CLOSED, the default; FAIL_OPEN -> FAIL_OPEN;
+  istiod writes the deprecated `fail_open` instead only for proxies older than 1.25,
+  not emulated).
 - ECDS resource names: `extensions.istio.io/wasmplugin/<ns>.<name>` up to 1.29
   (`WasmPluginResourceNamePrefix`); from 1.30 a WasmPlugin is first translated into a
   synthetic TrafficExtension named `<name>~istio-translated-wasmplugin`
@@ -56,7 +58,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from .bootstrap import HCM, STRING_VALUE, WASM, bootstrap, cluster, http_listener, route
+from .bootstrap import STRING_VALUE, WASM, bootstrap, cluster, http_listener, route
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 TYPED_EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
@@ -449,7 +451,7 @@ class EmulatedProxy:
 
 __all__ = [
     "EmulatedProxy",
-    "AgentEmulation", "BuiltArtifacts", "FetchError", "HCM", "ISTIO_VERSIONS", "IstiodEmulation",
+    "AgentEmulation", "BuiltArtifacts", "FetchError", "ISTIO_VERSIONS", "IstiodEmulation",
     "WasmPlugin", "istio_cluster_name", "istiod_json", "proxy_bootstrap", "rbac_fallback",
     "service_entry_clusters", "write_ecds",
 ]
