@@ -58,8 +58,10 @@ def probe_counts_requests(module):
     return probe
 
 
-#: How to see that a delivered filter works, by module. Add one per filter when its
-#: behaviour needs its fixtures (a JWKS, a key store) to show.
+#: How to see that a delivered filter works, by module: `probe(envoy)`. A filter
+#: whose behaviour needs a fixture (a JWKS issuer, a key store) gets it through
+#: `gateway(docs, callouts={"idp.example.com": jwks_fixture})` in a test of its own;
+#: the default probe only shows that the filter loaded and counted a request.
 DELIVERY_PROBES = {"headers": probe_headers}
 
 
@@ -86,12 +88,14 @@ def listener_filter_names(envoy) -> list:
 
 @pytest.fixture
 def gateway(start_envoy, echo, tmp_path):
-    """`gateway(plugin_docs, istio_version) -> (envoy, proxy)`: an Envoy set up as
-    istiod + istio-agent would, for these WasmPlugin manifests."""
-    def start(docs, istio_version=ISTIO_1_30):
+    """`gateway(plugin_docs, istio_version, callouts) -> (envoy, proxy)`: an Envoy set
+    up as istiod + istio-agent would, for these WasmPlugin manifests, in front of the
+    echo upstream. `callouts` maps a ServiceEntry host (idp.example.com, ...) to the
+    fixture that serves it; other ServiceEntry clusters lead to the echo upstream."""
+    def start(docs, istio_version=ISTIO_1_30, callouts=None):
         proxy = EmulatedProxy(tmp_path / istio_version, istio_version, BUILD)
         plugins = [WasmPlugin.from_manifest(doc) for doc in docs]
-        envoy = start_envoy(proxy.bootstrap(plugins, echo, SERVICE_ENTRIES, echo),
+        envoy = start_envoy(proxy.bootstrap(plugins, echo, SERVICE_ENTRIES, callouts),
                             name=f"gateway-{istio_version}")
         return envoy, proxy
     return start
@@ -139,6 +143,12 @@ def test_emulated_istio_delivery_chains_every_plugin_in_phase_and_priority_order
     plugins = [WasmPlugin.from_manifest(d) for d in docs]
     expected = [proxy.istiod.resource_name(p) for p in proxy.istiod.ordered(plugins)]
     assert listener_filter_names(envoy) == [*expected, "envoy.filters.http.router"]
+    # The clusters the callouts name exist under Istio's names.
+    clusters = envoy.admin("/clusters")
+    for entry in SERVICE_ENTRIES:
+        for host in entry["spec"]["hosts"]:
+            for port in entry["spec"]["ports"]:
+                assert f"outbound|{port['number']}||{host}::" in clusters
     for doc in docs:
         probe_for(doc)(envoy)
 

@@ -394,15 +394,17 @@ def istio_cluster_name(host: str, port: int, subset: str = "") -> str:
     return f"outbound|{port}|{subset}|{host}"
 
 
-def service_entry_clusters(service_entries: list, endpoint) -> list:
+def service_entry_clusters(service_entries: list, endpoints: dict, default) -> list:
     """The `outbound|<port>||<host>` clusters of ServiceEntry manifests, each pointing
-    at `endpoint` (a fixture with .host/.port) instead of the real host."""
+    at a local fixture (anything with .host/.port) instead of the real host:
+    `endpoints[host]`, else `default`."""
     clusters = []
     for entry in service_entries:
         for host in entry["spec"]["hosts"]:
+            target = endpoints.get(host, default)
             for port in entry["spec"].get("ports", []):
                 clusters.append(cluster(istio_cluster_name(host, port["number"]),
-                                        endpoint.host, endpoint.port))
+                                        target.host, target.port))
     return clusters
 
 
@@ -441,11 +443,13 @@ class EmulatedProxy:
         write_ecds(self.ecds_file(plugin), resource, str(self._versions[key]))
         return resource
 
-    def bootstrap(self, plugins: list, upstream, service_entries=(), callout_endpoint=None) -> dict:
+    def bootstrap(self, plugins: list, upstream, service_entries=(), callouts=None) -> dict:
+        """`callouts` maps a ServiceEntry host to the fixture serving it (e.g. the JWKS
+        issuer for idp.example.com); other hosts go to `upstream`."""
         for plugin in plugins:
             self.push(plugin)
         filters = [self.istiod.http_filter(p, self.ecds_file(p)) for p in self.istiod.ordered(plugins)]
-        clusters = service_entry_clusters(service_entries, callout_endpoint or upstream)
+        clusters = service_entry_clusters(service_entries, callouts or {}, upstream)
         return proxy_bootstrap(filters, upstream, clusters)
 
 
