@@ -60,7 +60,7 @@ lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 # Benchmarks (BENCHMARKS.md; bench/): never part of `make test`. QUICK=1: a short run
 # written to build/bench/BENCHMARKS-quick.md. BENCH_ARGS: more options (`--help`).
 BENCH_ARGS ?=
-bench: build bench-wasm ## Benchmark against bare Envoy and native filters, write BENCHMARKS.md (QUICK=1: short).
+bench: build bench-wasm ## Measure the filters against bare Envoy and native ones into BENCHMARKS.md (QUICK=1: short).
 	.venv/bin/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 bench-wasm:

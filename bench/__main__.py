@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.paths import BUILD, ROOT
 
-from .report import environment, write_json, write_markdown
+from .report import environment, read_json, write_json, write_markdown
 from .run import BASELINE, Bench, Settings
 from .scenarios import REGISTRY
 
@@ -49,6 +49,9 @@ def parse_args(argv):
                              "(default: only in a full run without --only/--rounds/...)")
     parser.add_argument("--out", type=Path, help="the Markdown report (full: BENCHMARKS.md)")
     parser.add_argument("--json", type=Path, help="raw results (default: next to the work dir)")
+    parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                        help="measure nothing: write the report again from a run's raw "
+                             "results (after a change to the report's format)")
     parser.add_argument("--workdir", type=Path,
                         help="configs, logs and token files (default: build/bench/run)")
     return parser.parse_args(argv)
@@ -94,6 +97,12 @@ def main(argv=None) -> int:
         for scenario in REGISTRY.select():
             print(f"{scenario.name:28} {scenario.what}")
         return 0
+    if args.render:
+        settings, env, results, comparison = read_json(args.render)
+        out = args.out or ROOT / "BENCHMARKS.md"
+        write_markdown(out, settings, env, results, comparison)
+        print(f"bench: wrote {out} from {args.render}")
+        return 0
     settings = settings_from(args)
     names = list(settings.only)
     if names and BASELINE not in names:
@@ -104,7 +113,7 @@ def main(argv=None) -> int:
         print(f"bench: {err.args[0]}", file=sys.stderr)
         return 2
 
-    workdir = args.workdir or BUILD / "bench" / "run"
+    workdir = (args.workdir or BUILD / "bench" / "run").resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     out = args.out or (BUILD / "bench" / "BENCHMARKS-quick.md" if args.quick

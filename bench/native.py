@@ -20,12 +20,14 @@ CLAIM_HEADERS = [
 
 
 def jwt_authn(key: SigningKey, *, cache: bool, remote_cluster: str = None,
-              remote_path: str = "/jwks.json") -> dict:
+              remote_path: str = "/jwks.json", async_fetch: bool = False) -> dict:
     """`jwt_authn` requiring a token from `key`'s issuer on every path.
 
     `cache` adds `jwt_cache_config` (Envoy's default size, 100 tokens): a token seen
     before skips signature verification. The JWKS is inline (`local_jwks`, as istiod
-    delivers it) unless `remote_cluster` names a cluster serving it at `remote_path`.
+    delivers it) unless `remote_cluster` names a cluster serving it at `remote_path`;
+    then `async_fetch` fetches it when the listener starts instead of on the first
+    request that needs it.
     """
     provider = {
         "issuer": ISSUER,
@@ -38,6 +40,8 @@ def jwt_authn(key: SigningKey, *, cache: bool, remote_cluster: str = None,
                          "cluster": remote_cluster, "timeout": "5s"},
             "cache_duration": "600s",
         }
+        if async_fetch:
+            provider["remote_jwks"]["async_fetch"] = {}
     else:
         provider["local_jwks"] = {"inline_string": key.jwks}
     if cache:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from harness.paths import ROOT, envoy_binary
 
-from .run import BASELINE, FLOOR, median_range, paired_differences, paired_ratios
+from .run import (BASELINE, FLOOR, Sample, ScenarioResult, Settings, median_range,
+                  paired_differences, paired_ratios)
 
 MIB = 1024 * 1024
 
@@ -88,6 +89,29 @@ def write_json(path: Path, settings, env, results: dict, comparison: dict):
     }, indent=1))
 
 
+def _result_from(data: dict) -> ScenarioResult:
+    fields = {f.name for f in dataclasses.fields(Sample)}
+    by_concurrency = ("rss_idle", "rss_loaded", "callouts")  # JSON made their keys text
+    result = ScenarioResult(**{k: v for k, v in data.items()
+                               if k not in ("samples", *by_concurrency)})
+    result.samples = [Sample(**{k: v for k, v in s.items() if k in fields})
+                      for s in data["samples"]]
+    for name in by_concurrency:
+        setattr(result, name, {int(c): v for c, v in data[name].items()})
+    return result
+
+
+def read_json(path: Path):
+    """(settings, environment, results, upstream comparison) as `write_json` wrote them,
+    so that the report can be rendered again without measuring again."""
+    data = json.loads(Path(path).read_text())
+    settings = Settings(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in data["settings"].items()})
+    results = {name: _result_from(r) for name, r in data["scenarios"].items()}
+    comparison = {label: _result_from(r) for label, r in data["upstream_comparison"].items()}
+    return settings, data["environment"], results, comparison
+
+
 # --- formatting -------------------------------------------------------------------------
 
 def _spread(stats, fmt: str) -> str:
@@ -131,6 +155,13 @@ class Figures:
 
     def ratio(self, r):
         return median_range(paired_ratios(r.samples, self.base_samples))
+
+    def cpu_ratio(self, r):
+        """bare's CPU per request over the scenario's, paired by round: the throughput
+        ratio Envoy would show if it had its CPU to itself (it is CPU-bound)."""
+        return median_range(paired_ratios(r.samples, self.base_samples,
+                                          lambda s: 1 / s.cpu_us_per_request
+                                          if s.cpu_us_per_request else None))
 
     def cpu_us(self, r):
         return median_range([s.cpu_us_per_request for s in r.samples])
@@ -198,6 +229,7 @@ def _throughput(fig: Figures) -> str:
             f"`{r.name}`",
             _spread(fig.rps(r), "{:,.0f}"),
             _spread(fig.ratio(r), "{:.2f}"),
+            _spread(fig.cpu_ratio(r), "{:.2f}"),
             "–" if r.anchor is None else f"{r.anchor:.2f}",
             _spread(fig.cpu_us(r), "{:.1f}"),
             "–" if r.name == BASELINE else _spread(fig.added_cpu_us(r), "{:+.1f}"),
@@ -210,13 +242,15 @@ def _throughput(fig: Figures) -> str:
     return ("## Throughput, one worker\n\n"
             "Median over the rounds, (min–max) in brackets. *× bare* is each round's req/s "
             "divided by `bare`'s in the same round. *Envoy µs/req* is Envoy's CPU time per "
-            "request (all its threads), *+µs* the same minus `bare`'s in the same round: the "
-            "filter's own cost, which other load on the machine does not inflate the way it "
-            "lowers req/s. *Envoy CPU* is Envoy's CPU time over the run's wall time (near "
-            "100%: Envoy was the bottleneck, as intended); *others* is what other processes "
-            "took of Envoy's CPU meanwhile (noise).\n\n"
-            + _table(["scenario", "req/s", "× bare", "anchor", "Envoy µs/req", "+µs vs bare",
-                      "Envoy CPU", "others", "p99 ms"], rows))
+            "request (all its threads); *× bare (CPU)* is `bare`'s µs/req divided by the "
+            "scenario's, same round: the throughput ratio Envoy would show with its CPU to "
+            "itself, which other load on the machine disturbs far less than req/s; *+µs* is "
+            "the scenario's µs/req minus `bare`'s, same round: the filters' own cost. "
+            "*anchor*: the ratio measured before (NOTES.md). *Envoy CPU* is Envoy's CPU time "
+            "over the run's wall time (near 100%: Envoy was the bottleneck, as intended); "
+            "*others* is what other processes took of Envoy's CPU meanwhile (noise).\n\n"
+            + _table(["scenario", "req/s", "× bare", "× bare (CPU)", "anchor", "Envoy µs/req",
+                      "+µs vs bare", "Envoy CPU", "others", "p99 ms"], rows))
 
 
 def _memory(results: dict) -> str:
@@ -301,8 +335,9 @@ def _upstreams(settings, env, comparison: dict) -> str:
             _spread(fig.ratio(floor), "{:.2f}") if floor and floor.samples else "–",
         ))
     return ("## Choice of upstream\n\n"
-            f"`bare` and `wasm-floor` against each upstream, interleaved ({settings.rounds} "
-            f"rounds of {settings.seconds:g} s), both upstreams on CPU {env['load_cpu']} with "
+            f"`bare` and `wasm-floor` against each upstream, interleaved "
+            f"({min(3, settings.rounds)} rounds of {settings.seconds:g} s), the upstream on "
+            f"CPU {env['load_cpu']} with "
             "wrk. The upstream used for every table above is the one where Envoy, not the "
             "load side, limits throughput (Envoy CPU nearest 100%) and the floor's ratio is "
             "clearest.\n\n"
@@ -313,42 +348,72 @@ def _upstreams(settings, env, comparison: dict) -> str:
 def _reading(settings, env, fig: Figures, comparison: dict) -> str:
     lines = []
     base = fig.base
+    busy = True
     if base and base.samples:
         rps = fig.rps(base)
         spread = (rps[2] / rps[1] - 1) if rps[1] else 0
         share = fig.envoy_share(base)
+        busy = share[0] >= 0.9
         others = median_range([s.others_cpu_share for r in fig.measured() for s in r.samples])
         noise = (f"other processes took a median {others[0]:.0%} (up to {others[2]:.0%}) of "
                  "Envoy's CPU during the runs" if others else "Envoy was not pinned")
         lines.append(
-            f"- **Noise.** `bare` served {rps[0]:,.0f} req/s (median), varying by {spread:.0%} "
-            f"between its slowest and fastest round; {noise}. Envoy used {share[0]:.0%} of its "
-            "CPU under load" + (" (it was the bottleneck)." if share[0] >= 0.9 else
-                                ": below 90%, so part of the time it waited for the load side "
-                                "or was preempted; trust *+µs* over *× bare*."))
+            f"- **Noise.** `bare` served {rps[0]:,.0f} req/s (median), its fastest round "
+            f"{spread:.0%} above its slowest; {noise}. Envoy used {share[0]:.0%} of its CPU "
+            "under load" + (" (it was the bottleneck, as intended)." if busy else
+                            ": it was preempted or waiting, so req/s ratios are noise-bound; "
+                            "read *× bare (CPU)* and *+µs* instead."))
     floor = fig.results.get(FLOOR)
     floor_added = fig.added_cpu_us(floor) if floor and floor.samples else None
-    if floor_added:
-        ratio = fig.ratio(floor)
-        lines.append(f"- **The wasm floor** (one V8 crossing per request) costs "
-                     f"{floor_added[0]:.1f} µs of Envoy CPU per request, {ratio[0]:.2f}× bare "
-                     f"throughput (NOTES anchor {floor.anchor:.2f}).")
     for r in fig.measured():
-        if r.name in (BASELINE, FLOOR):
+        if r.name == BASELINE:
             continue
-        added = fig.added_cpu_us(r)
-        ratio = fig.ratio(r)
-        if not added or not ratio:
+        added, ratio, cpu_ratio = fig.added_cpu_us(r), fig.ratio(r), fig.cpu_ratio(r)
+        if not (added and ratio and cpu_ratio):
             continue
-        text = f"- `{r.name}`: {ratio[0]:.2f}× bare, +{added[0]:.1f} µs/request"
-        if floor_added and floor_added[0] > 0 and not r.name.startswith("native-"):
-            text += f" ({added[0] / floor_added[0]:.2f}× the floor's added cost; target P1 ≤ 1.25)"
+        text = (f"- `{r.name}`: {ratio[0]:.2f}× bare by req/s, {cpu_ratio[0]:.2f}× by CPU, "
+                f"{added[0]:+.1f} µs of Envoy CPU per request")
         if r.anchor is not None:
-            text += f"; anchor {r.anchor:.2f}"
+            text += f" (anchor {r.anchor:.2f})"
+        if r.name != FLOOR and floor_added and floor_added[0] > 0 \
+                and not r.name.startswith("native-"):
+            text += f"; {added[0] / floor_added[0]:.2f}× the floor's added cost (P1: ≤ 1.25)"
         lines.append(text + ".")
+    lines += _memory_reading(fig.results) + _callout_reading(fig.results)
     if not lines:
         return ""
     return "## Reading\n\n" + "\n".join(lines)
+
+
+def _memory_reading(results: dict) -> list:
+    base = results.get(BASELINE)
+    if not base or not base.rss_loaded:
+        return []
+    concurrency = max(base.rss_loaded)
+    deltas = {r.name: (r.rss_loaded[concurrency] - base.rss_loaded[concurrency]) / MIB
+              for r in results.values()
+              if r.name != BASELINE and r.rss_loaded.get(concurrency)}
+    if not deltas:
+        return []
+    wasm = [f"`{name}` {delta:+.1f} MiB" for name, delta in deltas.items()
+            if not name.startswith("native-")]
+    native = [delta for name, delta in deltas.items() if name.startswith("native-")]
+    text = f"- **Memory** at concurrency {concurrency}, under load, against `bare`: "
+    text += ", ".join(wasm) if wasm else "no wasm scenario"
+    if native:
+        text += f"; Envoy's native filters {min(native):+.1f} to {max(native):+.1f} MiB"
+    return [text + "."]
+
+
+def _callout_reading(results: dict) -> list:
+    lines = []
+    for r in results.values():
+        clusters = sorted({k for v in r.callouts.values() for k in v if k != "requests"})
+        for name in clusters:
+            counts = ", ".join(f"{seen[name]} at c{c}" for c, seen in sorted(r.callouts.items()))
+            lines.append(f"- **Callouts**: `{r.name}` fetched through `{name}` {counts} "
+                         "(P5 asks for one per refresh per Envoy, whatever the concurrency).")
+    return lines
 
 
 def _failures(results: dict, comparison: dict) -> str:

@@ -133,7 +133,9 @@ class Bench:
     def __init__(self, settings: Settings, workdir: Path, placement: Placement = None,
                  say=print):
         self.settings = settings
-        self.say = lambda text: say(f"bench: {text}", flush=True)
+        began = time.monotonic()
+        self.say = lambda text: say(f"bench: [{time.monotonic() - began:5.0f}s] {text}",
+                                    flush=True)
         self.workdir = Path(workdir)
         self.placement = placement or Placement.choose()
         self.ctx = BenchContext(self.workdir, self.placement)
@@ -257,8 +259,9 @@ class Bench:
         self.finished_at = time.time()
         return results
 
-    def throughput_pass(self, entries: dict, results: dict):
+    def throughput_pass(self, entries: dict, results: dict, rounds: int = None):
         """`entries`: {label: (scenario, upstream)}; one Envoy each, then the rounds."""
+        rounds = self.settings.rounds if rounds is None else rounds
         live = {}
         for label, (scenario, upstream) in entries.items():
             result = results[label]
@@ -272,14 +275,14 @@ class Bench:
                 result.fail(str(err))
                 envoy.stop()
                 continue
-            if not warm.clean:
+            if not scenario.accepts(warm):
                 result.fail(f"warm-up run was not clean: {warm.status_errors} non-2xx answers, "
                             f"{warm.socket_errors} socket errors in {warm.requests} requests")
                 envoy.stop()
                 continue
             live[label] = (envoy, scenario)
         labels = list(live)
-        for round_ in range(self.settings.rounds):
+        for round_ in range(rounds):
             order = labels if round_ % 2 == 0 else labels[::-1]
             for label in order:
                 envoy, scenario = live[label]
@@ -289,58 +292,68 @@ class Bench:
                     results[label].fail(str(err))
                     continue
                 results[label].samples.append(sample)
-                self.say(f"round {round_ + 1}/{self.settings.rounds} {label}: "
+                self.say(f"round {round_ + 1}/{rounds} {label}: "
                          f"{sample.rps:,.0f} req/s, Envoy {sample.cpu_us_per_request:.1f} µs/req, "
                          f"{sample.envoy_cpu_share:.0%} CPU"
-                         + ("" if sample.clean else " (NOT CLEAN)"))
+                         + ("" if scenario.accepts(sample) else " (NOT CLEAN)"))
         for label, (envoy, scenario) in live.items():
             result = results[label]
             result.rss_loaded[1] = max((s.rss_peak for s in result.samples), default=0)
             if scenario.counters:
                 stats = envoy.stats()
                 result.counters = {k: stats.get(v) for k, v in scenario.counters.items()}
-            bad = [s for s in result.samples if not s.clean]
+            bad = [s for s in result.samples if not scenario.accepts(s)]
             if bad:
                 result.fail(f"{len(bad)} of {len(result.samples)} runs had non-2xx answers or "
                             f"socket errors ({sum(s.status_errors for s in bad)} / "
                             f"{sum(s.socket_errors for s in bad)})")
             envoy.stop()
 
-    def memory_run(self, scenario: Scenario, concurrency: int, result: ScenarioResult):
+    def single_run(self, scenario: Scenario, concurrency: int, seconds: int, purpose: str,
+                   result: ScenarioResult, before=None, after=None):
+        """The scenario's Envoy alone at `concurrency`: started, probed, `before(envoy)`,
+        loaded once for `seconds`, `after(envoy, sample)`, stopped."""
         envoy = self.launch(scenario, concurrency, self.upstream, result)
         if envoy is None:
             return
         try:
-            result.rss_idle[concurrency] = rss_bytes(envoy.pid)
-            sample = self.load_once(envoy, scenario, self.settings.memory_seconds,
-                                    f"{scenario.name}-memory-c{concurrency}")
-            result.rss_loaded[concurrency] = sample.rss_peak
-            if not sample.clean:
-                result.fail(f"memory run at concurrency {concurrency} was not clean")
+            if before:
+                before(envoy)
+            sample = self.load_once(envoy, scenario, scenario.seconds or seconds,
+                                    f"{scenario.name}-{purpose}-c{concurrency}")
+            if after:
+                after(envoy, sample)
+            if not scenario.accepts(sample):
+                result.fail(f"{purpose} run at concurrency {concurrency} was not clean: "
+                            f"{sample.status_errors} non-2xx answers, {sample.socket_errors} "
+                            f"socket errors in {sample.requests} requests")
         except LoadError as err:
             result.fail(str(err))
         finally:
             envoy.stop()
 
+    def memory_run(self, scenario: Scenario, concurrency: int, result: ScenarioResult):
+        def idle(envoy):
+            result.rss_idle[concurrency] = rss_bytes(envoy.pid)
+
+        def loaded(envoy, sample):
+            result.rss_loaded[concurrency] = sample.rss_peak
+
+        self.single_run(scenario, concurrency, self.settings.memory_seconds, "memory", result,
+                        before=idle, after=loaded)
+
     def callout_run(self, scenario: Scenario, concurrency: int, result: ScenarioResult):
-        envoy = self.launch(scenario, concurrency, self.upstream, result)
-        if envoy is None:
-            return
-        try:
-            sample = self.load_once(envoy, scenario, self.settings.callout_seconds,
-                                    f"{scenario.name}-callouts-c{concurrency}")
+        def count(envoy, sample):
             fetched = {c: envoy.stat(f"cluster.{c}.upstream_rq_total")
                        for c in scenario.callout_clusters}
             result.callouts[concurrency] = {**fetched, "requests": sample.requests}
-            if not sample.clean:
-                result.fail(f"callout run at concurrency {concurrency} was not clean")
-        except LoadError as err:
-            result.fail(str(err))
-        finally:
-            envoy.stop()
 
-    def upstream_pass(self, scenarios: list):
-        """The given scenarios against each kind of upstream, interleaved."""
+        self.single_run(scenario, concurrency, self.settings.callout_seconds, "callouts", result,
+                        after=count)
+
+    def upstream_pass(self, scenarios: list, rounds: int = 3):
+        """The given scenarios against each kind of upstream, interleaved, for at most
+        `rounds` rounds (enough to see which upstream limits Envoy)."""
         upstreams = {self.upstream.kind: self.upstream}
         for kind in ("nginx", "envoy"):
             if kind not in upstreams:
@@ -351,7 +364,7 @@ class Bench:
                 label = f"{s.name}@{kind}"
                 entries[label] = (s, upstream)
                 results[label] = ScenarioResult(s.name, s.what, upstream=kind)
-        self.throughput_pass(entries, results)
+        self.throughput_pass(entries, results, min(rounds, self.settings.rounds))
         self.upstream_comparison = results
 
 
@@ -412,7 +425,8 @@ def median_range(values: list):
 def paired_ratios(samples: list, baseline: list, value=lambda s: s.rps) -> list:
     """value(sample) / value(baseline sample of the same round), for every round both have."""
     base = {s.round: value(s) for s in baseline}
-    return [value(s) / base[s.round] for s in samples if base.get(s.round)]
+    return [value(s) / base[s.round] for s in samples
+            if base.get(s.round) and value(s) is not None]
 
 
 def paired_differences(samples: list, baseline: list, value) -> list:

@@ -75,6 +75,10 @@ class Scenario:
     - `counters`: {label: Envoy stat} read after the throughput pass, so the report
       shows that e.g. a cached scenario hit its cache and a cold one did not.
     - `anchor`: the ratio to bare measured before (NOTES.md), shown for comparison.
+    - `seconds`: the length of this scenario's memory and callout runs, when the pass's
+      default is too short (a flood must last long enough to send its `limit`).
+    - `any_status`: non-2xx answers under load are expected (a flood of unknown API
+      keys gets 401s) and do not fail the scenario; socket errors still do.
     """
 
     name: str
@@ -87,6 +91,14 @@ class Scenario:
     counters: dict = field(default_factory=dict)
     passes: frozenset = frozenset({THROUGHPUT, MEMORY})
     anchor: float = None
+    seconds: int = None
+    any_status: bool = False
+
+    def accepts(self, sample) -> bool:
+        """Whether a measured run did what the scenario expects (see `any_status`)."""
+        if self.any_status:
+            return sample.requests > 0 and sample.socket_errors == 0
+        return sample.clean
 
 
 class Registry:

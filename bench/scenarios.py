@@ -128,23 +128,17 @@ add(Scenario(
 
 for _alg, _anchors in (("rs256", (0.51, 0.94)), ("es256", (0.30, 0.93))):
     _ALG = _alg.upper()
-    add(Scenario(
-        f"native-jwt-{_alg}-nocache", f"native jwt_authn, {_ALG}, no jwt_cache_config: "
-        "every request verifies the signature",
-        filters=lambda ctx, a=_alg: [native.jwt_authn(ctx.key(a), cache=False)],
-        load=lambda ctx, a=_alg: Load(headers=_bearer(ctx.key(a).token)),
-        probes=lambda ctx, a=_alg: _jwt_probes(ctx, a),
-        counters=_jwt_counters(),
-        anchor=_anchors[0],
-    ))
-    add(Scenario(
-        f"native-jwt-{_alg}-cached", f"native jwt_authn, {_ALG}, jwt_cache_config, one token",
-        filters=lambda ctx, a=_alg: [native.jwt_authn(ctx.key(a), cache=True)],
-        load=lambda ctx, a=_alg: Load(headers=_bearer(ctx.key(a).token)),
-        probes=lambda ctx, a=_alg: _jwt_probes(ctx, a),
-        counters=_jwt_counters(),
-        anchor=_anchors[1],
-    ))
+    for _variant, _cache, _anchor, _how in (
+            ("nocache", False, _anchors[0], "no jwt_cache_config: every request verifies"),
+            ("cached", True, _anchors[1], "jwt_cache_config, one token")):
+        add(Scenario(
+            f"native-jwt-{_alg}-{_variant}", f"native jwt_authn, {_ALG}, {_how}",
+            filters=lambda ctx, a=_alg, c=_cache: [native.jwt_authn(ctx.key(a), cache=c)],
+            load=lambda ctx, a=_alg: Load(headers=_bearer(ctx.key(a).token)),
+            probes=lambda ctx, a=_alg: _jwt_probes(ctx, a),
+            counters=_jwt_counters(),
+            anchor=_anchor,
+        ))
     add(Scenario(
         f"native-jwt-{_alg}-cold", f"native jwt_authn, {_ALG}, jwt_cache_config, "
         f"a different token on every request ({COLD_TOKENS} pre-minted)",
@@ -179,13 +173,17 @@ JWKS_SERVER = Fixture(
                       "--dir", ctx.write("jwks/jwks.json", ctx.key("rs256").jwks).parent],
 )
 
-add(Scenario(
-    "native-jwt-rs256-remote", "native jwt_authn, RS256, cached, JWKS fetched from a server "
-    "(remote_jwks, cache_duration 600s)",
-    filters=lambda ctx: [native.jwt_authn(ctx.key("rs256"), cache=True, remote_cluster="jwks")],
-    load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
-    probes=lambda ctx: _jwt_probes(ctx, "rs256"),
-    fixtures=(JWKS_SERVER,),
-    callout_clusters=("jwks",),
-    passes=frozenset({CALLOUTS}),
-))
+for _async, _when in ((False, "on the first request that needs it"),
+                      (True, "when the listener starts (async_fetch)")):
+    add(Scenario(
+        "native-jwt-rs256-remote" + ("-async" if _async else ""),
+        f"native jwt_authn, RS256, cached, JWKS fetched from a server {_when}, "
+        "cache_duration 600s",
+        filters=lambda ctx, a=_async: [native.jwt_authn(ctx.key("rs256"), cache=True,
+                                                        remote_cluster="jwks", async_fetch=a)],
+        load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
+        probes=lambda ctx: _jwt_probes(ctx, "rs256"),
+        fixtures=(JWKS_SERVER,),
+        callout_clusters=("jwks",),
+        passes=frozenset({CALLOUTS}),
+    ))

@@ -55,7 +55,7 @@ class NginxUpstream(Upstream):
     kind = "nginx"
 
     def __init__(self, workdir: Path, cpu=None):
-        self.dir = Path(workdir) / "nginx"
+        self.dir = Path(workdir).resolve() / "nginx"  # nginx reads paths from its prefix
         self.cpu = cpu
         self.proc = None
 
@@ -101,16 +101,18 @@ http {{
             self.proc = spawn(pinned(self.cpu, ["nginx", "-p", self.dir, "-e", self.dir / "error.log",
                                                 "-c", conf]), self.dir / "stderr.log")
             try:
-                wait_for(self._ready, 10, "nginx to answer")
-                return self
+                state = wait_for(self._state, 10, "nginx to answer")
             except TimeoutError:
-                stop_process(self.proc)
+                state = "silent"
+            if state == "answering":
+                return self
+            stop_process(self.proc)  # exited (port taken?) or silent: try another port
         raise RuntimeError(f"nginx did not start; see {self.dir}/error.log")
 
-    def _ready(self):
+    def _state(self):
         if self.proc.poll() is not None:
-            raise TimeoutError("nginx exited")  # port taken: retried with another
-        return _answers(self.host, self.port)
+            return "exited"
+        return "answering" if _answers(self.host, self.port) else None
 
     def version(self) -> str:
         out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
