@@ -94,7 +94,8 @@ def _result_from(data: dict) -> ScenarioResult:
     by_concurrency = ("rss_idle", "rss_loaded", "callouts")  # JSON made their keys text
     result = ScenarioResult(**{k: v for k, v in data.items()
                                if k not in ("samples", *by_concurrency)})
-    result.samples = [Sample(**{k: v for k, v in s.items() if k in fields})
+    result.samples = [Sample(**{"load_cpu_share": None,
+                                **{k: v for k, v in s.items() if k in fields}})
                       for s in data["samples"]]
     for name in by_concurrency:
         setattr(result, name, {int(c): v for c, v in data[name].items()})
@@ -175,6 +176,9 @@ class Figures:
 
     def others_share(self, r):
         return median_range([s.others_cpu_share for s in r.samples])
+
+    def load_share(self, r):
+        return median_range([s.load_cpu_share for s in r.samples])
 
     def p99_ms(self, r):
         return median_range([s.latency_p99_us / 1000 for s in r.samples])
@@ -318,31 +322,41 @@ def _counters(results: dict) -> str:
 def _upstreams(settings, env, comparison: dict) -> str:
     if not comparison:
         return ""
-    fig_by_kind = {}
+    rows, bare = [], {}
     for kind in ("nginx", "envoy"):
         subset = {r.name: r for label, r in comparison.items() if label.endswith(f"@{kind}")}
-        if subset:
-            fig_by_kind[kind] = Figures(subset)
-    rows = []
-    for kind, fig in fig_by_kind.items():
-        base = fig.base
+        fig = Figures(subset)
+        if not (fig.base and fig.base.samples):
+            continue
         floor = fig.results.get(FLOOR)
+        bare[kind] = (fig.rps(fig.base)[0], fig.envoy_share(fig.base)[0])
         rows.append((
-            kind,
-            _spread(fig.rps(base), "{:,.0f}") if base and base.samples else "–",
-            _spread(fig.envoy_share(base), "{:.0%}") if base and base.samples else "–",
-            _spread(fig.cpu_us(base), "{:.1f}") if base and base.samples else "–",
+            f"`{kind}`" + (" (used)" if kind == settings.upstream else ""),
+            _spread(fig.rps(fig.base), "{:,.0f}"),
+            _spread(fig.envoy_share(fig.base), "{:.0%}"),
+            _spread(fig.load_share(fig.base), "{:.0%}"),
+            _spread(fig.cpu_us(fig.base), "{:.1f}"),
             _spread(fig.ratio(floor), "{:.2f}") if floor and floor.samples else "–",
         ))
+    if not rows:
+        return ""
+    verdict = ""
+    if len(bare) == 2:
+        best = max(bare, key=lambda k: bare[k][0])
+        other = "envoy" if best == "nginx" else "nginx"
+        verdict = (f"\n\nWith `{best}`, `bare` served {bare[best][0]:,.0f} req/s (median) with "
+                   f"Envoy at {bare[best][1]:.0%} of its CPU, against {bare[other][0]:,.0f} req/s "
+                   f"at {bare[other][1]:.0%} with `{other}`: the cheaper upstream leaves more of "
+                   "the load CPU to wrk, so that the measured Envoy, not the load side, limits "
+                   "throughput." + ("" if best == settings.upstream else
+                                    f" This run nevertheless used `{settings.upstream}`."))
     return ("## Choice of upstream\n\n"
             f"`bare` and `wasm-floor` against each upstream, interleaved "
             f"({min(3, settings.rounds)} rounds of {settings.seconds:g} s), the upstream on "
-            f"CPU {env['load_cpu']} with "
-            "wrk. The upstream used for every table above is the one where Envoy, not the "
-            "load side, limits throughput (Envoy CPU nearest 100%) and the floor's ratio is "
-            "clearest.\n\n"
-            + _table(["upstream", "bare req/s", "bare Envoy CPU", "bare Envoy µs/req",
-                      "wasm-floor × bare"], rows))
+            f"CPU {env['load_cpu']} with wrk. *load CPU*: how busy that CPU was (wrk, the "
+            "upstream and anything else).\n\n"
+            + _table(["upstream", "bare req/s", "bare Envoy CPU", "load CPU",
+                      "bare Envoy µs/req", "wasm-floor × bare"], rows) + verdict)
 
 
 def _reading(settings, env, fig: Figures, comparison: dict) -> str:

@@ -64,6 +64,7 @@ class Sample:
     seconds: float
     envoy_cpu_seconds: float
     others_cpu_share: float  # of the Envoy CPU's time, taken by other processes (None: unpinned)
+    load_cpu_share: float  # the load CPU's time spent busy (wrk, upstream, others; None: unpinned)
     latency_p50_us: int
     latency_p99_us: int
     status_errors: int
@@ -140,6 +141,7 @@ class Bench:
         self.placement = placement or Placement.choose()
         self.ctx = BenchContext(self.workdir, self.placement)
         self.cpu_watch = CpuWatch(self.placement.envoy_cpu)
+        self.load_cpu_watch = CpuWatch(self.placement.load_cpu)
         self._stack = contextlib.ExitStack()
         self._envoys = 0
         self.upstream = None
@@ -216,16 +218,19 @@ class Bench:
         pid = envoy.pid
         with RssSampler(pid) as rss:
             busy0, cpu0 = self.cpu_watch.busy_seconds(), cpu_seconds(pid)
+            load0 = self.load_cpu_watch.busy_seconds()
             result = run_wrk(envoy.url(load.path), load, seconds=seconds,
                              connections=self.settings.connections, threads=self.settings.threads,
                              cpu=self.placement.load_cpu, workdir=self.workdir,
                              name=f"{label}-r{round_}")
             busy1, cpu1 = self.cpu_watch.busy_seconds(), cpu_seconds(pid)
+            load1 = self.load_cpu_watch.busy_seconds()
         envoy_cpu = cpu1 - cpu0
-        others = None
+        others = load_share = None
         if self.placement.envoy_cpu is not None and result.seconds:
             others = max(0.0, (busy1 - busy0) - envoy_cpu) / result.seconds
-        return Sample(round_, result.requests, result.seconds, envoy_cpu, others,
+            load_share = (load1 - load0) / result.seconds
+        return Sample(round_, result.requests, result.seconds, envoy_cpu, others, load_share,
                       result.latency_p50_us, result.latency_p99_us, result.status_errors,
                       result.socket_errors, rss.peak)
 
