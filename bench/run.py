@@ -6,7 +6,8 @@
    does not always favour the same scenarios). Each sample records wrk's count and
    latency, Envoy's CPU time (so a loaded machine shows up as lower CPU use, not as a
    cheaper filter), the share of Envoy's CPU other processes took, and peak RSS.
-2. **memory**: for each other concurrency asked (2 by default), each scenario is
+2. **memory**: for each other concurrency asked (2 by default; and 1 for scenarios
+   that take no part in the throughput pass, such as a flood), each scenario is
    started alone, probed, sampled idle, loaded for `memory_seconds`, sampled.
 3. **callouts**: scenarios with `callout_clusters` run at each concurrency asked;
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
@@ -248,9 +249,13 @@ class Bench:
         measured = [s for s in scenarios if THROUGHPUT in s.passes]
         if measured:
             self.throughput_pass({s.name: (s, self.upstream) for s in measured}, results)
-        for concurrency in self.settings.memory_concurrency:
+        # Concurrency 1 comes from the throughput pass, except for memory-only
+        # scenarios (a flood), which run it here.
+        for concurrency in sorted({1, *self.settings.memory_concurrency}):
             for s in scenarios:
-                if MEMORY in s.passes and not results[s.name].failure:
+                if MEMORY not in s.passes or results[s.name].failure:
+                    continue
+                if concurrency != 1 or THROUGHPUT not in s.passes:
                     self.memory_run(s, concurrency, results[s.name])
         for s in scenarios:
             if CALLOUTS in s.passes and s.callout_clusters:
