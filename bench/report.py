@@ -133,6 +133,10 @@ def _pct(value) -> str:
 
 
 def _table(header: list, rows: list) -> str:
+    """A Markdown table; a column with no value in any row (all "–") is left out."""
+    keep = [i for i in range(len(header)) if any(str(row[i]) != "–" for row in rows)]
+    header = [header[i] for i in keep]
+    rows = [[row[i] for i in keep] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -249,7 +253,8 @@ def _throughput(fig: Figures) -> str:
             "divided by `bare`'s in the same round. *Envoy µs/req* is Envoy's CPU time per "
             "request (all its threads); *× bare (CPU)* is `bare`'s µs/req divided by the "
             "scenario's, same round: the throughput ratio Envoy would show with its CPU to "
-            "itself, which other load on the machine disturbs far less than req/s; *+µs* is "
+            "itself, which other load on the machine disturbs less than req/s (though not "
+            "nothing: a preempted Envoy also loses its caches); *+µs* is "
             "the scenario's µs/req minus `bare`'s, same round: the filters' own cost. "
             "*anchor*: the ratio measured before (NOTES.md). *Envoy CPU* is Envoy's CPU time "
             "over the run's wall time (near 100%: Envoy was the bottleneck, as intended); "
@@ -354,8 +359,11 @@ def _upstreams(settings, env, comparison: dict) -> str:
     return ("## Choice of upstream\n\n"
             f"`bare` and `wasm-floor` against each upstream, interleaved "
             f"({min(3, settings.rounds)} rounds of {settings.seconds:g} s), the upstream on "
-            f"CPU {env['load_cpu']} with wrk. *load CPU*: how busy that CPU was (wrk, the "
-            "upstream and anything else).\n\n"
+            f"CPU {env['load_cpu']} with wrk."
+            + (" *load CPU*: how busy that CPU was (wrk, the upstream and anything else)."
+               if any(s.load_cpu_share is not None for r in comparison.values()
+                      for s in r.samples) else "")
+            + "\n\n"
             + _table(["upstream", "bare req/s", "bare Envoy CPU", "load CPU",
                       "bare Envoy µs/req", "wasm-floor × bare"], rows) + verdict)
 
