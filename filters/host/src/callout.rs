@@ -49,7 +49,14 @@ impl CalloutResponse {
     /// Reads the response of the callout being delivered, keeping at most `max_body`
     /// bytes of its body (`body_size` is the argument of `on_http_call_response`).
     pub fn read(body_size: usize, max_body: usize) -> Self {
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        // Bytes, not `get_map`: the SDK unwraps UTF-8 there, and an upstream sending a
+        // header value that is not UTF-8 must not trap the VM. Such values are dropped.
+        let headers: Vec<(String, String)> =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name, v)))
+                .collect();
         let status = headers
             .iter()
             .find(|(name, _)| name == ":status")
