@@ -752,6 +752,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        // The README's complete example must stay a valid configuration.
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## JWT filter").unwrap()..];
+        let start = section.find("```json\n").unwrap() + "```json\n".len();
+        let example = &section[start..start + section[start..].find("```").unwrap()];
+        let config = JwtConfig::from_json(example.as_bytes()).unwrap();
+        assert_eq!(config.providers.len(), 2);
+        assert_eq!(config.realm, "orders");
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         let cases: Vec<(Value, &str)> = vec![
             (

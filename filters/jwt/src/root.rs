@@ -88,17 +88,18 @@ impl Shared {
     }
 
     pub fn start(&self, request: &RequestInfo<'_>, now: u64) -> Outcome {
-        let (mut keyring, mut cache) = (self.keyring.borrow_mut(), self.cache.borrow_mut());
-        let mut cx = CheckContext {
-            keyring: &mut keyring,
-            store: &HostStore,
-            cache: &mut cache,
-            now,
-        };
-        self.auth.start(request, &mut cx)
+        self.decide(now, |auth, cx| auth.start(request, cx))
     }
 
     fn check(&self, attempt: Attempt, now: u64) -> Outcome {
+        self.decide(now, |auth, cx| auth.check(attempt, cx))
+    }
+
+    fn decide(
+        &self,
+        now: u64,
+        decision: impl FnOnce(&Authenticator, &mut CheckContext<'_>) -> Outcome,
+    ) -> Outcome {
         let (mut keyring, mut cache) = (self.keyring.borrow_mut(), self.cache.borrow_mut());
         let mut cx = CheckContext {
             keyring: &mut keyring,
@@ -106,7 +107,7 @@ impl Shared {
             cache: &mut cache,
             now,
         };
-        self.auth.check(attempt, &mut cx)
+        decision(&self.auth, &mut cx)
     }
 }
 

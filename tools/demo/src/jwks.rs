@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ pub fn serve(args: JwksArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn handle(mut stream: TcpStream, state: &Mutex<State>, keys: &PathBuf) -> Result<(), String> {
+fn handle(mut stream: TcpStream, state: &Mutex<State>, keys: &Path) -> Result<(), String> {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
@@ -191,7 +191,7 @@ fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, S
 }
 
 /// The JWKS of every key in the directory.
-fn jwks_document(dir: &PathBuf) -> Result<String, String> {
+fn jwks_document(dir: &Path) -> Result<String, String> {
     let keys = signing_keys::load_dir(dir)?;
     let jwks: Vec<Value> = keys
         .iter()
