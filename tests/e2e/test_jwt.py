@@ -119,6 +119,14 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _flip(token: str, at: int) -> str:
+    """The token with one base64url character changed (never a no-op, always
+    canonical: not the last character)."""
+    chars = list(token)
+    chars[at] = "B" if chars[at] == "A" else "A"
+    return "".join(chars)
+
+
 def _unsigned(header: dict, claims: dict, signature: bytes = b"") -> str:
     return ".".join([_b64(json.dumps(header).encode()), _b64(json.dumps(claims).encode()),
                      _b64(signature)])
@@ -153,8 +161,8 @@ def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
          "unsupported critical header"),
         ("alg/key mismatch", keys.mint("rsa1", headers={"kid": "ec1"}),
          "signing key does not match the algorithm"),
-        ("bad signature", good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
-         "signature does not verify"),
+        ("bad signature", _flip(good, -20), "signature does not verify"),
+        ("changed claims", _flip(good, good.index(".") + 10), None),
         ("malformed", "abc.def", "not three dot-separated parts"),
         ("bad base64", "a*b.c*d.e*f", "invalid base64url"),
         ("truncated", good[: len(good) // 2], None),

@@ -181,7 +181,10 @@ fn parse_key(entry: &Map<String, Value>, allow_hmac: bool) -> Result<Option<Jwk>
         "RSA" => {
             let n = strip_leading_zeros(binary_member(entry, "n")?);
             let e = strip_leading_zeros(binary_member(entry, "e")?);
-            let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+            // `n` may be all zeros, hence empty once stripped: 0 bits, refused below.
+            let bits = n
+                .first()
+                .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize);
             if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
                 return Err(format!(
                     "RSA modulus of {bits} bits (between {MIN_RSA_BITS} and {MAX_RSA_BITS} required)"
@@ -359,6 +362,7 @@ mod tests {
             json!({"keys": [short_ec]}),
             json!({"keys": [mismatched]}),
             json!({"keys": [small_rsa]}),
+            json!({"keys": [{"kty": "RSA", "n": "AAAA", "e": "AQAB"}]}),
             json!({"keys": [{"kty": "RSA", "e": "AQAB"}]}),
             json!({"keys": [{"n": "AQAB"}]}),
             json!({"keys": ["a string"]}),
