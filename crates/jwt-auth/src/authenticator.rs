@@ -11,7 +11,7 @@ use crate::config::{JwtConfig, Provider};
 use crate::error::AuthError;
 use crate::extract::{RequestHeaders, TokenLocation};
 use crate::jwks::Jwk;
-use crate::jwks_cache::{KeyLookup, Keyring};
+use crate::jwks_cache::{KeyLookup, Keyring, UnknownKid};
 use crate::rules::{is_cors_preflight, Requirement, RouteInput};
 use crate::token;
 use crate::token_cache::{TokenCache, UNBOUNDED_TOKEN_TTL};
@@ -124,14 +124,18 @@ impl Authenticator {
     }
 
     pub fn start(&self, request: &RequestInfo<'_>, cx: &mut Context<'_>) -> Outcome {
-        let preflight = is_cors_preflight(
-            request.method,
-            request.headers.header("origin").as_deref(),
-            request
-                .headers
-                .header("access-control-request-method")
-                .as_deref(),
-        );
+        // Read the CORS headers only when they can matter (two header reads saved on
+        // every other request).
+        let preflight = self.config.rules.bypass_cors_preflight
+            && request.method == "OPTIONS"
+            && is_cors_preflight(
+                request.method,
+                request.headers.header("origin").as_deref(),
+                request
+                    .headers
+                    .header("access-control-request-method")
+                    .as_deref(),
+            );
         let requirement = self.config.rules.select(&RouteInput {
             method: request.method,
             path: request.path,
@@ -247,16 +251,23 @@ impl Authenticator {
             Some(kid) => {
                 let with_kid: Vec<&Jwk> = keys.with_kid(kid).collect();
                 if with_kid.is_empty() {
-                    let refetch_landed = attempt.refetch_from.is_some_and(|from| from != seq);
-                    if !refetch_landed
-                        && cx
-                            .keyring
-                            .request_refetch(attempt.provider, cx.store, cx.now)
-                    {
-                        attempt.refetch_from.get_or_insert(seq);
-                        return self.wait(attempt, cx);
+                    // Once a refetch made for this request has landed, a still-unknown
+                    // kid is refused rather than waited for again.
+                    if attempt.refetch_from.is_some_and(|from| from != seq) {
+                        return Outcome::Deny(AuthError::UnknownKey);
                     }
-                    return Outcome::Deny(AuthError::UnknownKey);
+                    return match cx
+                        .keyring
+                        .unknown_kid(attempt.provider, cx.store, cx.now, seq)
+                    {
+                        // Strictly newer keys each time: this recursion is short.
+                        UnknownKid::NewerKeys => self.check(attempt, cx),
+                        UnknownKid::Wait => {
+                            attempt.refetch_from.get_or_insert(seq);
+                            self.wait(attempt, cx)
+                        }
+                        UnknownKid::Refused => Outcome::Deny(AuthError::UnknownKey),
+                    };
                 }
                 with_kid
             }

@@ -150,6 +150,18 @@ pub enum KeyLookup {
     Unavailable,
 }
 
+/// The answer for a token whose `kid` is not among the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// Another VM published newer keys meanwhile: check again with them.
+    NewerKeys,
+    /// A refetch is in flight or was just asked for: wait for it.
+    Wait,
+    /// No refetch now (one happened within `unknown_kid_refetch_interval`, or
+    /// fetches are backing off, or the keys are inline): the key is unknown.
+    Refused,
+}
+
 /// One remote JWKS as seen by one VM.
 #[derive(Debug)]
 struct JwksCache {
@@ -243,15 +255,26 @@ impl JwksCache {
         self.want_refetch = false;
     }
 
-    fn lookup(&mut self, store: &dyn SharedStore, now: u64) -> KeyLookup {
-        self.sync(store);
-        if let Some(keys) = &self.keys {
-            if now < self.refresh_at.saturating_add(self.policy().max_staleness) {
-                return KeyLookup::Ready {
-                    keys: Rc::clone(keys),
-                    seq: self.seq,
-                };
+    fn usable_keys(&self, now: u64) -> Option<KeyLookup> {
+        let keys = self.keys.as_ref()?;
+        (now < self.refresh_at.saturating_add(self.policy().max_staleness)).then(|| {
+            KeyLookup::Ready {
+                keys: Rc::clone(keys),
+                seq: self.seq,
             }
+        })
+    }
+
+    /// Usable keys as this VM knows them; shared data is read only when there are
+    /// none (the root's tick keeps the VM's copy current, so the request path does
+    /// not pay a shared-data read on every token).
+    fn lookup(&mut self, store: &dyn SharedStore, now: u64) -> KeyLookup {
+        if let Some(ready) = self.usable_keys(now) {
+            return ready;
+        }
+        self.sync(store);
+        if let Some(ready) = self.usable_keys(now) {
+            return ready;
         }
         let failing = self.shared.failures > 0
             && self.shared.retry_at > now.saturating_add(self.policy().max_wait)
@@ -271,18 +294,20 @@ impl JwksCache {
             && (self.shared.failures == 0 || now >= self.shared.retry_at)
     }
 
-    /// A token names a `kid` we do not have. `true` when a fetch is in flight or
-    /// has been asked for, so waiting for it makes sense.
-    fn request_refetch(&mut self, store: &dyn SharedStore, now: u64) -> bool {
+    /// A token names a `kid` missing from the keys of version `seen`.
+    fn unknown_kid(&mut self, store: &dyn SharedStore, now: u64, seen: u64) -> UnknownKid {
         self.sync(store);
+        if self.seq > seen {
+            return UnknownKid::NewerKeys;
+        }
         if self.shared.lease_active(now) {
-            return true;
+            return UnknownKid::Wait;
         }
         if self.refetch_allowed(now) {
             self.want_refetch = true;
-            return true;
+            return UnknownKid::Wait;
         }
-        false
+        UnknownKid::Refused
     }
 
     fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<(u64, bool)> {
@@ -495,11 +520,17 @@ impl Keyring {
         }
     }
 
-    /// See [`KeyLookup`]; `true` when the request should wait for a refetch.
-    pub fn request_refetch(&mut self, provider: usize, store: &dyn SharedStore, now: u64) -> bool {
+    /// What to do about a token whose `kid` is not in the keys of version `seen`.
+    pub fn unknown_kid(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now: u64,
+        seen: u64,
+    ) -> UnknownKid {
         match self.providers.get_mut(provider) {
-            Some(ProviderKeys::Remote(cache)) => cache.request_refetch(store, now),
-            _ => false,
+            Some(ProviderKeys::Remote(cache)) => cache.unknown_kid(store, now, seen),
+            _ => UnknownKid::Refused,
         }
     }
 
