@@ -40,10 +40,10 @@ pub enum CacheUse {
     NotUsed,
 }
 
-/// Forward the request: remove `remove_headers`, then set `set_headers`.
+/// Forward the request with the identity's headers (every other output header
+/// removed), and without `remove_headers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    pub set_headers: Vec<(String, String)>,
     pub remove_headers: Vec<String>,
     /// `None` for a public route or a missing token where `allow_missing` holds.
     pub identity: Option<Rc<Identity>>,
@@ -51,9 +51,15 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// Header (lower-case) and value for each output header a claim gave a value.
+    pub fn headers(&self) -> &[(String, String)] {
+        self.identity
+            .as_ref()
+            .map_or(&[], |identity| &identity.headers)
+    }
+
     fn anonymous() -> Self {
         Grant {
-            set_headers: Vec::new(),
             remove_headers: Vec::new(),
             identity: None,
             cache: CacheUse::NotUsed,
@@ -365,7 +371,6 @@ impl Authenticator {
             _ => Vec::new(),
         };
         Outcome::Allow(Grant {
-            set_headers: identity.headers.clone(),
             remove_headers,
             identity: Some(identity),
             cache,

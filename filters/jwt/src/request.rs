@@ -42,11 +42,6 @@ impl Context for JwtRequest {
 
 impl HttpContext for JwtRequest {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        // Identity headers come from verified claims only: whatever the client sent
-        // under these names goes first, on every route, public ones included.
-        for name in &self.shared.auth.config().output_headers {
-            let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-        }
         let method = wasmgate_host::request_header(":method").unwrap_or_default();
         let path = wasmgate_host::request_header(":path").unwrap_or_default();
         let request = RequestInfo {
@@ -81,11 +76,26 @@ pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
                 metrics.no_token_needed.increment();
             }
             metrics.cache(grant.cache);
+            // Identity headers come from verified claims only, on every forwarded
+            // request (public routes included): each output header is replaced by
+            // the claim's value, or removed when there is none. (A refused request
+            // is never forwarded, so it needs no stripping.) One host call per
+            // header instead of a removal followed by a set.
+            for name in &shared.auth.config().output_headers {
+                let value = grant
+                    .headers()
+                    .iter()
+                    .find(|(header, _)| header == name)
+                    .map(|(_, value)| value.as_str());
+                let _ = match value {
+                    Some(value) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    }
+                    None => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+                };
+            }
             for name in &grant.remove_headers {
                 let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
-            }
-            for (name, value) in &grant.set_headers {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
             }
             Action::Continue
         }
