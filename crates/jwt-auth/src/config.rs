@@ -83,7 +83,7 @@ const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 1000;
 struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
-    rules: Vec<RawRule>,
+    rules: Vec<RawRequirement>,
     default: RawRequirement,
     #[serde(default)]
     bypass_cors_preflight: bool,
@@ -165,86 +165,43 @@ struct RawRemote {
     cluster: String,
     path: String,
     authority: Option<String>,
-    #[serde(default = "d_timeout", deserialize_with = "wasmgate_config::duration")]
-    timeout: Duration,
-    #[serde(default = "d_cache", deserialize_with = "wasmgate_config::duration")]
-    cache_duration: Duration,
-    #[serde(
-        default = "d_min_cache",
-        deserialize_with = "wasmgate_config::duration"
-    )]
-    min_cache_duration: Duration,
-    #[serde(
-        default = "d_max_cache",
-        deserialize_with = "wasmgate_config::duration"
-    )]
-    max_cache_duration: Duration,
-    #[serde(
-        default = "d_staleness",
-        deserialize_with = "wasmgate_config::duration"
-    )]
-    max_staleness: Duration,
-    #[serde(
-        default = "d_backoff_initial",
-        deserialize_with = "wasmgate_config::duration"
-    )]
-    backoff_initial: Duration,
-    #[serde(
-        default = "d_backoff_max",
-        deserialize_with = "wasmgate_config::duration"
-    )]
-    backoff_max: Duration,
-    #[serde(default = "d_refetch", deserialize_with = "wasmgate_config::duration")]
-    unknown_kid_refetch_interval: Duration,
-    #[serde(default = "d_wait", deserialize_with = "wasmgate_config::duration")]
-    max_wait: Duration,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    cache_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    min_cache_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    max_cache_duration: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    max_staleness: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    backoff_initial: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    backoff_max: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    unknown_kid_refetch_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    max_wait: Option<Duration>,
 }
 
-fn d_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn d_cache() -> Duration {
-    Duration::from_secs(600)
-}
-fn d_min_cache() -> Duration {
-    Duration::from_secs(30)
-}
-fn d_max_cache() -> Duration {
-    Duration::from_secs(86_400)
-}
-fn d_staleness() -> Duration {
-    Duration::from_secs(86_400)
-}
-fn d_backoff_initial() -> Duration {
-    Duration::from_secs(1)
-}
-fn d_backoff_max() -> Duration {
-    Duration::from_secs(60)
-}
-fn d_refetch() -> Duration {
-    Duration::from_secs(30)
-}
-fn d_wait() -> Duration {
-    Duration::from_secs(3)
-}
+/// Defaults of `jwks.remote` (documented in the README).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
+const DEFAULT_MIN_CACHE_DURATION: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_CACHE_DURATION: Duration = Duration::from_secs(86_400);
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(86_400);
+const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+const DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
-    #[serde(rename = "match")]
-    route: RouteMatch,
-    #[serde(default)]
-    public: bool,
-    providers: Option<Vec<String>>,
-    #[serde(default)]
-    allow_missing: bool,
-    #[serde(default)]
-    required_scopes: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A rule (with `match`) or the `default` (without).
 struct RawRequirement {
+    #[serde(rename = "match")]
+    route: Option<RouteMatch>,
     #[serde(default)]
     public: bool,
     providers: Option<Vec<String>>,
@@ -269,16 +226,19 @@ impl TryFrom<RawConfig> for JwtConfig {
         let names: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
 
         let mut rules = Vec::with_capacity(raw.rules.len());
-        for (i, rule) in raw.rules.into_iter().enumerate() {
-            let requirement = RawRequirement {
-                public: rule.public,
-                providers: rule.providers,
-                allow_missing: rule.allow_missing,
-                required_scopes: rule.required_scopes,
+        for (i, mut rule) in raw.rules.into_iter().enumerate() {
+            let field = format!("rules[{i}]");
+            let Some(route) = rule.route.take() else {
+                return Err(ConfigError::new("match", "every rule needs a match").within(&field));
             };
-            let requirement = build_requirement(requirement, &names)
-                .map_err(|e| e.within(&format!("rules[{i}]")))?;
-            rules.push((rule.route, requirement));
+            let requirement = build_requirement(rule, &names).map_err(|e| e.within(&field))?;
+            rules.push((route, requirement));
+        }
+        if raw.default.route.is_some() {
+            return Err(ConfigError::new(
+                "default.match",
+                "the default applies where no rule matched: it takes no match",
+            ));
         }
         let fallback = build_requirement(raw.default, &names).map_err(|e| e.within("default"))?;
 
@@ -512,6 +472,17 @@ fn paths(names: &[&str]) -> Result<Vec<ClaimPath>, ConfigError> {
 }
 
 fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
+    let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let cache_duration = raw.cache_duration.unwrap_or(DEFAULT_CACHE_DURATION);
+    let min_cache_duration = raw.min_cache_duration.unwrap_or(DEFAULT_MIN_CACHE_DURATION);
+    let max_cache_duration = raw.max_cache_duration.unwrap_or(DEFAULT_MAX_CACHE_DURATION);
+    let max_staleness = raw.max_staleness.unwrap_or(DEFAULT_MAX_STALENESS);
+    let backoff_initial = raw.backoff_initial.unwrap_or(DEFAULT_BACKOFF_INITIAL);
+    let backoff_max = raw.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX);
+    let unknown_kid_refetch_interval = raw
+        .unknown_kid_refetch_interval
+        .unwrap_or(DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL);
+    let max_wait = raw.max_wait.unwrap_or(DEFAULT_MAX_WAIT);
     if raw.cluster.is_empty() {
         return Err(ConfigError::new("cluster", "must name an Envoy cluster"));
     }
@@ -526,28 +497,28 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
         return Err(ConfigError::new("authority", "not a host[:port]"));
     }
     let ms = |d: Duration| d.as_millis() as u64;
-    if raw.timeout.is_zero() || raw.timeout > Duration::from_secs(60) {
+    if timeout.is_zero() || timeout > Duration::from_secs(60) {
         return Err(ConfigError::new(
             "timeout",
             "must be more than 0 and at most 60s",
         ));
     }
-    if raw.cache_duration < Duration::from_secs(1) {
+    if cache_duration < Duration::from_secs(1) {
         return Err(ConfigError::new("cache_duration", "must be at least 1s"));
     }
-    if raw.min_cache_duration > raw.max_cache_duration {
+    if min_cache_duration > max_cache_duration {
         return Err(ConfigError::new(
             "min_cache_duration",
             "must not be more than max_cache_duration",
         ));
     }
-    if raw.backoff_initial.is_zero() || raw.backoff_initial > raw.backoff_max {
+    if backoff_initial.is_zero() || backoff_initial > backoff_max {
         return Err(ConfigError::new(
             "backoff_initial",
             "must be more than 0 and at most backoff_max",
         ));
     }
-    if raw.max_wait > Duration::from_secs(60) {
+    if max_wait > Duration::from_secs(60) {
         return Err(ConfigError::new(
             "max_wait",
             "at most 60s: a request must not hang",
@@ -558,15 +529,15 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
         path: raw.path,
         authority,
         policy: CachePolicy {
-            fetch_timeout: ms(raw.timeout),
-            cache_duration: ms(raw.cache_duration),
-            min_cache_duration: ms(raw.min_cache_duration),
-            max_cache_duration: ms(raw.max_cache_duration),
-            max_staleness: ms(raw.max_staleness),
-            backoff_initial: ms(raw.backoff_initial),
-            backoff_max: ms(raw.backoff_max),
-            unknown_kid_refetch_interval: ms(raw.unknown_kid_refetch_interval),
-            max_wait: ms(raw.max_wait),
+            fetch_timeout: ms(timeout),
+            cache_duration: ms(cache_duration),
+            min_cache_duration: ms(min_cache_duration),
+            max_cache_duration: ms(max_cache_duration),
+            max_staleness: ms(max_staleness),
+            backoff_initial: ms(backoff_initial),
+            backoff_max: ms(backoff_max),
+            unknown_kid_refetch_interval: ms(unknown_kid_refetch_interval),
+            max_wait: ms(max_wait),
         },
     })
 }
@@ -654,6 +625,13 @@ mod tests {
 
     fn remote() -> Value {
         json!({"remote": {"cluster": "idp", "path": "/jwks.json"}})
+    }
+
+    /// The minimal configuration with one change.
+    fn edited(change: impl FnOnce(&mut Value)) -> Value {
+        let mut config = minimal();
+        change(&mut config);
+        config
     }
 
     fn minimal() -> Value {
@@ -771,200 +749,117 @@ mod tests {
                 "providers: name at least one",
             ),
             (
+                edited(|c| c["rules"] = json!([{"public": true}])),
+                "rules[0].match: every rule needs a match",
+            ),
+            (
+                edited(|c| c["default"]["match"] = json!({"prefix": "/"})),
+                "default.match",
+            ),
+            (
                 json!({"providers": {"idp": {"issuer": "i", "jwks": remote()}}}),
                 "missing field `default`",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["default"] = json!({});
-                    c
-                },
+                edited(|c| c["default"] = json!({})),
                 "default.providers: name the providers",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["default"] = json!({"providers": ["nope"]});
-                    c
-                },
+                edited(|c| c["default"] = json!({"providers": ["nope"]})),
                 "default.providers[0]: no provider named \"nope\"",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["default"] = json!({"public": true, "providers": ["idp"]});
-                    c
-                },
+                edited(|c| c["default"] = json!({"public": true, "providers": ["idp"]})),
                 "default.public",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["default"] = json!({"providers": ["idp"], "allow_missing": true, "required_scopes": ["a"]});
-                    c
-                },
+                edited(|c| {
+                    c["default"] = json!({"providers": ["idp"], "allow_missing": true, "required_scopes": ["a"]})
+                }),
                 "default.allow_missing",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["rules"] = json!([{"match": {"prefix": "/"}, "providers": ["idp"], "required_scopes": ["a b"]}]);
-                    c
-                },
+                edited(
+                    |c| c["rules"] = json!([{"match": {"prefix": "/"}, "providers": ["idp"], "required_scopes": ["a b"]}]),
+                ),
                 "rules[0].required_scopes[0]",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["algorithms"] = json!(["none"]);
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["algorithms"] = json!(["none"])),
                 "providers.idp.algorithms[0]: \"none\" is not supported",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["algorithms"] = json!(["HS256"]);
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["algorithms"] = json!(["HS256"])),
                 "providers.idp.algorithms: HS256/384/512 need an inline JWKS",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"] = json!({});
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"] = json!({})),
                 "providers.idp.jwks: exactly one of",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"] = json!({"inline": {"keys": []}});
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"] = json!({"inline": {"keys": []}})),
                 "providers.idp.jwks.inline: JWKS has no usable signing key",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"]["remote"]["path"] = json!("jwks");
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["path"] = json!("jwks")),
                 "providers.idp.jwks.remote.path",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"]["remote"]["timeout"] = json!("5");
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["timeout"] = json!("5")),
                 "providers.idp.jwks.remote.timeout",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"]["remote"]["max_wait"] = json!("2m");
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["max_wait"] = json!("2m")),
                 "providers.idp.jwks.remote.max_wait",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"]["remote"]["backoff_initial"] = json!("2m");
-                    c
-                },
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"]["remote"]["backoff_initial"] = json!("2m")
+                }),
                 "providers.idp.jwks.remote.backoff_initial",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["jwks"]["remote"]["clustr"] = json!("x");
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["clustr"] = json!("x")),
                 "providers.idp.jwks.remote.clustr: unknown field",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["claim_to_headers"] = json!({"x user": "sub"});
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["claim_to_headers"] = json!({"x user": "sub"})),
                 "providers.idp.claim_to_headers.x user",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["claim_to_headers"] = json!({"x-user": "a..b"});
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["claim_to_headers"] = json!({"x-user": "a..b"})),
                 "providers.idp.claim_to_headers.x-user",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["claim_to_headers"] = json!({":path": "sub"});
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["claim_to_headers"] = json!({":path": "sub"})),
                 "providers.idp.claim_to_headers.:path",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["from_headers"] = json!([{"name": ":path"}]);
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["from_headers"] = json!([{"name": ":path"}])),
                 "providers.idp.from_headers[0].name",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["issuer"] = json!("");
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["issuer"] = json!("")),
                 "providers.idp.issuer",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["providers"]["idp"]["audience"] = json!(["a"]);
-                    c
-                },
+                edited(|c| c["providers"]["idp"]["audience"] = json!(["a"])),
                 "providers.idp.audience: unknown field",
             ),
+            (edited(|c| c["realm"] = json!("a\"b")), "realm"),
             (
-                {
-                    let mut c = minimal();
-                    c["realm"] = json!("a\"b");
-                    c
-                },
-                "realm",
-            ),
-            (
-                {
-                    let mut c = minimal();
-                    c["max_token_bytes"] = json!(100);
-                    c
-                },
+                edited(|c| c["max_token_bytes"] = json!(100)),
                 "max_token_bytes",
             ),
             (
-                {
-                    let mut c = minimal();
-                    c["max_token_bytes"] = json!(8192.5);
-                    c
-                },
+                edited(|c| c["max_token_bytes"] = json!(8192.5)),
                 "max_token_bytes",
             ),
             (
-                {
-                    let mut c = minimal();
+                edited(|c| {
                     c["providers"] = json!({"bad name": {"issuer": "i", "jwks": remote()}});
                     c["default"] = json!({"public": true});
-                    c
-                },
+                }),
                 "providers.bad name: provider names",
             ),
         ];

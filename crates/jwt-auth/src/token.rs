@@ -30,33 +30,24 @@ pub enum Alg {
 }
 
 impl Alg {
+    /// Every algorithm, the asymmetric ones first.
     pub const ALL: [Alg; 12] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
         Alg::HS256,
         Alg::HS384,
         Alg::HS512,
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
     ];
 
     /// Every asymmetric algorithm: the default allow-list of a provider.
-    pub const ASYMMETRIC: [Alg; 9] = [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
-    ];
+    pub const ASYMMETRIC: &'static [Alg] = Alg::ALL.split_at(9).0;
 
     /// The `alg` name, case-sensitive as RFC 7515 §4.1.1 requires.
     pub fn from_name(name: &str) -> Option<Alg> {
