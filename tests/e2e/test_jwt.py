@@ -199,6 +199,12 @@ def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
     # Envoy is still serving, and valid tokens still pass.
     assert envoy.alive()
     assert_identity(get(envoy, token=good))
+    # Tokens never reach the log (signatures are the part a log would leak).
+    log = envoy.log()
+    for name, token, _ in cases:
+        longest = max(token.split("."), key=len)
+        if len(longest) >= 20:
+            assert longest not in log, name
     assert envoy.stat("wasmcustom.wasmgate.jwt.denied.expired") == 2
     # The raw-bytes header, no header, and Basic credentials.
     assert envoy.stat("wasmcustom.wasmgate.jwt.denied.missing_token") == 3

@@ -34,15 +34,15 @@ def call(envoy, token, timeout=20):
 class Background:
     """A request sent from a thread, for requests that wait for keys."""
 
-    def __init__(self, envoy, token):
+    def __init__(self, envoy, token, timeout=20):
         self.response = None
         self.error = None
-        self.thread = threading.Thread(target=self._run, args=(envoy, token), daemon=True)
+        self.thread = threading.Thread(target=self._run, args=(envoy, token, timeout), daemon=True)
         self.thread.start()
 
-    def _run(self, envoy, token):
+    def _run(self, envoy, token, timeout):
         try:
-            self.response = call(envoy, token)
+            self.response = call(envoy, token, timeout)
         except Exception as err:  # noqa: BLE001 - reported by result()
             self.error = err
 
@@ -96,14 +96,19 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(tmp_path, star
     envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo, jwks_mode={"down": True},
                               backoff_initial="200ms", backoff_max="500ms", max_wait="20s")
     waiting = [Background(envoy, keys.mint("k1", sub=f"early{i}")) for i in range(4)]
+    # A client that gives up while its request waits: the filter must forget it.
+    impatient = Background(envoy, keys.mint("k1"), timeout=0.5)
     wait_for(lambda: envoy.stat(FETCH_FAILED) >= 2, 15, "failed JWKS fetches")
     assert not any(w.done() for w in waiting), "requests should wait for the keys"
+    wait_for(impatient.done, 10, "the impatient client to give up")
+    assert isinstance(impatient.error, requests.exceptions.Timeout), impatient.error
     jwks.mode()  # back up
     for i, request in enumerate(waiting):
         resp = request.result()
         assert resp.status_code == 200, resp.text
         assert Seen(resp).header("x-user-id") == f"early{i}"
-    assert envoy.stat("wasmcustom.wasmgate.jwt.waited_for_keys") == 4
+    assert envoy.stat("wasmcustom.wasmgate.jwt.waited_for_keys") == 5
+    assert envoy.alive()
 
 
 def test_no_keys_at_all_is_503_not_401(tmp_path, start_envoy, start_service, echo):
