@@ -46,6 +46,14 @@ impl Gauge {
             let _ = hostcalls::record_metric(id, value);
         }
     }
+
+    /// Adds `delta` (negative to subtract). Envoy keeps one value per name for all
+    /// workers, so each worker can add its own share of a total.
+    pub fn add(&self, delta: i64) {
+        if let (Some(id), true) = (self.0, delta != 0) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
 }
 
 /// A distribution (latencies), shown by Envoy as a histogram.
