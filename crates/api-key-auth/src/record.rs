@@ -123,9 +123,10 @@ pub enum StoreAnswer {
 pub enum StoreError {
     /// The callout could not be sent (for example, the cluster does not exist).
     Dispatch,
-    /// No HTTP answer: timeout, connection refused or reset.
+    /// The callout ended without any HTTP answer (Envoy reports no headers).
     NoResponse,
-    /// An HTTP status other than 200 or 404.
+    /// An HTTP status other than 200 or 404. This includes Envoy's own answers when
+    /// the store cannot be reached: 504 at the timeout, 503 when connecting fails.
     Status(u16),
     /// A 200 whose body breaks the contract.
     InvalidResponse(String),

@@ -10,6 +10,7 @@
 
 mod backend;
 mod file_backend;
+mod http;
 mod keys;
 mod redis_backend;
 mod server;

@@ -6,16 +6,13 @@
 //! `GET /__keystore/health` says whether the backend answers.
 
 use crate::backend::{unix_now, KeyBackend};
+use crate::http::{self, Reply, RequestHead};
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tiny_http::{Header, Method, Request, Response, Server};
 use wasmgate_api_key_auth::KeyHash;
-
-/// Threads answering requests: a backend timeout holds one thread, not the server.
-const WORKERS: usize = 16;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -37,7 +34,7 @@ enum Route {
     MethodNotAllowed,
 }
 
-fn route(method: &Method, url: &str, prefix: &str) -> Route {
+fn route(method: &str, url: &str, prefix: &str) -> Route {
     let path = url.split('?').next().unwrap_or_default();
     let target = match path {
         "/__keystore/stats" => Route::Stats,
@@ -50,7 +47,7 @@ fn route(method: &Method, url: &str, prefix: &str) -> Route {
             None => Route::NotFound,
         },
     };
-    if *method != Method::Get && target != Route::NotFound {
+    if method != "GET" && target != Route::NotFound {
         return Route::MethodNotAllowed;
     }
     target
@@ -87,41 +84,17 @@ pub fn serve(backend: Box<dyn KeyBackend>, args: ServeArgs) -> Result<(), String
             args.path_prefix
         ));
     }
-    let server =
-        Server::http(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .ok_or("the key store is not on an IP socket")?;
+    let (listener, address) = http::bind(&args.listen)?;
     println!("listening on http://{address}");
     let _ = std::io::stdout().flush();
-
-    let server = Arc::new(server);
-    let backend: Arc<dyn KeyBackend> = Arc::from(backend);
-    let stats = Arc::new(Stats::default());
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|_| {
-            let (server, backend, stats, prefix) = (
-                Arc::clone(&server),
-                Arc::clone(&backend),
-                Arc::clone(&stats),
-                prefix.clone(),
-            );
-            std::thread::spawn(move || {
-                while let Ok(request) = server.recv() {
-                    answer(request, backend.as_ref(), &stats, &prefix);
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.join();
-    }
+    let stats = Stats::default();
+    let handler = move |head: &RequestHead| answer(head, backend.as_ref(), &stats, &prefix);
+    http::serve(listener, Arc::new(handler));
     Ok(())
 }
 
-fn answer(request: Request, backend: &dyn KeyBackend, stats: &Stats, prefix: &str) {
-    let route = route(request.method(), request.url(), prefix);
+fn answer(head: &RequestHead, backend: &dyn KeyBackend, stats: &Stats, prefix: &str) -> Reply {
+    let route = route(&head.method, &head.target, prefix);
     if matches!(route, Route::Lookup(_) | Route::BadHash) {
         stats.lookups.fetch_add(1, Ordering::SeqCst);
     }
@@ -156,16 +129,7 @@ fn answer(request: Request, backend: &dyn KeyBackend, stats: &Stats, prefix: &st
         Route::NotFound => (404, error("not_found", "no such path")),
         Route::MethodNotAllowed => (405, error("method_not_allowed", "use GET")),
     };
-    let mut response = Response::from_string(body).with_status_code(status);
-    for (name, value) in [
-        ("content-type", "application/json"),
-        ("cache-control", "no-store"),
-    ] {
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    let _ = request.respond(response);
+    Reply { status, body }
 }
 
 fn error(code: &str, message: &str) -> String {
@@ -179,7 +143,7 @@ mod tests {
     #[test]
     fn routes() {
         let hex = "ab".repeat(32);
-        let get = |url: &str| route(&Method::Get, url, "/v1/keys");
+        let get = |url: &str| route("GET", url, "/v1/keys");
         assert_eq!(
             get(&format!("/v1/keys/{hex}")),
             Route::Lookup(KeyHash::from_hex(&hex).unwrap())
@@ -202,7 +166,7 @@ mod tests {
         assert_eq!(get("/__keystore/stats"), Route::Stats);
         assert_eq!(get("/__keystore/health"), Route::Health);
         assert_eq!(
-            route(&Method::Post, &format!("/v1/keys/{hex}"), "/v1/keys"),
+            route("POST", &format!("/v1/keys/{hex}"), "/v1/keys"),
             Route::MethodNotAllowed
         );
     }
