@@ -2,6 +2,8 @@
 real key store (`wasmgate-keystore` on a real redis-server) over an HTTP callout."""
 
 import http.client
+import json
+import re
 import secrets
 import time
 from collections import Counter
@@ -10,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness import Seen, wait_for, wasm_path
+from harness import ROOT, Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
 
 METRIC = "wasmcustom.wasmgate.api_key."
@@ -334,3 +336,21 @@ def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, hun
     assert lines, log[-3000:]
     assert f"invalid plugin configuration: {field}: " in lines[0], lines[0]
     assert problem in lines[0], lines[0]
+
+
+def readme_example() -> dict:
+    """The first JSON block of the README's API-key section."""
+    section = (ROOT / "README.md").read_text().split("## API-key filter", 1)[1]
+    return json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+
+
+def test_the_readme_example_works_as_documented(start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(echo, keystore.service, readme_example()))
+    created = keystore.create("acme", "gold")
+    for headers in ({"x-api-key": created.api_key}, {"authorization": f"Bearer {created.api_key}"}):
+        seen = Seen(get(envoy, headers=headers))
+        assert (seen.header("x-tenant-id"), seen.header("x-plan")) == ("acme", "gold")
+        assert seen.header("x-api-key") is None and seen.header("authorization") is None
+    assert get(envoy, path="/health").status_code == 200
+    denied = get(envoy, random_key())
+    assert denied.headers["www-authenticate"] == 'ApiKey realm="orders-api"'

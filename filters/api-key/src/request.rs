@@ -40,21 +40,7 @@ impl ApiKeyRequest {
         match finish(&self.state, verdict) {
             Finish::Continue => Action::Continue,
             Finish::Respond(reply) => {
-                let headers = reply
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (*n, v.as_str()))
-                    .collect();
-                if let Err(status) = hostcalls::send_http_response(
-                    reply.status,
-                    headers,
-                    Some(reply.body.as_bytes()),
-                ) {
-                    log::warn!(
-                        "{FILTER}: cannot send the {} reply: {status:?}",
-                        reply.status
-                    );
-                }
+                send_reply(&reply);
                 Action::Pause
             }
         }
@@ -153,6 +139,23 @@ pub fn finish(state: &FilterState, verdict: &Verdict) -> Finish {
             state.metrics.denied(*denial);
             Finish::Respond(config.reply(*denial))
         }
+    }
+}
+
+/// Answers the request that is the effective context with a local reply.
+pub fn send_reply(reply: &Reply) {
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    if let Err(status) =
+        hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+    {
+        log::warn!(
+            "{FILTER}: cannot send the {} reply: {status:?}",
+            reply.status
+        );
     }
 }
 

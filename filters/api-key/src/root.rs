@@ -223,24 +223,13 @@ impl FilterState {
     fn wake(&self, context_id: u32, verdict: &Verdict) {
         // A request that is gone cannot be made effective; nothing to do then.
         if hostcalls::set_effective_context(context_id).is_ok() {
-            let result = match request::finish(self, verdict) {
-                Finish::Continue => wasmgate_host::resume_request(context_id),
-                Finish::Respond(reply) => {
-                    let headers = reply
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (*n, v.as_str()))
-                        .collect();
-                    wasmgate_host::respond_to_request(
-                        context_id,
-                        reply.status,
-                        headers,
-                        Some(reply.body.as_bytes()),
-                    )
+            match request::finish(self, verdict) {
+                Finish::Continue => {
+                    if let Err(status) = wasmgate_host::resume_request(context_id) {
+                        log::warn!("{FILTER}: cannot resume request {context_id}: {status:?}");
+                    }
                 }
-            };
-            if let Err(status) = result {
-                log::warn!("{FILTER}: cannot wake request {context_id}: {status:?}");
+                Finish::Respond(reply) => request::send_reply(&reply),
             }
         }
         let _ = hostcalls::set_effective_context(self.root_context_id);
