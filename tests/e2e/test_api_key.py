@@ -18,7 +18,7 @@ from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_fil
 METRIC = "wasmcustom.wasmgate.api_key."
 
 
-def gateway(echo, store, config=None, env_keys=None):
+def gateway(echo, store, config=None, env_keys=None, **bootstrap_extra):
     """Envoy with only the API-key filter in front of the echo upstream. The filter's
     store cluster `keystore` points at `store` (anything with .host and .port).
 
@@ -39,6 +39,7 @@ def gateway(echo, store, config=None, env_keys=None):
             route("/", "upstream", name="default"),
         ])],
         [cluster("upstream", echo.host, echo.port), cluster("keystore", store.host, store.port)],
+        **bootstrap_extra,
     )
 
 
@@ -183,7 +184,9 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
 
 def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(start_envoy, echo, keystore):
     ttl = 5.0
-    envoy = start_envoy(gateway(echo, keystore.service, {"cache": {"ttl": "5s"}}))
+    # Histograms reach /stats when Envoy flushes its stats: flush often.
+    envoy = start_envoy(gateway(echo, keystore.service, {"cache": {"ttl": "5s"}},
+                                stats_flush_interval="0.5s"))
     created = keystore.create("acme", "gold")
 
     started = time.monotonic()
@@ -203,6 +206,9 @@ def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(start_envoy, e
     assert time.monotonic() - second < ttl
     assert keystore.lookups() == 2
     assert envoy.stat(METRIC + "lookups") == 2
+    # Both lookups' round trips are in the latency histogram.
+    wait_for(lambda: re.search(r"lookup_ms: P0\(\d", envoy.admin("/stats?filter=lookup_ms")),
+             10, "the lookup latency histogram to be flushed")
 
 
 @pytest.mark.parametrize("outage", ["redis", "keystore"])
@@ -258,6 +264,30 @@ def test_a_hung_store_ends_requests_at_the_timeout_with_503(start_envoy, echo, h
     assert envoy.stat(METRIC + "store_error.status") == 2
     assert envoy.stat(METRIC + "denied.store_unavailable") == 6
     assert get(envoy).status_code == 401  # and the gateway still answers at once
+
+
+def test_a_request_body_cannot_push_a_request_past_a_pending_lookup(start_envoy, echo,
+                                                                   hung_server):
+    # A body that arrives while the headers wait for the lookup must wait with them,
+    # or the request would go upstream unchecked.
+    envoy = start_envoy(gateway(echo, hung_server, {"store": {"timeout": "500ms"}}))
+    for body in (b"x" * 10, b"y" * 200_000):
+        resp = requests.post(envoy.url("/orders"), data=body, timeout=10,
+                             headers={"x-api-key": random_key()})
+        assert resp.status_code == 503, resp.text[:300]
+    assert requests.get(echo.url("/__echo/stats")).json()["requests"] == 0
+
+
+def test_a_request_body_reaches_the_upstream_after_the_lookup(start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(echo, keystore.service))
+    body = "order=" + "z" * 50_000  # the echo server echoes up to 64 KiB
+    created = keystore.create("acme", "gold")
+    resp = requests.post(envoy.url("/orders"), data=body, timeout=10,
+                         headers={"x-api-key": created.api_key})
+    seen = Seen(resp)
+    assert seen.header("x-tenant-id") == "acme"
+    assert seen.body == body
+    assert envoy.stat(METRIC + "cache_miss") == 1
 
 
 def test_fail_open_passes_anonymously_when_the_store_cannot_answer(start_envoy, echo, hung_server):

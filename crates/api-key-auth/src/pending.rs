@@ -64,6 +64,11 @@ impl PendingLookups {
         self.waiters.retain(|w| w.context_id != context_id);
     }
 
+    /// Whether request `context_id` still waits for its key's answer.
+    pub fn is_waiting(&self, context_id: u32) -> bool {
+        self.waiters.iter().any(|w| w.context_id == context_id)
+    }
+
     /// Whether this worker is already looking `hash` up.
     pub fn fetching(&self, hash: &KeyHash) -> bool {
         self.lookups.contains_key(hash)
@@ -215,6 +220,7 @@ mod tests {
         p.wait(2, a, 200);
         p.wait(3, a, 300);
         p.forget(2);
+        assert!(p.is_waiting(1) && !p.is_waiting(2));
         assert_eq!(p.take_overdue(99), vec![]);
         assert_eq!(p.take_overdue(100), vec![(1, a)]);
         assert_eq!(p.take_waiters(&a), vec![3]);

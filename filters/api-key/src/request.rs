@@ -36,6 +36,15 @@ impl ApiKeyRequest {
         Action::Pause
     }
 
+    /// Holds body and trailers while the request still waits for its key's answer.
+    fn hold_while_undecided(&self) -> Action {
+        if self.waited && self.state.pending.borrow().is_waiting(self.context_id) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
     fn finish_now(&self, verdict: &Verdict) -> Action {
         match finish(&self.state, verdict) {
             Finish::Continue => Action::Continue,
@@ -98,6 +107,17 @@ impl HttpContext for ApiKeyRequest {
             Some(verdict) => self.finish_now(&verdict),
             None => Action::Continue,
         }
+    }
+
+    // Envoy's proxy-wasm host turns a paused request into "stop everything", so body
+    // and trailers do not reach the filter while it waits; a host that only stopped
+    // the headers would, and continuing here would pass the request upstream unchecked.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_undecided()
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        self.hold_while_undecided()
     }
 }
 
