@@ -486,3 +486,37 @@ fn invalid_configurations_name_the_field() {
         );
     }
 }
+
+#[test]
+fn the_readme_example_is_a_valid_configuration() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split("## Rate-limit filter")
+        .nth(1)
+        .expect("README has a rate-limit section");
+    let example = section
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section opens with a JSON example");
+    let gw = Gateway::new(example);
+    let post = |plan: &str| {
+        FakeRequest::default()
+            .with_header(":method", "POST")
+            .with_header(":path", "/api/v1/orders")
+            .with_header("x-api-key-id", "k1")
+            .with_header("x-plan", plan)
+    };
+    let v = gw.send(&post("gold"), T0);
+    assert_eq!(header(allowed(&v), "x-ratelimit-limit"), Some("50"));
+    assert_eq!(
+        header(allowed(&v), "ratelimit-policy"),
+        Some(r#""burst";q=50;w=1, "hourly";q=20000;w=3600"#)
+    );
+    let v = gw.send(&post("free"), T0);
+    assert_eq!(header(allowed(&v), "x-ratelimit-limit"), Some("10"));
+    // The default rule is in shadow mode: over its limit, still admitted.
+    let health = FakeRequest::get("/health").with_address("192.0.2.7:1000");
+    let verdicts: Vec<Verdict> = (0..101).map(|_| gw.send(&health, T0)).collect();
+    assert!(matches!(verdicts[100], Verdict::ShadowLimited(_)));
+}
