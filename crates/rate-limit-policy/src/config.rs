@@ -133,9 +133,9 @@ impl PolicySpec {
         }
         let mut names = BTreeSet::new();
         let mut rules = Vec::with_capacity(self.rules.len());
-        for (i, spec) in self.rules.into_iter().enumerate() {
+        for (i, mut spec) in self.rules.into_iter().enumerate() {
             let at = format!("rules[{i}]");
-            let Some(route) = spec.route.clone() else {
+            let Some(route) = spec.route.take() else {
                 return Err(ConfigError::new(
                     "match",
                     r#"every rule needs a "match"; use "default" for the requests no rule matches"#,
