@@ -288,9 +288,10 @@ impl BucketTable {
     /// Two workers placing the same new key at the same time read the same window and pick
     /// the same first free slot, so the compare-and-swap lets only one of them create it.
     /// (Only if a bucket in the window becomes full between their two reads can they pick
-    /// different slots; the key then has a second record, counting that one request,
-    /// which later lookups skip because they use the first in probe order. Neither record
-    /// is fresher than a new bucket, and the spare one is reclaimed once full.)
+    /// different slots. The key then has a second record, holding one request's count,
+    /// that later lookups skip because they use the first in probe order: that one request
+    /// goes uncounted, nobody gets a bucket fresher than a new one, and the spare record
+    /// is reclaimed once full.)
     fn locate(
         &self,
         store: &dyn SharedStore,
