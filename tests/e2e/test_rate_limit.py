@@ -118,12 +118,14 @@ def test_allowed_responses_count_down_and_tell_when_the_quota_is_whole(start_env
 
 
 def test_requests_pass_again_once_the_bucket_refills(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, per_user({"requests": 2, "per": "2s"})))
+    # One token every 2 s: slow enough that a loaded machine still sends three requests
+    # before the first token comes back.
+    envoy = start_envoy(gateway(echo, per_user({"requests": 2, "per": "4s"})))
     assert [get(envoy.port(), "/", as_user("dan")).status for _ in range(2)] == [200, 200]
     limited = get(envoy.port(), "/", as_user("dan"))
     assert limited.status == 429
-    assert limited.header("retry-after") == "1"
-    # One token a second: within a few seconds a request passes again.
+    assert 1 <= int(limited.header("retry-after")) <= 2
+    # Within a few seconds a request passes again.
     wait_for(lambda: get(envoy.port(), "/", as_user("dan")).status == 200, 10,
              "the bucket to refill")
 
@@ -190,7 +192,7 @@ def test_a_gold_plan_gets_its_larger_limit(start_envoy, echo):
 
 def test_several_limits_apply_together(start_envoy, echo):
     envoy = start_envoy(gateway(echo, per_user(
-        {"name": "burst", "requests": 2, "per": "2s"},
+        {"name": "burst", "requests": 2, "per": "4s"},
         {"name": "hourly", "requests": 3, "per": "1h"},
         ietf_headers=True,
     )))
@@ -208,14 +210,14 @@ def test_several_limits_apply_together(start_envoy, echo):
     first = send()
     assert first.status == 200
     # draft-ietf-httpapi-ratelimit-headers-11: every policy, and each one's state.
-    assert first.header("ratelimit-policy") == '"burst";q=2;w=2, "hourly";q=3;w=3600'
-    assert first.header("ratelimit") == '"burst";r=1;t=1, "hourly";r=2;t=1200'
+    assert first.header("ratelimit-policy") == '"burst";q=2;w=4, "hourly";q=3;w=3600'
+    assert first.header("ratelimit") == '"burst";r=1;t=2, "hourly";r=2;t=1200'
     assert send().status == 200
     # The burst limit refuses first; the refusal takes nothing from the hourly bucket...
     refused = send()
     assert refused.status == 429
     assert violated(refused) == ["burst"]
-    assert refused.header("retry-after") == "1"
+    assert 1 <= int(refused.header("retry-after")) <= 2
     # ...so once the burst bucket refills, the hourly bucket still has a third request.
     third = send_until(lambda a: a.status == 200, "the burst bucket to refill")
     assert third.header("x-ratelimit-remaining") == "0"

@@ -17,8 +17,8 @@ pub enum ResetFormat {
     /// Unix time (seconds) at which the bucket is full again, e.g. `1713272400`.
     #[default]
     Epoch,
-    /// Seconds from now until the bucket is full again, e.g. `15` (as Envoy's
-    /// `x-ratelimit-reset`, draft-polli-ratelimit-headers-03).
+    /// Seconds from now until the bucket is full again, e.g. `15` (as Envoy's own
+    /// `x-ratelimit-reset`, `DRAFT_VERSION_03`: draft-ietf-httpapi-ratelimit-headers-03).
     Delta,
 }
 
