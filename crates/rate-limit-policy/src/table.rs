@@ -216,9 +216,9 @@ impl BucketTable {
         census
     }
 
-    /// Counts one request against the bucket `digest` (overflow bucket `overflow`).
-    /// `shadow` requests are counted like any other when they fit; nothing is written
-    /// when they do not, exactly as for an enforced refusal.
+    /// Counts one request against the bucket `digest`, or against the overflow bucket
+    /// `overflow` when the key has no slot and none is free. A request that does not fit
+    /// writes nothing: the caller refuses it, or lets it through in shadow mode.
     pub fn take(
         &self,
         store: &dyn SharedStore,
@@ -307,16 +307,12 @@ impl BucketTable {
                 continue;
             };
             let vacant = match Slot::decode(&bytes) {
-                Slot::Bucket(record) if record.digest == *digest => {
-                    if limits.fits(&record.levels) {
-                        return Place::Found {
-                            key,
-                            cas,
-                            levels: record.levels,
-                        };
-                    }
-                    // Same digest, other shape: only a digest collision can do this.
-                    false
+                Slot::Bucket(record) if record.digest == *digest && limits.fits(&record.levels) => {
+                    return Place::Found {
+                        key,
+                        cas,
+                        levels: record.levels,
+                    };
                 }
                 Slot::Bucket(record) if record.full_at_ms <= now_ms => false,
                 Slot::Bucket(_) => continue,
