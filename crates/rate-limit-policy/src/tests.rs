@@ -54,8 +54,15 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// The configuration as given, with a small table unless it names one (preparing the
+    /// default 100,000 slots is slow in unoptimised test builds).
     fn new(json: &str) -> Self {
-        let policy = RateLimitPolicy::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        let mut config: serde_json::Value = serde_json::from_str(json).unwrap();
+        if config.get("table").is_none() {
+            config["table"] = serde_json::json!({"slots": 256});
+        }
+        let policy = RateLimitPolicy::from_json(config.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
         let store = MemoryStore::new();
         policy.prepare(&store);
         Self { policy, store }
@@ -345,6 +352,14 @@ fn istio_doubles_parse_like_integers() {
     );
     assert_eq!(gw.policy.table().slots(), 64);
     assert_eq!(gw.store.key_count(), 65);
+}
+
+#[test]
+fn the_default_table_holds_100000_buckets() {
+    let policy =
+        RateLimitPolicy::from_json(br#"{"default": {"limits": [{"requests": 1, "per": "1s"}]}}"#)
+            .unwrap();
+    assert_eq!(policy.table().slots(), 100_000);
 }
 
 #[test]
