@@ -47,10 +47,10 @@ impl Gauge {
         }
     }
 
-    /// Adds `delta` (negative to subtract). Envoy keeps one value per name for all
-    /// workers, so each worker can add its own share of a total.
+    /// Adds `delta` (negative to subtract). Every VM that defines the same name shares
+    /// one Envoy gauge, so additions from all workers accumulate.
     pub fn add(&self, delta: i64) {
-        if let (Some(id), true) = (self.0, delta != 0) {
+        if let Some(id) = self.0 {
             let _ = hostcalls::increment_metric(id, delta);
         }
     }
