@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Envoy, Service, tool_path  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
+from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

@@ -216,3 +216,47 @@ def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, con
     assert lines, log[-3000:]
     assert f"invalid plugin configuration: {field}" in lines[0], lines[0]
     assert problem in lines[0], lines[0]
+
+
+def test_non_utf8_upstream_header_values_do_not_trap_the_filter(start_envoy):
+    """An upstream may send header bytes above 0x7F. Response rules that read such a
+    header must treat it as unreadable, not trap the VM (which would fail every
+    request on that worker)."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    answer = b"HTTP/1.1 200 OK\r\nx-odd: caf\xe9\xff\r\ncontent-length: 2\r\n\r\nok"
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        config = {"default": {"response": {"rename": {"x-odd": "x-renamed"},
+                                           "if_absent": {"x-odd": "replaced"}}}}
+        filters = [wasm_filter(wasm_path("headers"), config, name="headers")]
+        envoy = start_envoy(bootstrap(
+            [http_listener("main", filters, [route("/", "upstream", name="default")])],
+            [cluster("upstream", "127.0.0.1", listener.getsockname()[1])],
+        ))
+        for _ in range(4):  # more requests than workers: every VM took the odd header
+            resp = requests.get(envoy.url("/odd"), headers={"connection": "close"})
+            assert resp.status_code == 200 and resp.text == "ok"
+        assert "panic" not in envoy.log()
+    finally:
+        listener.close()

@@ -45,11 +45,7 @@ impl HttpContext for HeadersRequest {
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         if let Some(plan) = self.response.take() {
-            let current = |name: &str| {
-                hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-                    .ok()
-                    .flatten()
-            };
+            let current = |name: &str| wasmgate_host::response_header(name);
             apply(
                 MapType::HttpResponseHeaders,
                 self.policy.plan_response(&plan, &current),

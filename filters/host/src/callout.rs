@@ -36,8 +36,9 @@ impl Callout<'_> {
 /// What came back, read inside `on_http_call_response`.
 #[derive(Debug, Clone)]
 pub struct CalloutResponse {
-    /// `None` when the callout failed without an HTTP answer (timeout, reset, no
-    /// healthy upstream): Envoy then reports no headers at all.
+    /// The `:status` of the answer. Envoy 1.40 answers failures itself: a callout
+    /// timeout comes back as a local `504`, a refused connection or no healthy
+    /// upstream as `503`; `None` only when no headers came back at all.
     pub status: Option<u16>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -49,7 +50,14 @@ impl CalloutResponse {
     /// Reads the response of the callout being delivered, keeping at most `max_body`
     /// bytes of its body (`body_size` is the argument of `on_http_call_response`).
     pub fn read(body_size: usize, max_body: usize) -> Self {
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        // Bytes, not `get_map`: the SDK unwraps UTF-8 there, and an upstream sending a
+        // header value that is not UTF-8 must not trap the VM. Such values are dropped.
+        let headers: Vec<(String, String)> =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name, v)))
+                .collect();
         let status = headers
             .iter()
             .find(|(name, _)| name == ":status")

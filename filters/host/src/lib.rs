@@ -66,11 +66,24 @@ pub fn property_text(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-/// The first value of a request header.
+/// The first value of a request header; `None` when absent or not UTF-8.
+///
+/// Reads bytes: the SDK's `get_map_value` unwraps the UTF-8 conversion, so a client
+/// sending a header with bytes above 0x7F would trap the VM (seen with random bytes
+/// in `Authorization`).
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    header_text(MapType::HttpRequestHeaders, name)
+}
+
+/// The first value of a response header, as [`request_header`] reads requests: an
+/// upstream sending non-UTF-8 bytes must not trap the VM either.
+pub fn response_header(name: &str) -> Option<String> {
+    header_text(MapType::HttpResponseHeaders, name)
+}
+
+fn header_text(map: MapType, name: &str) -> Option<String> {
+    let bytes = hostcalls::get_map_value_bytes(map, name).ok().flatten()?;
+    String::from_utf8(bytes).ok()
 }
 
 /// The host's wall clock in milliseconds since the Unix epoch.

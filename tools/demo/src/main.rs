@@ -5,6 +5,9 @@
 //! (so a harness can ask for port 0 and read the real port), then serves until killed.
 
 mod echo;
+mod jwks;
+mod signing_keys;
+mod token;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,12 +27,19 @@ struct Cli {
 enum Command {
     /// An upstream that answers every request with the request it received, as JSON.
     Echo(echo::EchoArgs),
+    /// A JWKS issuer serving the public keys of a key directory; steerable (fail, slow,
+    /// down) through its /__jwks/ admin paths.
+    Jwks(jwks::JwksArgs),
+    /// Mints a JWT signed with a key of a key directory.
+    Token(token::TokenArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo::serve(args),
+        Command::Jwks(args) => jwks::serve(args),
+        Command::Token(args) => token::mint(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

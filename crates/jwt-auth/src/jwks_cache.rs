@@ -1,0 +1,587 @@
+//! The JWKS cache policy: one fetch per refresh per Envoy instance, whatever the
+//! number of workers, and never a cause of mass 401s.
+//!
+//! Every VM (one per Envoy worker, plus a few) holds a [`Keyring`]: the parsed keys of
+//! each provider. Remote JWKS documents live in shared data, under keys bounded by
+//! the configuration (`wasmgate.jwt.<provider>.<source hash>.state` and `.keys`):
+//!
+//! * `.state` is a small record every VM reads on each tick: the version (`seq`) of
+//!   the published keys, when they must be refreshed, the fetch lease, the failure
+//!   count and when to retry, and when the last unknown-`kid` refetch happened;
+//! * `.keys` holds the last good JWKS document; a VM reads it only when `seq` moved.
+//!
+//! A VM fetches only after winning the lease with a CAS write on `.state`, so one
+//! callout is in flight per provider and per instance. A successful fetch publishes
+//! the document and clears the failure count; a failed one backs off exponentially
+//! and keeps the last good keys, which stay usable until `max_staleness` past their
+//! refresh time. A token with an unknown `kid` may force a refetch, at most once per
+//! `unknown_kid_refetch_interval` per provider (shared, so per instance).
+//!
+//! All times are milliseconds since the Unix epoch, passed in as `now`. The glue
+//! dispatches the callout a [`FetchOrder`] describes and hands the answer back as a
+//! [`FetchResponse`].
+
+use crate::config::{JwtConfig, KeySource, RemoteJwks};
+use crate::jwks::KeySet;
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+use wasmgate_shared_store::{Cas, SetError, SharedStore};
+
+/// The cache policy of one remote JWKS, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// Callout timeout.
+    pub fetch_timeout: u64,
+    /// Refresh interval when the answer has no `Cache-Control: max-age`.
+    pub cache_duration: u64,
+    /// Bounds applied to `max-age`.
+    pub min_cache_duration: u64,
+    pub max_cache_duration: u64,
+    /// How long past their refresh time the last good keys are still used while
+    /// refreshes fail.
+    pub max_staleness: u64,
+    /// Retry delay after the first failure, doubling up to `backoff_max`.
+    pub backoff_initial: u64,
+    pub backoff_max: u64,
+    /// Least time between two refetches forced by unknown `kid`s.
+    pub unknown_kid_refetch_interval: u64,
+    /// How long a request may wait for keys (first load, unknown `kid`).
+    pub max_wait: u64,
+}
+
+impl CachePolicy {
+    /// How long keys fetched with this `Cache-Control` stay fresh.
+    pub fn time_to_live(&self, cache_control: Option<&str>) -> u64 {
+        match cache_control.and_then(max_age_secs) {
+            Some(secs) => secs
+                .saturating_mul(1000)
+                .clamp(self.min_cache_duration, self.max_cache_duration),
+            None => self.cache_duration,
+        }
+    }
+
+    /// The retry delay after `failures` consecutive failures (1 or more).
+    pub fn backoff(&self, failures: u32) -> u64 {
+        let doublings = failures.saturating_sub(1).min(32);
+        self.backoff_initial
+            .saturating_mul(1u64 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+/// `max-age` in seconds; `no-store`/`no-cache` count as 0 (then the lower bound applies).
+fn max_age_secs(cache_control: &str) -> Option<u64> {
+    let mut result = None;
+    for directive in cache_control.split(',') {
+        let directive = directive.trim().to_ascii_lowercase();
+        if directive == "no-store" || directive == "no-cache" {
+            return Some(0);
+        }
+        if let Some(value) = directive.strip_prefix("max-age=") {
+            result = value.trim_matches('"').parse().ok();
+        }
+    }
+    result
+}
+
+/// The shared `.state` record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct FetchState {
+    /// Version of the document in `.keys`; 0 before the first good fetch.
+    seq: u64,
+    refresh_at: u64,
+    /// The VM holding the fetch lease (0: nobody) and until when.
+    lease_holder: u64,
+    lease_until: u64,
+    /// Consecutive failed fetches, and when the next attempt may start.
+    failures: u32,
+    retry_at: u64,
+    /// When the last refetch forced by an unknown `kid` started.
+    refetched_at: u64,
+}
+
+impl FetchState {
+    fn lease_active(&self, now: u64) -> bool {
+        self.lease_holder != 0 && now < self.lease_until
+    }
+}
+
+/// A callout the glue must send (from the root context), then answer with
+/// [`Keyring::on_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchOrder {
+    pub provider: usize,
+    pub cluster: String,
+    pub path: String,
+    pub authority: String,
+    /// Milliseconds.
+    pub timeout: u64,
+    /// Started for an unknown `kid` rather than because the keys were due.
+    pub forced: bool,
+}
+
+/// What the callout brought back.
+#[derive(Debug, Clone, Default)]
+pub struct FetchResponse {
+    /// `None` when no HTTP answer came (timeout, reset, no healthy upstream).
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+    /// The body was longer than [`MAX_JWKS_BYTES`](crate::jwks::MAX_JWKS_BYTES).
+    pub truncated: bool,
+    pub cache_control: Option<String>,
+}
+
+/// The result of a fetch, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchReport {
+    Success { keys: usize, time_to_live: u64 },
+    Failure { reason: String, retry_in: u64 },
+}
+
+/// Keys usable for a provider right now.
+#[derive(Debug, Clone)]
+pub enum KeyLookup {
+    /// `seq` identifies this version of the keys (0 for an inline JWKS).
+    Ready { keys: Rc<KeySet>, seq: u64 },
+    /// Not loaded yet (or too stale), but a fetch is under way or due within the
+    /// request's wait: the request may wait.
+    Pending,
+    /// No usable keys and no fetch expected soon: answer 503 now.
+    Unavailable,
+}
+
+/// The answer for a token whose `kid` is not among the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownKid {
+    /// Another VM published newer keys meanwhile: check again with them.
+    NewerKeys,
+    /// A refetch is in flight or was just asked for: wait for it.
+    Wait,
+    /// No refetch now (one happened within `unknown_kid_refetch_interval`, or
+    /// fetches are backing off, or the keys are inline): the key is unknown.
+    Refused,
+}
+
+/// One remote JWKS as seen by one VM.
+#[derive(Debug)]
+struct JwksCache {
+    remote: RemoteJwks,
+    state_key: String,
+    keys_key: String,
+    holder: u64,
+    keys: Option<Rc<KeySet>>,
+    /// Version and refresh time of `keys`.
+    seq: u64,
+    refresh_at: u64,
+    shared: FetchState,
+    shared_cas: Option<Cas>,
+    /// A request of this VM met an unknown `kid` and a refetch is allowed: the next
+    /// poll takes the lease for it.
+    want_refetch: bool,
+    /// This VM dispatched a fetch; its lease ends then.
+    in_flight_until: Option<u64>,
+}
+
+/// How many times a CAS write is retried against concurrent writers.
+const CAS_ATTEMPTS: usize = 8;
+/// Extra lease time beyond the callout timeout, so the lease never ends before the
+/// callout does.
+const LEASE_MARGIN: u64 = 1_000;
+
+impl JwksCache {
+    fn new(provider: &str, remote: &RemoteJwks, holder: u64) -> Self {
+        // The source is part of the key: two configurations that give one provider
+        // name different JWKS URLs must not share (or overwrite) each other's keys.
+        let source = format!("{}\n{}\n{}", remote.cluster, remote.authority, remote.path);
+        let digest = ring::digest::digest(&ring::digest::SHA256, source.as_bytes());
+        let hash: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let prefix = format!("wasmgate.jwt.{provider}.{hash}");
+        Self {
+            remote: remote.clone(),
+            state_key: format!("{prefix}.state"),
+            keys_key: format!("{prefix}.keys"),
+            holder,
+            keys: None,
+            seq: 0,
+            refresh_at: 0,
+            shared: FetchState::default(),
+            shared_cas: None,
+            want_refetch: false,
+            in_flight_until: None,
+        }
+    }
+
+    fn policy(&self) -> &CachePolicy {
+        &self.remote.policy
+    }
+
+    /// Creates `.state` where missing. Called from `on_configure`, before any VM
+    /// competes for the lease: every later write is a CAS on an existing key.
+    fn create_shared_keys(&self, store: &dyn SharedStore) {
+        if store.get(&self.state_key).is_none() {
+            if let Ok(text) = serde_json::to_vec(&FetchState::default()) {
+                let _ = store.set(&self.state_key, &text, None);
+            }
+        }
+    }
+
+    /// Reads `.state` and, when another VM published newer keys, `.keys`.
+    fn sync(&mut self, store: &dyn SharedStore) {
+        let Some((bytes, cas)) = store.get(&self.state_key) else {
+            self.shared = FetchState::default();
+            self.shared_cas = None;
+            return;
+        };
+        self.shared = serde_json::from_slice(&bytes).unwrap_or_default();
+        self.shared_cas = Some(cas);
+        if self.shared.seq > self.seq {
+            if let Some((record, _)) = store.get(&self.keys_key) {
+                if let Some((seq, refresh_at, set)) = parse_keys_record(&record) {
+                    if seq > self.seq {
+                        self.install(seq, refresh_at, set);
+                    }
+                }
+            }
+        }
+    }
+
+    fn install(&mut self, seq: u64, refresh_at: u64, set: KeySet) {
+        self.keys = Some(Rc::new(set));
+        self.seq = seq;
+        self.refresh_at = refresh_at;
+        self.want_refetch = false;
+    }
+
+    fn usable_keys(&self, now: u64) -> Option<KeyLookup> {
+        let keys = self.keys.as_ref()?;
+        (now < self.refresh_at.saturating_add(self.policy().max_staleness)).then(|| {
+            KeyLookup::Ready {
+                keys: Rc::clone(keys),
+                seq: self.seq,
+            }
+        })
+    }
+
+    /// Usable keys as this VM knows them; shared data is read only when there are
+    /// none (the root's tick keeps the VM's copy current, so the request path does
+    /// not pay a shared-data read on every token).
+    fn lookup(&mut self, store: &dyn SharedStore, now: u64) -> KeyLookup {
+        if let Some(ready) = self.usable_keys(now) {
+            return ready;
+        }
+        self.sync(store);
+        if let Some(ready) = self.usable_keys(now) {
+            return ready;
+        }
+        let failing = self.shared.failures > 0
+            && self.shared.retry_at > now.saturating_add(self.policy().max_wait)
+            && !self.shared.lease_active(now);
+        if failing {
+            KeyLookup::Unavailable
+        } else {
+            KeyLookup::Pending
+        }
+    }
+
+    fn refetch_allowed(&self, now: u64) -> bool {
+        now >= self
+            .shared
+            .refetched_at
+            .saturating_add(self.policy().unknown_kid_refetch_interval)
+            && (self.shared.failures == 0 || now >= self.shared.retry_at)
+    }
+
+    /// A token names a `kid` missing from the keys of version `seen`.
+    fn unknown_kid(&mut self, store: &dyn SharedStore, now: u64, seen: u64) -> UnknownKid {
+        self.sync(store);
+        if self.seq > seen {
+            return UnknownKid::NewerKeys;
+        }
+        if self.shared.lease_active(now) {
+            return UnknownKid::Wait;
+        }
+        if self.refetch_allowed(now) {
+            self.want_refetch = true;
+            return UnknownKid::Wait;
+        }
+        UnknownKid::Refused
+    }
+
+    fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<(u64, bool)> {
+        self.sync(store);
+        if let Some(until) = self.in_flight_until {
+            if now < until {
+                return None;
+            }
+            // Our callout outlived its lease (it should not: Envoy enforces the
+            // timeout). Forget it; its answer, if any, is still accepted.
+            self.in_flight_until = None;
+        }
+        let shared = &self.shared;
+        let due = shared.seq == 0 || now >= shared.refresh_at;
+        let forced = self.want_refetch && self.refetch_allowed(now);
+        if self.want_refetch && !forced && !shared.lease_active(now) {
+            // Someone else refetched meanwhile, or we are backing off.
+            self.want_refetch = false;
+        }
+        let backing_off = shared.failures > 0 && now < shared.retry_at;
+        // (`forced` already implies that we are not backing off.)
+        let start = (due || forced) && !backing_off && !shared.lease_active(now);
+        if !start {
+            return None;
+        }
+        let mut next = shared.clone();
+        next.lease_holder = self.holder;
+        next.lease_until = now + self.policy().fetch_timeout + LEASE_MARGIN;
+        if forced && !due {
+            next.refetched_at = now;
+        }
+        let text = serde_json::to_vec(&next).ok()?;
+        match store.set(&self.state_key, &text, self.shared_cas) {
+            Ok(()) => {
+                self.in_flight_until = Some(next.lease_until);
+                self.want_refetch = false;
+                self.shared = next;
+                Some((self.shared.lease_until, forced && !due))
+            }
+            Err(SetError::CasMismatch | SetError::Refused) => None,
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        store: &dyn SharedStore,
+        now: u64,
+        response: &FetchResponse,
+    ) -> FetchReport {
+        self.in_flight_until = None;
+        let parsed = match response.status {
+            None => Err("no answer (timeout, reset or no healthy upstream)".to_owned()),
+            Some(200) if response.truncated => Err(format!(
+                "JWKS larger than {} bytes",
+                crate::jwks::MAX_JWKS_BYTES
+            )),
+            Some(200) => KeySet::parse(&response.body, false).map_err(|e| e.to_string()),
+            Some(status) => Err(format!("HTTP status {status}")),
+        };
+        match parsed {
+            Ok(set) => {
+                let ttl = self
+                    .policy()
+                    .time_to_live(response.cache_control.as_deref());
+                let refresh_at = now + ttl;
+                let count = set.len();
+                let seq = self.publish(store, now, refresh_at, &response.body);
+                self.install(seq, refresh_at, set);
+                FetchReport::Success {
+                    keys: count,
+                    time_to_live: ttl,
+                }
+            }
+            Err(reason) => {
+                let failures = self.record_failure(store, now);
+                FetchReport::Failure {
+                    reason,
+                    retry_in: self.policy().backoff(failures),
+                }
+            }
+        }
+    }
+
+    /// Writes the document to `.keys`, then the new `seq` to `.state` (clearing the
+    /// lease and failures). Returns the new `seq`.
+    fn publish(&mut self, store: &dyn SharedStore, now: u64, refresh_at: u64, body: &[u8]) -> u64 {
+        self.sync(store);
+        let seq = self.shared.seq.max(self.seq) + 1;
+        let mut record = format!("{seq} {now} {refresh_at}\n").into_bytes();
+        record.extend_from_slice(body);
+        // Only the lease holder writes `.keys`; readers look at it only after `.state`
+        // announces the new `seq`, so the order of these two writes is what matters.
+        let _ = store.set(&self.keys_key, &record, None);
+        let holder = self.holder;
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut state, cas) = self.read_state(store);
+            state.seq = state.seq.max(seq);
+            state.refresh_at = refresh_at;
+            state.failures = 0;
+            state.retry_at = 0;
+            if state.lease_holder == holder {
+                state.lease_holder = 0;
+                state.lease_until = 0;
+            }
+            if self.write_state(store, &state, cas) {
+                break;
+            }
+        }
+        seq
+    }
+
+    /// Counts a failed fetch in `.state`, schedules the retry and clears our lease.
+    /// Returns the failure count.
+    fn record_failure(&mut self, store: &dyn SharedStore, now: u64) -> u32 {
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut state, cas) = self.read_state(store);
+            state.failures = state.failures.saturating_add(1);
+            state.retry_at = now + self.policy().backoff(state.failures);
+            if state.lease_holder == self.holder {
+                state.lease_holder = 0;
+                state.lease_until = 0;
+            }
+            if self.write_state(store, &state, cas) {
+                self.shared = state;
+                return self.shared.failures;
+            }
+        }
+        self.shared.failures.saturating_add(1)
+    }
+
+    fn read_state(&self, store: &dyn SharedStore) -> (FetchState, Option<Cas>) {
+        match store.get(&self.state_key) {
+            Some((bytes, cas)) => (
+                serde_json::from_slice(&bytes).unwrap_or_default(),
+                Some(cas),
+            ),
+            None => (FetchState::default(), None),
+        }
+    }
+
+    fn write_state(&self, store: &dyn SharedStore, state: &FetchState, cas: Option<Cas>) -> bool {
+        match serde_json::to_vec(state) {
+            Ok(text) => store.set(&self.state_key, &text, cas).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// `.keys` is `"<seq> <fetched_at> <refresh_at>\n<JWKS document>"`.
+fn parse_keys_record(record: &[u8]) -> Option<(u64, u64, KeySet)> {
+    let newline = record.iter().position(|b| *b == b'\n')?;
+    let header = std::str::from_utf8(&record[..newline]).ok()?;
+    let mut fields = header.split(' ').map(|f| f.parse::<u64>().ok());
+    let (Some(Some(seq)), Some(Some(_fetched_at)), Some(Some(refresh_at))) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        return None;
+    };
+    let set = KeySet::parse(&record[newline + 1..], false).ok()?;
+    Some((seq, refresh_at, set))
+}
+
+#[derive(Debug)]
+enum ProviderKeys {
+    Inline(Rc<KeySet>),
+    Remote(Box<JwksCache>),
+}
+
+/// The keys of every provider of one configuration, in one VM.
+#[derive(Debug)]
+pub struct Keyring {
+    providers: Vec<ProviderKeys>,
+}
+
+impl Keyring {
+    /// `holder` identifies this VM in the fetch lease: any number no other VM of the
+    /// instance uses (the glue draws a random one; never 0).
+    pub fn new(config: &JwtConfig, holder: u64) -> Self {
+        let holder = holder.max(1);
+        let providers = config
+            .providers
+            .iter()
+            .map(|provider| match &provider.keys {
+                KeySource::Inline(set) => ProviderKeys::Inline(Rc::new(set.clone())),
+                KeySource::Remote(remote) => {
+                    ProviderKeys::Remote(Box::new(JwksCache::new(&provider.name, remote, holder)))
+                }
+            })
+            .collect();
+        Self { providers }
+    }
+
+    /// Creates the fixed shared-data keys where missing (see the module docs).
+    pub fn create_shared_keys(&self, store: &dyn SharedStore) {
+        for provider in &self.providers {
+            if let ProviderKeys::Remote(cache) = provider {
+                cache.create_shared_keys(store);
+            }
+        }
+    }
+
+    pub fn lookup(&mut self, provider: usize, store: &dyn SharedStore, now: u64) -> KeyLookup {
+        match self.providers.get_mut(provider) {
+            Some(ProviderKeys::Inline(keys)) => KeyLookup::Ready {
+                keys: Rc::clone(keys),
+                seq: 0,
+            },
+            Some(ProviderKeys::Remote(cache)) => cache.lookup(store, now),
+            None => KeyLookup::Unavailable,
+        }
+    }
+
+    /// What to do about a token whose `kid` is not in the keys of version `seen`.
+    pub fn unknown_kid(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now: u64,
+        seen: u64,
+    ) -> UnknownKid {
+        match self.providers.get_mut(provider) {
+            Some(ProviderKeys::Remote(cache)) => cache.unknown_kid(store, now, seen),
+            _ => UnknownKid::Refused,
+        }
+    }
+
+    /// How long a request may wait for this provider's keys, in milliseconds.
+    pub fn max_wait(&self, provider: usize) -> u64 {
+        match self.providers.get(provider) {
+            Some(ProviderKeys::Remote(cache)) => cache.policy().max_wait,
+            _ => 0,
+        }
+    }
+
+    /// Called on every tick: the fetches this VM won the lease for.
+    pub fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Vec<FetchOrder> {
+        let mut orders = Vec::new();
+        for (index, provider) in self.providers.iter_mut().enumerate() {
+            if let ProviderKeys::Remote(cache) = provider {
+                if let Some((_, forced)) = cache.poll(store, now) {
+                    orders.push(FetchOrder {
+                        provider: index,
+                        cluster: cache.remote.cluster.clone(),
+                        path: cache.remote.path.clone(),
+                        authority: cache.remote.authority.clone(),
+                        timeout: cache.policy().fetch_timeout,
+                        forced,
+                    });
+                }
+            }
+        }
+        orders
+    }
+
+    /// The answer to a [`FetchOrder`] (or a failure to dispatch it, as a response
+    /// without status).
+    pub fn on_response(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now: u64,
+        response: &FetchResponse,
+    ) -> Option<FetchReport> {
+        match self.providers.get_mut(provider) {
+            Some(ProviderKeys::Remote(cache)) => Some(cache.on_response(store, now, response)),
+            _ => None,
+        }
+    }
+
+    /// Whether some remote provider has no usable keys yet (the glue ticks faster
+    /// then).
+    pub fn loading(&self) -> bool {
+        self.providers
+            .iter()
+            .any(|p| matches!(p, ProviderKeys::Remote(cache) if cache.keys.is_none()))
+    }
+}

@@ -1,0 +1,43 @@
+//! JWT validation for wasmgate's JWT filter, independent of the proxy-wasm host.
+//!
+//! The nouns are those of Envoy's own `jwt_authn`:
+//!
+//! * [`config`]: the plugin configuration, parsed once into a validated [`JwtConfig`];
+//! * [`extract`]: where a provider's token is found (headers, query parameters, cookies);
+//! * [`token`]: the compact JWS form, its header (`alg`, `kid`, `crit`) and claims;
+//! * [`jwks`]: strict JWKS parsing into a [`KeySet`];
+//! * [`verifier`]: signature checks with `ring`;
+//! * [`claims`]: `exp`/`nbf`/`iat`, issuer, audience, lifetime, scopes, claim-to-header;
+//! * [`jwks_cache`]: the JWKS cache policy shared by all VMs through a
+//!   [`SharedStore`](wasmgate_shared_store::SharedStore): one fetch per refresh, backoff,
+//!   last-known-good keys, rate-limited unknown-`kid` refetches;
+//! * [`token_cache`]: a bounded cache of verified tokens, keyed by a hash of the token;
+//! * [`rules`]: which requirement applies to a request;
+//! * [`error`]: one enum of reasons to refuse a request, each with exactly one answer;
+//! * [`authenticator`]: the decision for one request, as a value ([`Outcome`]).
+//!
+//! Time is always passed in (`now`, milliseconds since the Unix epoch); nothing here
+//! reads a clock, sleeps, or knows about proxy-wasm. The filter crate (`filters/jwt`)
+//! turns decisions into host calls.
+
+pub mod authenticator;
+pub mod claims;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod jwks;
+pub mod jwks_cache;
+pub mod rules;
+pub mod token;
+pub mod token_cache;
+pub mod verifier;
+
+pub use authenticator::{Attempt, Authenticator, Grant, Outcome};
+pub use config::JwtConfig;
+pub use error::{Answer, AuthError};
+pub use jwks::KeySet;
+pub use jwks_cache::{FetchOrder, FetchReport, FetchResponse, Keyring};
+pub use token_cache::TokenCache;
+
+#[cfg(test)]
+mod testkit;

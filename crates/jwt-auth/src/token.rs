@@ -1,0 +1,275 @@
+//! The compact JWS serialization of a JWT: `header.payload.signature`, each part
+//! base64url without padding.
+//!
+//! Parsing is strict and bounded: the caller caps the size before calling [`parse`];
+//! every part must be canonical base64url; header and payload must be JSON objects.
+//! Parsing checks nothing about trust: the signature and the claims are checked by
+//! [`verifier`](crate::verifier) and [`claims`](crate::claims).
+
+use crate::error::AuthError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A JWS signature algorithm this filter can verify (RFC 7518 §3, RFC 8037 for EdDSA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    HS256,
+    HS384,
+    HS512,
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl Alg {
+    /// Every algorithm, the asymmetric ones first.
+    pub const ALL: [Alg; 12] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+        Alg::HS256,
+        Alg::HS384,
+        Alg::HS512,
+    ];
+
+    /// Every asymmetric algorithm: the default allow-list of a provider.
+    pub const ASYMMETRIC: &'static [Alg] = Alg::ALL.split_at(9).0;
+
+    /// The `alg` name, case-sensitive as RFC 7515 §4.1.1 requires.
+    pub fn from_name(name: &str) -> Option<Alg> {
+        Alg::ALL.into_iter().find(|alg| alg.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the JOSE header says. Unknown members other than `crit` are ignored, as RFC
+/// 7515 §4 allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// `Err(name)` for an algorithm this filter does not implement (`none` included).
+    pub alg: Result<Alg, String>,
+    pub kid: Option<String>,
+    /// The header has a `crit` member. This filter understands no JWS extension, so a
+    /// token that marks any as critical must be refused (RFC 7515 §4.1.11).
+    pub has_crit: bool,
+}
+
+/// A parsed (not yet trusted) token.
+#[derive(Debug, Clone)]
+pub struct Token<'a> {
+    pub header: Header,
+    pub claims: Map<String, Value>,
+    /// `header.payload` exactly as received: what the signature covers.
+    pub signing_input: &'a [u8],
+    pub signature: Vec<u8>,
+}
+
+/// Parses the compact serialization. Any structural problem is
+/// [`AuthError::Malformed`] with a short reason that never quotes the token.
+pub fn parse(text: &str) -> Result<Token<'_>, AuthError> {
+    let mut parts = text.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("not three dot-separated parts"));
+    };
+    let header_json = decode(header)?;
+    let payload_json = decode(payload)?;
+    let signature = decode(signature)?;
+    if signature.is_empty() {
+        return Err(AuthError::Malformed("empty signature"));
+    }
+    let header_map = parse_header(&header_json)?;
+    let claims = match serde_json::from_slice::<Value>(&payload_json) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(AuthError::Malformed("payload is not a JSON object")),
+    };
+    let signing_input = &text.as_bytes()[..header.len() + 1 + payload.len()];
+    Ok(Token {
+        header: parse_header_fields(header_map)?,
+        claims,
+        signing_input,
+        signature,
+    })
+}
+
+fn decode(part: &str) -> Result<Vec<u8>, AuthError> {
+    if part.is_empty() {
+        return Err(AuthError::Malformed("empty part"));
+    }
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed("invalid base64url"))
+}
+
+fn parse_header(json: &[u8]) -> Result<Map<String, Value>, AuthError> {
+    match serde_json::from_slice::<Value>(json) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(AuthError::Malformed("header is not a JSON object")),
+    }
+}
+
+fn parse_header_fields(map: Map<String, Value>) -> Result<Header, AuthError> {
+    let alg = match map.get("alg") {
+        Some(Value::String(name)) => Alg::from_name(name).ok_or_else(|| name.clone()),
+        _ => return Err(AuthError::Malformed("header has no \"alg\" string")),
+    };
+    let kid = match map.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed("\"kid\" is not a string")),
+    };
+    Ok(Header {
+        alg,
+        kid,
+        has_crit: map.contains_key("crit"),
+    })
+}
+
+/// The `iss` claim of a token that has not been verified yet, read only to choose
+/// between providers that look for tokens in the same place.
+pub fn unverified_issuer(text: &str) -> Option<String> {
+    let payload = text.split('.').nth(1)?;
+    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    match serde_json::from_slice::<Value>(&json).ok()? {
+        Value::Object(map) => match map.get("iss") {
+            Some(Value::String(iss)) => Some(iss.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn token(header: &str, payload: &str, sig: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            b64(header.as_bytes()),
+            b64(payload.as_bytes()),
+            b64(sig)
+        )
+    }
+
+    #[test]
+    fn parses_header_claims_and_signing_input() {
+        let text = token(
+            r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#,
+            r#"{"sub":"alice"}"#,
+            b"sig",
+        );
+        let parsed = parse(&text).unwrap();
+        assert_eq!(parsed.header.alg, Ok(Alg::RS256));
+        assert_eq!(parsed.header.kid.as_deref(), Some("k1"));
+        assert!(!parsed.header.has_crit);
+        assert_eq!(parsed.claims["sub"], "alice");
+        assert_eq!(parsed.signature, b"sig");
+        let dot = text.rfind('.').unwrap();
+        assert_eq!(parsed.signing_input, &text.as_bytes()[..dot]);
+    }
+
+    #[test]
+    fn unknown_and_none_algorithms_are_reported_by_name() {
+        let text = token(r#"{"alg":"none"}"#, "{}", b"x");
+        assert_eq!(parse(&text).unwrap().header.alg, Err("none".to_owned()));
+        // Names are case-sensitive: "rs256" is not RS256.
+        let text = token(r#"{"alg":"rs256"}"#, "{}", b"x");
+        assert_eq!(parse(&text).unwrap().header.alg, Err("rs256".to_owned()));
+    }
+
+    #[test]
+    fn crit_is_noticed() {
+        let text = token(r#"{"alg":"ES256","crit":["exp"]}"#, "{}", b"x");
+        assert!(parse(&text).unwrap().header.has_crit);
+    }
+
+    #[test]
+    fn structural_problems_are_malformed() {
+        let good_header = b64(br#"{"alg":"RS256"}"#);
+        let good_payload = b64(br#"{"sub":"a"}"#);
+        let cases = [
+            String::new(),
+            "abc".to_owned(),
+            format!("{good_header}.{good_payload}"),
+            format!("{good_header}.{good_payload}.c2ln.extra"),
+            format!("{good_header}.{good_payload}."),
+            format!("{good_header}..c2ln"),
+            format!("{good_header}.{good_payload}.c2ln="), // padding
+            format!("{good_header}.{good_payload}.c2l+"),  // standard alphabet
+            format!("{good_header}.{good_payload}.c2lu!"), // garbage
+            format!("{}.{good_payload}.c2ln", b64(b"[1,2]")),
+            format!("{}.{good_payload}.c2ln", b64(b"{\"alg\":5}")),
+            format!(
+                "{}.{good_payload}.c2ln",
+                b64(b"{\"alg\":\"RS256\",\"kid\":7}")
+            ),
+            format!("{good_header}.{}.c2ln", b64(b"\"just a string\"")),
+            format!("{good_header}.{}.c2ln", b64(b"{not json")),
+        ];
+        for text in cases {
+            assert!(
+                matches!(parse(&text), Err(AuthError::Malformed(_))),
+                "{text:?} parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn unverified_issuer_reads_iss_only_when_it_is_a_string() {
+        assert_eq!(
+            unverified_issuer(&token(r#"{"alg":"RS256"}"#, r#"{"iss":"https://a"}"#, b"s")),
+            Some("https://a".to_owned())
+        );
+        assert_eq!(
+            unverified_issuer(&token(r#"{"alg":"RS256"}"#, r#"{"iss":1}"#, b"s")),
+            None
+        );
+        assert_eq!(unverified_issuer("garbage"), None);
+    }
+}

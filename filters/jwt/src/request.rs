@@ -1,0 +1,133 @@
+use crate::root::{Metrics, Shared, Waiter, Waiters};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::rc::Rc;
+use wasmgate_jwt_auth::authenticator::RequestInfo;
+use wasmgate_jwt_auth::extract::RequestHeaders;
+use wasmgate_jwt_auth::{AuthError, Outcome};
+
+pub struct JwtRequest {
+    context_id: u32,
+    shared: Rc<Shared>,
+    metrics: Rc<Metrics>,
+    waiters: Waiters,
+}
+
+impl JwtRequest {
+    pub fn new(
+        context_id: u32,
+        shared: Rc<Shared>,
+        metrics: Rc<Metrics>,
+        waiters: Waiters,
+    ) -> Self {
+        Self {
+            context_id,
+            shared,
+            metrics,
+            waiters,
+        }
+    }
+}
+
+impl Context for JwtRequest {
+    fn on_done(&mut self) -> bool {
+        // A request that waited for keys and went away (client closed) is forgotten.
+        self.waiters
+            .borrow_mut()
+            .retain(|waiter| waiter.context_id != self.context_id);
+        true
+    }
+}
+
+impl HttpContext for JwtRequest {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let method = wasmgate_host::request_header(":method").unwrap_or_default();
+        let path = wasmgate_host::request_header(":path").unwrap_or_default();
+        let request = RequestInfo {
+            method: &method,
+            path: &path,
+            headers: &HostHeaders,
+        };
+        match self.shared.start(&request, wasmgate_host::now_millis()) {
+            Outcome::Wait(attempt) => {
+                self.metrics.waited.increment();
+                self.waiters.borrow_mut().push(Waiter {
+                    context_id: self.context_id,
+                    shared: Rc::clone(&self.shared),
+                    attempt,
+                });
+                Action::Pause
+            }
+            outcome => finish(outcome, &self.shared, &self.metrics),
+        }
+    }
+}
+
+/// Applies a final decision to the request of the effective context: forward it
+/// with the identity headers (`Continue`), or answer it (`Pause`; the answer is sent).
+/// Called by the request itself, or by the root for a request that waited.
+pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
+    match outcome {
+        Outcome::Allow(grant) => {
+            if grant.identity.is_some() {
+                metrics.allowed.increment();
+            } else {
+                metrics.no_token_needed.increment();
+            }
+            metrics.cache(grant.cache);
+            // Identity headers come from verified claims only, on every forwarded
+            // request (public routes included): each output header is replaced by
+            // the claim's value, or removed when there is none. (A refused request
+            // is never forwarded, so it needs no stripping.) One host call per
+            // header instead of a removal followed by a set.
+            for name in &shared.auth.config().output_headers {
+                let value = grant
+                    .headers()
+                    .iter()
+                    .find(|(header, _)| header == name)
+                    .map(|(_, value)| value.as_str());
+                let _ = match value {
+                    Some(value) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    }
+                    None => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+                };
+            }
+            for name in &grant.remove_headers {
+                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+            }
+            Action::Continue
+        }
+        Outcome::Deny(error) => {
+            metrics.denied(error.reason());
+            log::debug!("wasmgate-jwt: refused: {}", error.description());
+            let answer = error.answer(&shared.auth.config().realm);
+            let headers: Vec<(&str, &str)> = answer
+                .headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            if let Err(status) = hostcalls::send_http_response(
+                u32::from(answer.status),
+                headers,
+                Some(answer.body.as_bytes()),
+            ) {
+                log::warn!("wasmgate-jwt: could not answer a refused request: {status:?}");
+            }
+            Action::Pause
+        }
+        // Callers keep waiting requests to themselves; should one get here, refuse
+        // it rather than let it through unchecked.
+        Outcome::Wait(_) => finish(Outcome::Deny(AuthError::KeysUnavailable), shared, metrics),
+    }
+}
+
+/// The request's headers as extraction reads them.
+struct HostHeaders;
+
+impl RequestHeaders for HostHeaders {
+    fn header(&self, name: &str) -> Option<String> {
+        wasmgate_host::request_header(name)
+    }
+}

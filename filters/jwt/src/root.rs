@@ -1,0 +1,308 @@
+use crate::request::{finish, JwtRequest};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::rc::Rc;
+use std::time::Duration;
+use wasmgate_host::{Callout, CalloutResponse, Counter, HostStore};
+use wasmgate_jwt_auth::authenticator::{CacheUse, Context as CheckContext, RequestInfo};
+use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
+use wasmgate_jwt_auth::{
+    Attempt, AuthError, Authenticator, FetchReport, FetchResponse, JwtConfig, Keyring, Outcome,
+    TokenCache,
+};
+
+pub const FILTER: &str = "wasmgate-jwt";
+
+/// How often every VM looks at shared data (new keys, due refreshes) and at its
+/// waiting requests. Reading the small `.state` record costs microseconds; a short
+/// period bounds how long a request waits after its keys arrived in another VM.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Counters this filter reports (Envoy shows them under `wasmcustom.`).
+pub struct Metrics {
+    pub allowed: Counter,
+    pub no_token_needed: Counter,
+    denied: Vec<(&'static str, Counter)>,
+    pub waited: Counter,
+    pub jwks_fetch_success: Counter,
+    pub jwks_fetch_failure: Counter,
+    pub token_cache_hit: Counter,
+    pub token_cache_miss: Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let counter = |name: &str| Counter::new(&format!("wasmgate.jwt.{name}"));
+        Self {
+            allowed: counter("allowed"),
+            no_token_needed: counter("no_token_needed"),
+            denied: AuthError::REASONS
+                .iter()
+                .map(|reason| (*reason, counter(&format!("denied.{reason}"))))
+                .collect(),
+            waited: counter("waited_for_keys"),
+            jwks_fetch_success: counter("jwks_fetch.success"),
+            jwks_fetch_failure: counter("jwks_fetch.failure"),
+            token_cache_hit: counter("token_cache.hit"),
+            token_cache_miss: counter("token_cache.miss"),
+        }
+    }
+
+    pub fn denied(&self, reason: &str) {
+        if let Some((_, counter)) = self.denied.iter().find(|(r, _)| *r == reason) {
+            counter.increment();
+        }
+    }
+
+    pub fn cache(&self, used: CacheUse) {
+        match used {
+            CacheUse::Hit => self.token_cache_hit.increment(),
+            CacheUse::Miss => self.token_cache_miss.increment(),
+            CacheUse::NotUsed => {}
+        }
+    }
+}
+
+/// What one configuration needs in one VM: the decision logic, the keys, the
+/// verified-token cache. Shared by the root and every request of the VM.
+pub struct Shared {
+    pub auth: Authenticator,
+    keyring: RefCell<Keyring>,
+    cache: RefCell<TokenCache>,
+}
+
+impl Shared {
+    fn new(config: JwtConfig, holder: u64) -> Self {
+        let keyring = Keyring::new(&config, holder);
+        let cache = TokenCache::new(config.token_cache_entries);
+        Self {
+            auth: Authenticator::new(config),
+            keyring: RefCell::new(keyring),
+            cache: RefCell::new(cache),
+        }
+    }
+
+    pub fn start(&self, request: &RequestInfo<'_>, now: u64) -> Outcome {
+        self.decide(now, |auth, cx| auth.start(request, cx))
+    }
+
+    fn check(&self, attempt: Attempt, now: u64) -> Outcome {
+        self.decide(now, |auth, cx| auth.check(attempt, cx))
+    }
+
+    fn decide(
+        &self,
+        now: u64,
+        decision: impl FnOnce(&Authenticator, &mut CheckContext<'_>) -> Outcome,
+    ) -> Outcome {
+        let (mut keyring, mut cache) = (self.keyring.borrow_mut(), self.cache.borrow_mut());
+        let mut cx = CheckContext {
+            keyring: &mut keyring,
+            store: &HostStore,
+            cache: &mut cache,
+            now,
+        };
+        decision(&self.auth, &mut cx)
+    }
+}
+
+/// A request paused until keys arrive or its deadline passes.
+pub struct Waiter {
+    pub context_id: u32,
+    pub shared: Rc<Shared>,
+    pub attempt: Attempt,
+}
+
+pub type Waiters = Rc<RefCell<Vec<Waiter>>>;
+
+pub struct JwtRoot {
+    context_id: u32,
+    /// Identifies this VM in the JWKS fetch lease.
+    holder: u64,
+    shared: Option<Rc<Shared>>,
+    metrics: Option<Rc<Metrics>>,
+    waiters: Waiters,
+    /// Callout token -> the configuration and provider it fetches for.
+    callouts: HashMap<u32, (Rc<Shared>, usize)>,
+}
+
+impl JwtRoot {
+    pub fn new(context_id: u32) -> Self {
+        // Random per VM: context ids repeat across VMs, the lease holder must not.
+        let holder = RandomState::new().hash_one((context_id, wasmgate_host::now_millis()));
+        Self {
+            context_id,
+            holder,
+            shared: None,
+            metrics: None,
+            waiters: Rc::new(RefCell::new(Vec::new())),
+            callouts: HashMap::new(),
+        }
+    }
+
+    /// Starts the JWKS fetches this VM won the lease for.
+    fn fetch_due_keys(&mut self, now: u64) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let orders = shared.keyring.borrow_mut().poll(&HostStore, now);
+        for order in orders {
+            let provider = &shared.auth.config().providers[order.provider].name;
+            let callout = Callout {
+                cluster: &order.cluster,
+                method: "GET",
+                path: &order.path,
+                authority: &order.authority,
+                headers: vec![("accept", "application/json")],
+                timeout: Duration::from_millis(order.timeout),
+            };
+            match callout.dispatch() {
+                Ok(token) => {
+                    log::debug!(
+                        "{FILTER}: fetching JWKS of provider {provider}{}",
+                        if order.forced { " (unknown kid)" } else { "" }
+                    );
+                    self.callouts
+                        .insert(token, (Rc::clone(&shared), order.provider));
+                }
+                Err(status) => {
+                    log::warn!(
+                        "{FILTER}: cannot fetch JWKS of provider {provider} through cluster {}: {status:?}",
+                        order.cluster
+                    );
+                    self.report(&shared, order.provider, now, &FetchResponse::default());
+                }
+            }
+        }
+    }
+
+    fn report(&self, shared: &Shared, provider: usize, now: u64, response: &FetchResponse) {
+        let report = shared
+            .keyring
+            .borrow_mut()
+            .on_response(provider, &HostStore, now, response);
+        let name = &shared.auth.config().providers[provider].name;
+        let Some(metrics) = &self.metrics else { return };
+        match report {
+            Some(FetchReport::Success { keys, time_to_live }) => {
+                metrics.jwks_fetch_success.increment();
+                log::info!(
+                    "{FILTER}: provider {name}: loaded {keys} keys, next refresh in {}s",
+                    time_to_live / 1000
+                );
+            }
+            Some(FetchReport::Failure { reason, retry_in }) => {
+                metrics.jwks_fetch_failure.increment();
+                log::warn!(
+                    "{FILTER}: provider {name}: JWKS fetch failed: {reason}; retry in {}ms (last good keys, if any, stay in use)",
+                    retry_in
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Finishes every waiting request whose keys arrived or whose wait ran out.
+    fn wake_waiters(&mut self, now: u64) {
+        let Some(metrics) = self.metrics.clone() else {
+            return;
+        };
+        let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
+        if waiting.is_empty() {
+            return;
+        }
+        let mut still_waiting = Vec::new();
+        for waiter in waiting {
+            let outcome = if now >= waiter.attempt.deadline() {
+                Outcome::Deny(waiter.shared.auth.give_up(waiter.attempt.clone()))
+            } else {
+                waiter.shared.check(waiter.attempt.clone(), now)
+            };
+            if let Outcome::Wait(attempt) = outcome {
+                still_waiting.push(Waiter { attempt, ..waiter });
+                continue;
+            }
+            // The request may be gone (client closed): then there is nothing to do.
+            if hostcalls::set_effective_context(waiter.context_id).is_ok()
+                && finish(outcome, &waiter.shared, &metrics) == Action::Continue
+            {
+                let _ = hostcalls::resume_http_request();
+            }
+        }
+        self.waiters.borrow_mut().extend(still_waiting);
+        // Host calls that follow (callouts) must belong to the root again, or they
+        // would die with the request they were made in.
+        let _ = hostcalls::set_effective_context(self.context_id);
+    }
+}
+
+impl Context for JwtRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some((shared, provider)) = self.callouts.remove(&token_id) else {
+            return;
+        };
+        let answer = CalloutResponse::read(body_size, MAX_JWKS_BYTES);
+        let response = FetchResponse {
+            status: answer.status,
+            cache_control: answer.header("cache-control").map(str::to_owned),
+            truncated: answer.truncated,
+            body: answer.body,
+        };
+        let now = wasmgate_host::now_millis();
+        self.report(&shared, provider, now, &response);
+        self.wake_waiters(now);
+    }
+}
+
+impl RootContext for JwtRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        wasmgate_host::follow_host_log_level();
+        let Some(config) =
+            wasmgate_host::load_config(FILTER, self.get_plugin_configuration(), |bytes| {
+                JwtConfig::from_json(bytes)
+            })
+        else {
+            return false;
+        };
+        let shared = Rc::new(Shared::new(config, self.holder));
+        // Fixed keys, created up front where missing: every later write is a CAS.
+        shared.keyring.borrow().create_shared_keys(&HostStore);
+        self.shared = Some(shared);
+        if self.metrics.is_none() {
+            self.metrics = Some(Rc::new(Metrics::new()));
+        }
+        // The first tick fetches (callouts are not possible before the VM runs).
+        self.set_tick_period(TICK);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let now = wasmgate_host::now_millis();
+        self.fetch_due_keys(now);
+        self.wake_waiters(now);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(JwtRequest::new(
+            context_id,
+            Rc::clone(self.shared.as_ref()?),
+            Rc::clone(self.metrics.as_ref()?),
+            Rc::clone(&self.waiters),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
