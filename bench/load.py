@@ -9,11 +9,13 @@ counted; it is bounded in time (wrk's `-d` plus a margin) and always reaps wrk.
 """
 
 import json
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.process import spawn, stop_process
+from harness.wait import wait_for
 
 from .cpus import pinned
 
@@ -38,8 +40,9 @@ class Rotate:
 
 @dataclass(frozen=True)
 class Distinct:
-    """`header` is `prefix<thread>-<n>`, a new value on every request; wrk stops after
-    about `limit` requests when it is set (the run's duration still bounds it)."""
+    """`header` is `prefix<thread>-<n>`, a new value on every request; when `limit` is
+    set, the run ends once about `limit` requests were answered (or at its duration,
+    whichever comes first)."""
 
     header: str
     prefix: str = ""
@@ -102,13 +105,15 @@ def _lua(value) -> str:
     raise TypeError(f"no Lua literal for {type(value).__name__}")
 
 
-def write_script(load: Load, threads: int, path: Path) -> Path:
-    """The wrk script for `load`: the `bench` table, then lua/load.lua."""
+def write_script(load: Load, threads: int, path: Path, marks: Path) -> Path:
+    """The wrk script for `load`: the `bench` table, then lua/load.lua. Threads that
+    reach a `Distinct` limit leave a file in `marks`."""
     spec = {
         "method": load.method,
         "path": load.path,
         "headers": load.all_headers(),
         "threads": threads,
+        "marks": str(marks),
         "rotate": None if load.rotate is None else {
             "header": load.rotate.header, "file": str(load.rotate.values_file),
             "prefix": load.rotate.prefix},
@@ -121,19 +126,35 @@ def write_script(load: Load, threads: int, path: Path) -> Path:
     return path
 
 
+def _interrupt_when_done(proc, marks: Path, threads: int, seconds: int):
+    """Once every thread has reached its share of a limit, SIGINT ends wrk's sleep: it
+    then reports as at the end of its duration."""
+    try:
+        wait_for(lambda: proc.poll() is not None or len(list(marks.iterdir())) >= threads,
+                 seconds + 10, "wrk threads to reach their limit", interval=0.05)
+    except TimeoutError:
+        return  # wrk ends by itself at -d
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+
+
 def run_wrk(url: str, load: Load, *, seconds: int, connections: int, threads: int,
             cpu, workdir: Path, name: str) -> LoadResult:
     """One wrk run of `seconds` (whole seconds: wrk takes no fractions) against `url`
     (the path comes from `load`)."""
     if not isinstance(seconds, int) or seconds < 1:
         raise ValueError(f"wrk runs last a whole number of seconds, not {seconds!r}")
-    script = write_script(load, threads, Path(workdir) / f"{name}.lua")
+    marks = Path(workdir) / f"{name}.marks"
+    marks.mkdir(parents=True, exist_ok=True)
+    script = write_script(load, threads, Path(workdir) / f"{name}.lua", marks)
     argv = pinned(cpu, ["wrk", "-t", str(threads), "-c", str(connections),
                         "-d", f"{seconds}s", "--timeout", "5s",
                         "-s", str(script), url])
     log_file = Path(workdir) / f"{name}.wrk.log"
     proc = spawn(argv, log_file, stdout=subprocess.PIPE)
     try:
+        if load.distinct is not None and load.distinct.limit:
+            _interrupt_when_done(proc, marks, threads, seconds)
         out, _ = proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired:
         stop_process(proc)

@@ -7,8 +7,11 @@
 --                                                each thread starting at its own offset
 --   bench.distinct = {header, prefix, limit}     header value unique per request
 --                                                (prefix .. thread .. "-" .. counter);
---                                                with `limit`, wrk stops after about
---                                                that many requests in total
+--                                                with `limit`, each thread stops after
+--                                                its share and leaves a file in
+--                                                bench.marks (wrk's main thread sleeps
+--                                                for all of -d: load.py interrupts it
+--                                                once every thread is done)
 --   bench.threads                                wrk's -t
 -- and reads one line `BENCH-RESULT {json}` that done() prints.
 --
@@ -68,8 +71,9 @@ if bench.rotate or bench.distinct then
       local answered = 0
       function response(status, headers, body)
          answered = answered + 1
-         if answered >= per_thread_limit then
+         if answered == per_thread_limit then
             wrk.thread:stop()
+            io.open(bench.marks .. "/done-" .. thread_index, "w"):close()
          end
       end
    end

@@ -49,7 +49,7 @@ def test_load_generator_sends_distinct_and_rotating_values(tmp_path):
         values.write_text("t1\nt2\nt3\n")
         load = Load(distinct=Distinct("x-client-id", "client-", limit=LIMIT),
                     rotate=Rotate("authorization", values, prefix="Bearer "))
-        # wrk runs its whole duration even once stopped; 2 s is ample for 100 requests.
+        # The run ends once the limit is reached; 2 s bounds it.
         result = run_wrk(f"http://127.0.0.1:{server.server_address[1]}/", load, seconds=2,
                          connections=4, threads=2, cpu=None, workdir=tmp_path, name="smoke")
     finally:
