@@ -459,7 +459,7 @@ def _method(settings, env) -> str:
     return f"""## Method
 
 - Command: `make bench` (`make bench QUICK=1` for a short run), which builds the filters and \
-`build/bench/trivial.wasm`, then runs `.venv/bin/python -m bench {argv}`.
+`build/bench/trivial.wasm`, then runs `{" ".join([".venv/bin/python -m bench", argv]).strip()}`.
 - Each scenario is one Envoy: `{pin_envoy}envoy -c <scenario>.json --concurrency 1 \
 --disable-hot-restart -l warning`, one plain-HTTP listener on 127.0.0.1 (port chosen by \
 Envoy), the scenario's filters, the router, one cluster to the upstream. The configs \
@@ -476,8 +476,9 @@ makes the scenario fail.
 - Memory: RSS at concurrency 1 from the throughput pass; at {memory} each scenario starts \
 alone, is probed, sampled idle, loaded for {settings.memory_seconds:g} s. Callout \
 fetches: at {callouts}, one run of {settings.callout_seconds:g} s per concurrency.
-- The upstream ({settings.upstream}) and any fixture server run on the load CPU and \
-answer `200 ok`, reflecting a few request headers for the probes.
+- The upstream ({settings.upstream}) answers `200 ok` to everything, reflecting a few \
+request headers for the probes; it and the fixture servers (the JWKS endpoint) run on \
+the load CPU.
 - Keys (RSA-2048, P-256) and tokens are minted by each run before it measures (Python \
 `cryptography`, PyJWT).
 - Adding a scenario: one `REGISTRY.add(Scenario(...))` in `bench/scenarios.py` \
