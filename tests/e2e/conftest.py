@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Envoy, Service, tool_path  # noqa: E402
+from harness.certs import make_demo_certs  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
 
 
@@ -77,3 +78,9 @@ def echo(start_service):
     """An echo upstream (`wasmgate-demo echo`): answers with the request it received."""
     return start_service([tool_path("demo"), "echo", "--name", "echo"], "echo")
 
+
+@pytest.fixture(scope="session")
+def demo_certs(tmp_path_factory):
+    """A directory of demo certificates (scripts/demo-certs.sh), made once per test
+    worker: the gateway's TLS certificate and the mesh identities."""
+    return make_demo_certs(tmp_path_factory.mktemp("certs") / "certs")
