@@ -48,6 +48,15 @@ def shipped_ports(relative_path: str) -> set:
     return found
 
 
+def shipped_listener_ports(relative_path: str) -> dict:
+    """{listener name: port} of a shipped config, plus "admin"."""
+    config = yaml.safe_load((ROOT / relative_path).read_text())
+    ports = {listener["name"]: listener["address"]["socket_address"]["port_value"]
+             for listener in config["static_resources"].get("listeners", [])}
+    ports["admin"] = config["admin"]["address"]["socket_address"]["port_value"]
+    return ports
+
+
 def _rewrite_cert_paths(node, certs_dir):
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
