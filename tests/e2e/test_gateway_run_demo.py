@@ -17,23 +17,12 @@ import threading
 import pytest
 
 from harness import ROOT, wait_for
+from harness.ports import free_ports
 from harness.process import spawn, stop_process
 
 ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMIN_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
                      "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS"]
-
-
-def free_ports(count):
-    """Ports nobody holds right now (bound together, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def instance_counts(out):
