@@ -14,7 +14,8 @@ from collections import Counter
 import pytest
 import requests
 
-from harness import Seen, wait_for
+from harness import Seen, wait_for, wasm_path
+from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
 from harness.demo_gateway import DemoGateway
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -275,3 +276,19 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
         raise
     finally:
         gateway.stop()
+
+
+def test_a_wasm_filter_can_be_switched_off_for_one_route(start_envoy, echo):
+    """The per-route alternative to a filter's own path rules (README, "The filter
+    chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
+    headers = wasm_filter(wasm_path("headers"),
+                          {"default": {"request": {"set": {"x-gateway": "wasmgate"}}}}, name="headers")
+    headers["name"] = "wasmgate.headers"
+    switched_off = route("/open", "upstream", name="open")
+    switched_off["typed_per_filter_config"] = {"wasmgate.headers": {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
+    envoy = start_envoy(bootstrap(
+        [http_listener("main", [headers], [switched_off, route("/", "upstream", name="default")])],
+        [cluster("upstream", echo.host, echo.port)]))
+    assert Seen(requests.get(envoy.url("/api"), timeout=TIMEOUT)).header("x-gateway") == "wasmgate"
+    assert Seen(requests.get(envoy.url("/open"), timeout=TIMEOUT)).header("x-gateway") is None
