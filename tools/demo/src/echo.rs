@@ -181,7 +181,12 @@ impl EchoState {
 }
 
 fn control(mut request: Request, state: &EchoState) {
-    let path = request.url().split('?').next().unwrap_or_default().to_owned();
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let (status, body) = match (request.method(), path.as_str()) {
         (Method::Get, "/__echo/stats") => (200, stats(state)),
         (Method::Put, "/__echo/fail") => {
