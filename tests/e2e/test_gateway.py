@@ -24,26 +24,6 @@ IDENTITY_HEADERS = ["x-user-id", "x-tenant-id", "x-scopes", "x-api-key-id", "x-p
 TIMEOUT = 10  # seconds, for any single request of these tests
 
 
-def _failed(request) -> bool:
-    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-               for when in ("setup", "call"))
-
-
-@pytest.fixture(scope="module")
-def shared_gateway(tmp_path_factory, demo_certs):
-    gateway = DemoGateway(tmp_path_factory.mktemp("gateway"), demo_certs).start()
-    yield gateway
-    gateway.stop()
-
-
-@pytest.fixture
-def gateway(request, shared_gateway):
-    """The shared demo gateway; its logs are printed when the test fails."""
-    yield shared_gateway
-    if _failed(request):
-        print(shared_gateway.logs())
-
-
 def counter_delta(envoy, names):
     """`delta()` returns how much each stat grew since this call."""
     before = {name: envoy.stat(name) for name in names}
@@ -243,8 +223,10 @@ def test_traceparent_is_propagated_to_the_upstream(gateway):
              20, "Envoy to export spans to the collector")
 
 
-def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic(tmp_path, demo_certs):
+def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic(tmp_path, demo_certs,
+                                                                                  on_failure):
     gateway = DemoGateway(tmp_path, demo_certs).start()
+    on_failure(gateway.logs)
     try:
         ejected = "cluster.users.outlier_detection.ejections_enforced_consecutive_5xx"
         broken = gateway.instances["users-b"]
@@ -271,9 +253,6 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
                 assert resp.status_code == 200
                 assert Seen(resp).instance == "users-a"
             assert gateway.envoy.stat("cluster.users.retry.upstream_rq_500") == errors
-    except BaseException:
-        print(gateway.logs())
-        raise
     finally:
         gateway.stop()
 

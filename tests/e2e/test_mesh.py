@@ -23,26 +23,6 @@ from harness.mesh import Mesh
 TIMEOUT = 10
 
 
-def _failed(request) -> bool:
-    return any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
-               for when in ("setup", "call"))
-
-
-@pytest.fixture(scope="module")
-def shared_mesh(tmp_path_factory, demo_certs):
-    mesh = Mesh(tmp_path_factory.mktemp("mesh"), demo_certs).start()
-    yield mesh
-    mesh.stop()
-
-
-@pytest.fixture
-def mesh(request, shared_mesh):
-    """The shared mesh; its logs are printed when the test fails."""
-    yield shared_mesh
-    if _failed(request):
-        print(shared_mesh.logs())
-
-
 def outbound(mesh, path):
     """A URL on checkout-service's sidecar, as the checkout app calls other services."""
     return f"http://127.0.0.1:{mesh.port('checkout-service', 'outbound')}{path}"
