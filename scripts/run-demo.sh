@@ -137,7 +137,7 @@ step "HTTPS with the demo certificate (the upstream sees x-forwarded-proto: http
     "curl -s --cacert $certs/edge-ca.crt https://localhost:$https_port/api/v2/products/7"
 step "Canary: about 90% of orders go to orders-v1, 10% to orders-v2." \
     "for i in \$(seq 100); do curl -s $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
-step "Load balancing: users alternate between two instances." \
+step "Load balancing: users are spread over two instances (round robin)." \
     "for i in \$(seq 10); do curl -s $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
 step "Retry: products fails the first attempt with 503 (x-echo-fail-first); the gateway retries and answers 200." \
     "curl -s -o /dev/null -w '%{http_code}\n' -H 'x-echo-fail-first: 1' $gw/api/v2/products/1" \
