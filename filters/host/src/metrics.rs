@@ -46,6 +46,14 @@ impl Gauge {
             let _ = hostcalls::record_metric(id, value);
         }
     }
+
+    /// Adds `delta` (negative to subtract). Every VM that defines the same name shares
+    /// one Envoy gauge, so additions from all workers accumulate.
+    pub fn add(&self, delta: i64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+    }
 }
 
 /// A distribution (latencies), shown by Envoy as a histogram.

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Pins the WasmPlugins under istio/ to the modules just built (`make istio-pin`).
+
+For each istio/wasmplugins/<file>.yaml whose url is `oci://<registry>/<module>:<tag>`:
+- the tag becomes the workspace version and `sha256` the image's manifest digest
+  (build/oci/digests.json, written by `make oci`);
+- istio/wasmplugins/https/<file>.yaml, the merge patch for serving the .wasm over
+  https, gets the same version in its url and the .wasm's own sha256 (it is created
+  from a template when missing).
+
+Only those lines change; comments and layout stay. `make test` fails while a pin is
+stale (test_istio_manifests.py), so run this after any change that alters a .wasm and
+commit the result.
+"""
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+OCI_URL = re.compile(r"^(?P<lead>[ \t]*url:[ \t]*oci://(?P<repo>\S+)/(?P<module>[^/:@\s]+)):(?P<tag>\S+)[ \t]*$", re.M)
+HTTPS_URL = re.compile(r"^(?P<lead>[ \t]*url:[ \t]*https?://\S+/)(?P<tag>[^/\s]+)(?P<file>/[^/\s]+\.wasm)[ \t]*$", re.M)
+SHA256 = re.compile(r"^(?P<lead>[ \t]*sha256:[ \t]*)\S*[ \t]*$", re.M)
+
+HTTPS_TEMPLATE = """\
+# Serve {module}.wasm over https instead of an OCI registry: a JSON merge patch on
+# ../{file} (sha256 is then the .wasm file's own sha256).
+#   kubectl patch --local -f istio/wasmplugins/{file} --type merge \\
+#     --patch-file istio/wasmplugins/https/{file} -o yaml | kubectl apply -f -
+# `make istio-pin` rewrites sha256 from the build; `make test` fails while it is stale.
+spec:
+  url: https://artifacts.example.com/wasmgate/{version}/{module}.wasm
+  sha256: {sha}
+"""
+
+
+def pin(text: str, pattern: re.Pattern, replacement) -> str:
+    updated, count = pattern.subn(replacement, text, count=1)
+    if count != 1:
+        raise ValueError(f"no line matches {pattern.pattern}")
+    return updated
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--digests", type=Path, default=Path("build/oci/digests.json"))
+    parser.add_argument("--istio", type=Path, default=Path("istio"))
+    args = parser.parse_args(argv)
+
+    built = json.loads(args.digests.read_text())
+    version, modules = built["version"], built["modules"]
+    changed = 0
+    for manifest in sorted((args.istio / "wasmplugins").glob("*.yaml")):
+        text = manifest.read_text()
+        url = OCI_URL.search(text)
+        if url is None:
+            print(f"  {manifest}: no oci:// url, left alone")
+            continue
+        module = url["module"]
+        if module not in modules:
+            print(f"error: {manifest} ships {module}, but build/wasm/{module}.wasm was not built",
+                  file=sys.stderr)
+            return 1
+        digests = modules[module]
+        pinned = pin(text, OCI_URL, rf"\g<lead>:{version}")
+        pinned = pin(pinned, SHA256, rf"\g<lead>{digests['manifest']}")
+
+        patch = args.istio / "wasmplugins" / "https" / manifest.name
+        if patch.is_file():
+            patch_text = pin(patch.read_text(), HTTPS_URL, rf"\g<lead>{version}\g<file>")
+            patch_text = pin(patch_text, SHA256, rf"\g<lead>{digests['wasm']}")
+        else:
+            patch.parent.mkdir(parents=True, exist_ok=True)
+            patch_text = HTTPS_TEMPLATE.format(module=module, file=manifest.name,
+                                               version=version, sha=digests["wasm"])
+        for path, new in ((manifest, pinned), (patch, patch_text)):
+            if not path.is_file() or path.read_text() != new:
+                path.write_text(new)
+                changed += 1
+                print(f"  pinned {path}")
+    print(f"istio-pin: {changed} file(s) updated" if changed else "istio-pin: all pins current")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
