@@ -249,10 +249,12 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
             assert gateway.envoy.stat(ejected) == 1
             assert gateway.envoy.stat("cluster.users.outlier_detection.ejections_active") == 1
             # The 500s the broken instance gave (all of them retried, hence `retry.`):
-            # 5 consecutive ones trip the detector; a request or two may still race
-            # the ejection on its way to the workers.
+            # the 5th consecutive one trips the detector. The ejection is carried out
+            # on Envoy's main thread, so on a busy machine a few more requests may
+            # reach the instance first (this loop asks the admin API, on that same
+            # thread, after every request, which keeps the gap small).
             errors = gateway.envoy.stat("cluster.users.retry.upstream_rq_500")
-            assert 5 <= errors <= 7
+            assert 5 <= errors <= 10
 
             # Ejected: the broken instance gets nothing more, its sibling everything.
             for _ in range(20):
