@@ -108,6 +108,12 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 [ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] || { echo "run: Envoy did not become ready" >&2; exit 1; }
+# Until every service passed a health check, Envoy balances in panic mode (all hosts,
+# healthy or not); on a busy machine the first round can time out. Wait for the next.
+for _ in $(seq 1 300); do
+    curl -s "$admin/clusters" | grep -q 'health_flags::/failed_active_hc' || break
+    sleep 0.1
+done
 
 gw="http://127.0.0.1:$http_port"
 users_b="http://127.0.0.1:${port_map[18082]}"

@@ -8,7 +8,9 @@ the list does not map (a new cluster needs its service here).
 
 import json
 
+from .shipped import load_shipped
 from .stack import Stack
+from .wait import wait_for
 
 GATEWAY_CONFIG = "envoy-config/gateway.yaml"
 
@@ -41,10 +43,25 @@ class DemoGateway(Stack):
             # Access log lines reach stdout within 250 ms (Envoy's default is 10 s).
             self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports,
                                           extra_args=["--file-flush-interval-msec", "250"])
+            # On a busy machine the first health checks can time out while Envoy is
+            # still starting; until the next round passes, every host counts as
+            # unhealthy and Envoy balances in panic mode. Tests start from a healthy
+            # gateway.
+            wait_for(self.all_healthy, 30, "every demo service to pass its health checks")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def all_healthy(self) -> bool:
+        """True when every host of every health-checked cluster passes its checks."""
+        clusters = load_shipped(GATEWAY_CONFIG, {})["static_resources"]["clusters"]
+        for cluster in clusters:
+            if "health_checks" in cluster:
+                prefix = f"cluster.{cluster['name']}.membership_"
+                if self.envoy.stat(prefix + "healthy") != self.envoy.stat(prefix + "total"):
+                    return False
+        return True
 
     def url(self, path: str = "/", tls: bool = False) -> str:
         if tls:
