@@ -150,7 +150,7 @@ step "Retry: products fails the first attempt with 503 (x-echo-fail-first); the 
     "curl -s $admin/stats | grep -E 'cluster.products.upstream_rq_retry(_success)?:'"
 step "Timeout: products has 2 s to answer; a 3 s answer becomes a 504." \
     "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' -H 'x-echo-delay-ms: 3000' $gw/api/v2/products/1"
-step "Outlier detection: break users-b (every answer 500). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
+step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
     "curl -s -X PUT --data 500 $users_b/__echo/fail" \
     "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $gw/api/v2/users; done; echo" \
     "curl -s $admin/stats | grep -E 'cluster.users.(outlier_detection.ejections_active|retry.upstream_rq_500):'" \

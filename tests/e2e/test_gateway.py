@@ -236,6 +236,8 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
     on_failure(gateway.logs)
     try:
         ejected = "cluster.users.outlier_detection.ejections_enforced_consecutive_5xx"
+        # users-b answers 500 to everything but its health check: only the passive
+        # outlier detection can tell (the active checks keep passing).
         broken = gateway.instances["users-b"]
         assert requests.put(broken.url("/__echo/fail"), data="500", timeout=TIMEOUT).ok
         with requests.Session() as session:

@@ -18,8 +18,9 @@
 //! - `GET /__echo/stats`: `{"requests": N, "failing_with": status or null}`; `requests`
 //!   counts every answered request except the control endpoints.
 //! - `PUT /__echo/fail` with the status as the body (`500`): from now on every request
-//!   gets that status, health checks included, as a broken instance would;
-//!   `DELETE /__echo/fail` heals it. `--fail-status` starts the instance broken.
+//!   gets that status, except `/healthz`, which keeps answering 200: a broken release
+//!   whose health endpoint still passes, the failure only passive outlier detection
+//!   can see. `DELETE /__echo/fail` heals it. `--fail-status` starts the instance broken.
 
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -31,6 +32,9 @@ use std::time::Duration;
 use tiny_http::{Header, Method, Request, Response, Server};
 
 const MAX_ECHOED_BODY: u64 = 64 * 1024;
+/// The health endpoint the demo gateway checks; a broken instance (`/__echo/fail`)
+/// still answers it with 200.
+const HEALTH_PATH: &str = "/healthz";
 const MAX_DELAY_MS: u64 = 60_000;
 /// Request ids remembered for `x-echo-fail-first`; the table is emptied when full
 /// (a forgotten id only means one more failure than asked for, in a test fixture).
@@ -47,7 +51,8 @@ pub struct EchoArgs {
     /// Instance name reported in every answer (`instance`); defaults to `--name`.
     #[arg(long)]
     instance: Option<String>,
-    /// Start broken: answer every request with this status until `DELETE /__echo/fail`.
+    /// Start broken: answer every request but `/healthz` with this status until
+    /// `DELETE /__echo/fail`.
     #[arg(long, value_parser = clap::value_parser!(u16).range(100..600))]
     fail_status: Option<u16>,
 }
@@ -127,7 +132,7 @@ fn answer(mut request: Request, state: &EchoState) {
         status = 503;
     }
     let failing_with = state.failing_with.load(Ordering::SeqCst);
-    if failing_with != 0 {
+    if failing_with != 0 && request.url().split('?').next() != Some(HEALTH_PATH) {
         status = failing_with;
     }
 
