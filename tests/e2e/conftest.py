@@ -11,6 +11,7 @@ from harness import Envoy, Service, tool_path  # noqa: E402
 from harness.certs import make_demo_certs  # noqa: E402
 from harness.demo_gateway import DemoGateway  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
+from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
 from harness.mesh import Mesh  # noqa: E402
 
 

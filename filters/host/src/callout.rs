@@ -36,8 +36,9 @@ impl Callout<'_> {
 /// What came back, read inside `on_http_call_response`.
 #[derive(Debug, Clone)]
 pub struct CalloutResponse {
-    /// `None` when the callout failed without an HTTP answer (timeout, reset, no
-    /// healthy upstream): Envoy then reports no headers at all.
+    /// The `:status` of the answer. Envoy 1.40 answers failures itself: a callout
+    /// timeout comes back as a local `504`, a refused connection or no healthy
+    /// upstream as `503`; `None` only when no headers came back at all.
     pub status: Option<u16>,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,

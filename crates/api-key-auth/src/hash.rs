@@ -1,0 +1,129 @@
+//! What the gateway keeps of an API key: its SHA-256 (or HMAC-SHA-256) hash.
+//!
+//! The plaintext key is hashed as soon as it is read and never leaves the request:
+//! the key store is asked about the hash, and the cache is indexed by it.
+
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+/// The 32-byte hash of an API key. Written as 64 lower-case hex digits on the wire.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses 64 hex digits (either case); anything else is `None`.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        if text.len() != 64 {
+            return None;
+        }
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first eight bytes as a number: the cache uses it to pick a slot.
+    pub fn prefix_u64(&self) -> u64 {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        u64::from_be_bytes(head)
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Enough to tell hashes apart in a log line.
+        write!(f, "KeyHash({}…)", &self.to_hex()[..12])
+    }
+}
+
+/// How keys are hashed: plain SHA-256, or HMAC-SHA-256 keyed with a secret pepper so
+/// that a leaked store of hashes cannot be checked against guessed keys offline.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyHasher {
+    Sha256,
+    HmacSha256 { pepper: Vec<u8> },
+}
+
+impl KeyHasher {
+    pub fn hash(&self, key: &str) -> KeyHash {
+        match self {
+            Self::Sha256 => KeyHash(Sha256::digest(key.as_bytes()).into()),
+            Self::HmacSha256 { pepper } => {
+                // HMAC accepts keys of any length, so this cannot fail; the fallback
+                // only keeps the error path panic-free.
+                match Hmac::<Sha256>::new_from_slice(pepper) {
+                    Ok(mut mac) => {
+                        mac.update(key.as_bytes());
+                        KeyHash(mac.finalize().into_bytes().into())
+                    }
+                    Err(_) => KeyHash(Sha256::digest(key.as_bytes()).into()),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sha256 => f.write_str("Sha256"),
+            Self::HmacSha256 { pepper } => write!(f, "HmacSha256(<{} byte pepper>)", pepper.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_of_a_known_input() {
+        assert_eq!(
+            KeyHasher::Sha256.hash("abc").to_hex(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231_case_2() {
+        let hasher = KeyHasher::HmacSha256 {
+            pepper: b"Jefe".to_vec(),
+        };
+        assert_eq!(
+            hasher.hash("what do ya want for nothing?").to_hex(),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hex_round_trip_and_refusals() {
+        let hash = KeyHasher::Sha256.hash("sk_live_x");
+        assert_eq!(KeyHash::from_hex(&hash.to_hex()), Some(hash));
+        assert_eq!(KeyHash::from_hex(&hash.to_hex().to_uppercase()), Some(hash));
+        assert_eq!(KeyHash::from_hex(&hash.to_hex()[..63]), None);
+        assert_eq!(KeyHash::from_hex(&format!("{}0", hash.to_hex())), None);
+        assert_eq!(KeyHash::from_hex(&"g".repeat(64)), None);
+        assert_eq!(KeyHash::from_hex(&"é".repeat(32)), None);
+    }
+
+    #[test]
+    fn debug_never_shows_the_pepper() {
+        let hasher = KeyHasher::HmacSha256 {
+            pepper: b"very-secret-pepper".to_vec(),
+        };
+        assert_eq!(format!("{hasher:?}"), "HmacSha256(<18 byte pepper>)");
+    }
+}

@@ -1,0 +1,208 @@
+//! One request: find and hash the key, ask the cache, and either finish at once or
+//! pause until the root context wakes it with the store's answer.
+
+use crate::root::{FilterState, FILTER};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+use std::rc::Rc;
+use wasmgate_api_key_auth::{Denial, KeyHash, Lookup, Presented, Reply, RequestEdit, Verdict};
+
+pub struct ApiKeyRequest {
+    context_id: u32,
+    state: Rc<FilterState>,
+    waited: bool,
+}
+
+impl ApiKeyRequest {
+    pub fn new(context_id: u32, state: Rc<FilterState>) -> Self {
+        Self {
+            context_id,
+            state,
+            waited: false,
+        }
+    }
+
+    /// Pauses until the root wakes this request, at the latest at the lookup timeout
+    /// plus grace.
+    fn wait(&mut self, hash: KeyHash, now: u64) -> Action {
+        let deadline = now + self.state.cache.policy().claim_ms;
+        self.state
+            .pending
+            .borrow_mut()
+            .wait(self.context_id, hash, deadline);
+        self.waited = true;
+        self.state.adjust_tick();
+        Action::Pause
+    }
+
+    /// Holds body and trailers while the request still waits for its key's answer.
+    fn hold_while_undecided(&self) -> Action {
+        if self.waited && self.state.pending.borrow().is_waiting(self.context_id) {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn finish_now(&self, verdict: &Verdict) -> Action {
+        match finish(&self.state, verdict) {
+            Finish::Continue => Action::Continue,
+            Finish::Respond(reply) => {
+                send_reply(&reply);
+                Action::Pause
+            }
+        }
+    }
+}
+
+impl Context for ApiKeyRequest {}
+
+impl HttpContext for ApiKeyRequest {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let state = Rc::clone(&self.state);
+        let config = &state.config;
+        // Whatever happens next, the upstream never sees an identity header the client
+        // wrote: strip them first.
+        apply(config.forward.strip_edits());
+        let method = wasmgate_host::request_header(":method").unwrap_or_default();
+        let path = wasmgate_host::request_header(":path").unwrap_or_default();
+        if config.skips(&method, &path) {
+            state.metrics.skipped.increment();
+            return Action::Continue;
+        }
+        let hash = match config
+            .sources
+            .find(&config.format, &wasmgate_host::request_header, &path)
+        {
+            Presented::Missing => return self.finish_now(&Verdict::Deny(Denial::MissingKey)),
+            Presented::Malformed(why) => {
+                log::debug!("{FILTER}: malformed key: {why:?}");
+                return self.finish_now(&Verdict::Deny(Denial::MalformedKey));
+            }
+            Presented::Key(key) => config.hasher.hash(key.expose()),
+        };
+        let now = wasmgate_host::now_millis();
+        if state.pending.borrow().fetching(&hash) {
+            state.metrics.cache_coalesced.increment();
+            return self.wait(hash, now);
+        }
+        let lookup = state.cache.begin(&hash, now);
+        state.count_filled_slots();
+        match &lookup {
+            Lookup::Fresh(_) => state.metrics.cache_hit.increment(),
+            Lookup::Stale(_) => state.metrics.cache_stale.increment(),
+            Lookup::Unavailable => {}
+            Lookup::Wait => {
+                state.metrics.cache_coalesced.increment();
+                return self.wait(hash, now);
+            }
+            Lookup::Fetch => {
+                state.metrics.cache_miss.increment();
+                state.pending.borrow_mut().queue(hash);
+                return self.wait(hash, now);
+            }
+        }
+        match state.verdict(&lookup, now) {
+            Some(verdict) => self.finish_now(&verdict),
+            None => Action::Continue,
+        }
+    }
+
+    // Envoy's proxy-wasm host turns a paused request into "stop everything", so body
+    // and trailers do not reach the filter while it waits; a host that only stopped
+    // the headers would, and continuing here would pass the request upstream unchecked.
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        self.hold_while_undecided()
+    }
+
+    fn on_http_request_trailers(&mut self, _trailers: usize) -> Action {
+        self.hold_while_undecided()
+    }
+}
+
+impl Drop for ApiKeyRequest {
+    fn drop(&mut self) {
+        // The client may leave while waiting: nobody must try to wake this context.
+        if self.waited {
+            if let Ok(mut pending) = self.state.pending.try_borrow_mut() {
+                pending.forget(self.context_id);
+            }
+        }
+    }
+}
+
+/// How a request ends.
+pub enum Finish {
+    /// Edits applied; let it through.
+    Continue,
+    Respond(Reply),
+}
+
+/// Applies a verdict to the request that is the effective context: identity headers
+/// and hidden credentials for a pass, the reply for a refusal. Counts it.
+pub fn finish(state: &FilterState, verdict: &Verdict) -> Finish {
+    let config = &state.config;
+    match verdict {
+        Verdict::Allow(record) => {
+            state.metrics.allowed.increment();
+            apply(config.forward.identity_edits(record));
+            hide_credentials(state);
+            Finish::Continue
+        }
+        Verdict::FailOpen => {
+            state.metrics.failed_open.increment();
+            hide_credentials(state);
+            Finish::Continue
+        }
+        Verdict::Deny(denial) => {
+            state.metrics.denied(*denial);
+            Finish::Respond(config.reply(*denial))
+        }
+    }
+}
+
+/// Answers the request that is the effective context with a local reply.
+pub fn send_reply(reply: &Reply) {
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    if let Err(status) =
+        hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
+    {
+        log::warn!(
+            "{FILTER}: cannot send the {} reply: {status:?}",
+            reply.status
+        );
+    }
+}
+
+fn hide_credentials(state: &FilterState) {
+    let config = &state.config;
+    if config.hide_credentials {
+        let path = wasmgate_host::request_header(":path").unwrap_or_default();
+        apply(
+            config
+                .sources
+                .hiding_edits(&config.format, &wasmgate_host::request_header, &path),
+        );
+    }
+}
+
+fn apply(edits: Vec<RequestEdit>) {
+    for edit in edits {
+        let result = match &edit {
+            RequestEdit::Remove(name) => {
+                hostcalls::remove_map_value(MapType::HttpRequestHeaders, name.as_str())
+            }
+            RequestEdit::Set(name, value) => {
+                hostcalls::set_map_value(MapType::HttpRequestHeaders, name.as_str(), Some(value))
+            }
+        };
+        if let Err(status) = result {
+            log::warn!("{FILTER}: could not apply {edit:?}: {status:?}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The root context: loads the configuration, creates the cache table, sends the
+//! key-store lookups and wakes the requests that waited for them.
+
+use crate::request::{self, ApiKeyRequest, Finish};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+use wasmgate_api_key_auth::record::{read_lookup_response, MAX_RESPONSE_BODY};
+use wasmgate_api_key_auth::{
+    ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, StoreError, Verdict,
+};
+use wasmgate_host::{Callout, CalloutResponse, Counter, Gauge, Histogram, HostStore};
+
+pub const FILTER: &str = "wasmgate-api-key";
+
+/// What this filter reports (Envoy shows them under `wasmcustom.`).
+pub struct Metrics {
+    pub allowed: Counter,
+    pub failed_open: Counter,
+    pub skipped: Counter,
+    denied: [Counter; 6],
+    pub cache_hit: Counter,
+    pub cache_miss: Counter,
+    pub cache_stale: Counter,
+    pub cache_coalesced: Counter,
+    pub lookups: Counter,
+    store_errors: [(&'static str, Counter); 4],
+    pub lookup_ms: Histogram,
+    pub cache_slots: Gauge,
+    pub cache_entries: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let name = |suffix: &str| format!("wasmgate.api_key.{suffix}");
+        let error_kinds = ["dispatch", "no_response", "status", "invalid_response"];
+        Self {
+            allowed: Counter::new(&name("allowed")),
+            failed_open: Counter::new(&name("failed_open")),
+            skipped: Counter::new(&name("skipped")),
+            denied: Denial::ALL.map(|d| Counter::new(&name(&format!("denied.{}", d.reason())))),
+            cache_hit: Counter::new(&name("cache_hit")),
+            cache_miss: Counter::new(&name("cache_miss")),
+            cache_stale: Counter::new(&name("cache_stale")),
+            cache_coalesced: Counter::new(&name("cache_coalesced")),
+            lookups: Counter::new(&name("lookups")),
+            store_errors: error_kinds
+                .map(|kind| (kind, Counter::new(&name(&format!("store_error.{kind}"))))),
+            lookup_ms: Histogram::new(&name("lookup_ms")),
+            cache_slots: Gauge::new(&name("cache_slots")),
+            cache_entries: Gauge::new(&name("cache_entries")),
+        }
+    }
+
+    pub fn denied(&self, denial: Denial) {
+        if let Some(i) = Denial::ALL.iter().position(|d| *d == denial) {
+            self.denied[i].increment();
+        }
+    }
+
+    fn store_error(&self, error: &StoreError) {
+        if let Some((_, counter)) = self.store_errors.iter().find(|(k, _)| *k == error.kind()) {
+            counter.increment();
+        }
+    }
+}
+
+/// Everything one configuration of the filter shares in one VM: the root context and
+/// every request context of the worker hold it.
+pub struct FilterState {
+    pub config: ApiKeyConfig,
+    pub cache: KeyCache<HostStore>,
+    pub pending: RefCell<PendingLookups>,
+    pub metrics: Metrics,
+    root_context_id: u32,
+    tick: Cell<Option<Duration>>,
+}
+
+impl FilterState {
+    /// Asks for the tick the pending work needs. Works from a request context too:
+    /// Envoy applies it to the request's root.
+    pub fn adjust_tick(&self) {
+        let wanted = self.pending.borrow().tick();
+        if wanted != self.tick.get() {
+            if let Err(status) = hostcalls::set_tick_period(wanted.unwrap_or(Duration::ZERO)) {
+                log::warn!("{FILTER}: cannot set the tick period: {status:?}");
+            }
+            self.tick.set(wanted);
+        }
+    }
+
+    /// Reports slots that went from empty to filled.
+    pub fn count_filled_slots(&self) {
+        let filled = self.cache.take_filled();
+        if filled > 0 {
+            self.metrics.cache_entries.add(filled as i64);
+        }
+    }
+
+    /// The verdict for a settled lookup, or `None` while it is still open.
+    pub fn verdict(&self, lookup: &Lookup, now: u64) -> Option<Verdict> {
+        match lookup {
+            Lookup::Fresh(answer) | Lookup::Stale(answer) => Some(self.config.judge(answer, now)),
+            Lookup::Unavailable => Some(self.config.unavailable()),
+            Lookup::Wait | Lookup::Fetch => None,
+        }
+    }
+
+    fn on_tick(&self, now: u64) {
+        self.poll_watched(now);
+        self.send_queued(now);
+        self.expire_overdue(now);
+        self.count_filled_slots();
+        self.adjust_tick();
+    }
+
+    /// Requests waiting on another worker's lookup: look for its answer.
+    fn poll_watched(&self, now: u64) {
+        let watched = self.pending.borrow().watched();
+        for hash in watched {
+            match self.cache.begin(&hash, now) {
+                Lookup::Wait => {}
+                // The other worker's claim lapsed (or its slot was taken): ask ourselves.
+                Lookup::Fetch => {
+                    self.pending.borrow_mut().queue(hash);
+                }
+                settled => self.settle(&hash, &settled, now),
+            }
+        }
+    }
+
+    fn send_queued(&self, now: u64) {
+        let queued = self.pending.borrow().to_send();
+        for hash in queued {
+            let path = self.config.store.lookup_path(&hash);
+            let callout = Callout {
+                cluster: &self.config.store.cluster,
+                method: "GET",
+                path: &path,
+                authority: &self.config.store.authority,
+                headers: vec![("accept", "application/json")],
+                timeout: self.config.store.timeout,
+            };
+            match callout.dispatch() {
+                Ok(token) => {
+                    self.pending.borrow_mut().sent(hash, token, now);
+                    self.metrics.lookups.increment();
+                }
+                Err(status) => {
+                    log::warn!(
+                        "{FILTER}: cannot send the lookup to cluster {:?}: {status:?}",
+                        self.config.store.cluster
+                    );
+                    self.pending.borrow_mut().abandon(&hash);
+                    self.metrics.store_error(&StoreError::Dispatch);
+                    let outcome = self.cache.fail(&hash, now);
+                    self.settle(&hash, &outcome, now);
+                }
+            }
+        }
+    }
+
+    fn expire_overdue(&self, now: u64) {
+        let overdue = self.pending.borrow_mut().take_overdue(now);
+        for (context_id, hash) in overdue {
+            let outcome = self.cache.usable(&hash, now);
+            if let Some(verdict) = self.verdict(&outcome, now) {
+                self.note_stale(&outcome, 1);
+                self.wake(context_id, &verdict);
+            }
+        }
+    }
+
+    fn on_lookup_answer(&self, token: u32, body_size: usize, now: u64) {
+        let response = CalloutResponse::read(body_size, MAX_RESPONSE_BODY);
+        let Some(answered) = self.pending.borrow_mut().answered(token) else {
+            return;
+        };
+        self.metrics
+            .lookup_ms
+            .record(now.saturating_sub(answered.sent_at));
+        let hash = answered.hash;
+        let outcome =
+            match read_lookup_response(response.status, &response.body, response.truncated) {
+                Ok(answer) => {
+                    self.cache.complete(&hash, &answer, now);
+                    Lookup::Fresh(answer)
+                }
+                Err(error) => {
+                    log::warn!("{FILTER}: key store lookup failed: {error:?} ({hash:?})");
+                    self.metrics.store_error(&error);
+                    self.cache.fail(&hash, now)
+                }
+            };
+        self.settle(&hash, &outcome, now);
+        self.count_filled_slots();
+        self.adjust_tick();
+    }
+
+    /// Wakes every request of this worker waiting on `hash` with the outcome.
+    fn settle(&self, hash: &KeyHash, outcome: &Lookup, now: u64) {
+        let Some(verdict) = self.verdict(outcome, now) else {
+            return;
+        };
+        let waiters = self.pending.borrow_mut().take_waiters(hash);
+        self.note_stale(outcome, waiters.len());
+        for context_id in waiters {
+            self.wake(context_id, &verdict);
+        }
+    }
+
+    fn note_stale(&self, outcome: &Lookup, requests: usize) {
+        if matches!(outcome, Lookup::Stale(_)) {
+            self.metrics.cache_stale.add(requests as u64);
+        }
+    }
+
+    /// Finishes a paused request from the root, then makes the root the effective
+    /// context again, so that later host calls (a callout above all) stay the root's.
+    fn wake(&self, context_id: u32, verdict: &Verdict) {
+        // A request that is gone cannot be made effective; nothing to do then.
+        if hostcalls::set_effective_context(context_id).is_ok() {
+            match request::finish(self, verdict) {
+                Finish::Continue => {
+                    if let Err(status) = wasmgate_host::resume_request(context_id) {
+                        log::warn!("{FILTER}: cannot resume request {context_id}: {status:?}");
+                    }
+                }
+                Finish::Respond(reply) => request::send_reply(&reply),
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.root_context_id);
+    }
+}
+
+pub struct ApiKeyRoot {
+    context_id: u32,
+    state: Option<Rc<FilterState>>,
+}
+
+impl ApiKeyRoot {
+    pub fn new(context_id: u32) -> Self {
+        Self {
+            context_id,
+            state: None,
+        }
+    }
+}
+
+impl Context for ApiKeyRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(state) = &self.state {
+            state.on_lookup_answer(token, body_size, wasmgate_host::now_millis());
+        }
+    }
+}
+
+impl RootContext for ApiKeyRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        wasmgate_host::follow_host_log_level();
+        // The pepper comes from the VM's environment (Envoy's
+        // `vm_config.environment_variables`), never from the plugin configuration.
+        let env = |name: &str| std::env::var(name).ok();
+        let Some(config) =
+            wasmgate_host::load_config(FILTER, self.get_plugin_configuration(), |bytes| {
+                ApiKeyConfig::from_json(bytes, &env)
+            })
+        else {
+            return false;
+        };
+        let cache = KeyCache::new(HostStore, config.cache_namespace.clone(), config.cache);
+        let created = cache.create_table();
+        let metrics = Metrics::new();
+        metrics.cache_slots.set(u64::from(config.cache.slots));
+        log::debug!(
+            "{FILTER}: cache table {} has {} slots ({created} created by this VM)",
+            config.cache_namespace,
+            config.cache.slots
+        );
+        self.state = Some(Rc::new(FilterState {
+            config,
+            cache,
+            pending: RefCell::new(PendingLookups::new()),
+            metrics,
+            root_context_id: self.context_id,
+            tick: Cell::new(None),
+        }));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(state) = &self.state {
+            state.on_tick(wasmgate_host::now_millis());
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let state = Rc::clone(self.state.as_ref()?);
+        Some(Box::new(ApiKeyRequest::new(context_id, state)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
