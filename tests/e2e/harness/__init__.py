@@ -5,6 +5,11 @@
 - `Service` starts one of the project's fixture servers (`build/bin/wasmgate-*`) and
   reads the address it prints.
 - `bootstrap` builds Envoy configs as plain dicts.
+- `shipped` loads the configs of envoy-config/ with their ports (and certificate
+  paths) rewritten; `demo_gateway` and `mesh` run them with their demo services
+  (`stack` is what the two share); `certs` makes demo certificates; `ports` finds
+  free ports for programs that cannot take port 0; `dockerd` runs a private Docker
+  engine for the compose tests.
 - `conftest.py` turns these into pytest fixtures that stop everything at the end of
   each test, and print Envoy's log when a test fails.
 """

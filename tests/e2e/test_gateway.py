@@ -1,0 +1,284 @@
+"""The demo gateway (envoy-config/gateway.yaml) in real Envoy, in front of its demo
+services, exactly as `make run` starts it but on ports chosen at run time.
+
+Most tests share one gateway per test worker (they only read); the ejection test
+breaks an instance, so it gets a gateway of its own.
+"""
+
+import email.utils
+import http.client
+import json
+import re
+import socket
+import ssl
+from collections import Counter
+
+import pytest
+import requests
+
+from harness import Seen, wait_for, wasm_path
+from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
+from harness.demo_gateway import DemoGateway
+
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+IDENTITY_HEADERS = ["x-user-id", "x-tenant-id", "x-scopes", "x-api-key-id", "x-plan"]
+TIMEOUT = 10  # seconds, for any single request of these tests
+
+
+def counter_delta(envoy, names):
+    """`delta()` returns how much each stat grew since this call."""
+    before = {name: envoy.stat(name) for name in names}
+    return lambda: {name: envoy.stat(name) - before[name] for name in names}
+
+
+@pytest.mark.parametrize("path, service, instances", [
+    ("/api/v1/users/42", "users", {"users-a", "users-b"}),
+    ("/api/v2/users", "users", {"users-a", "users-b"}),
+    ("/api/v1/orders/7", "orders", {"orders-v1", "orders-v2"}),
+    ("/api/v2/orders", "orders", {"orders-v1", "orders-v2"}),
+    ("/api/v1/products/9?fields=name", "products", {"products"}),
+    ("/api/v2/products", "products", {"products"}),
+    ("/partner/v1/orders", "orders", {"orders-v1"}),  # partners stay on the stable version
+    ("/public/catalog", "products", {"products"}),
+])
+def test_routes_reach_their_service_with_gateway_headers_only(gateway, path, service, instances):
+    spoofed = {name: "spoofed" for name in IDENTITY_HEADERS}
+    resp = requests.get(gateway.url(path), headers={**spoofed, "x-request-id": "client-chosen"},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 200
+    seen = Seen(resp)
+    assert seen.service == service
+    assert seen.instance in instances
+    assert f"{seen.path}?{seen.query}".rstrip("?") == path  # forwarded unchanged
+    for name in IDENTITY_HEADERS:
+        assert seen.header(name) is None, f"{name} reached the upstream"
+    assert seen.header("x-gateway") == "wasmgate"
+    assert seen.header("x-client-ip") == "127.0.0.1"
+    # At the edge the client's request id is replaced by Envoy's own, echoed back.
+    assert UUID.match(seen.header("x-request-id"))
+    assert resp.headers["x-request-id"] == seen.header("x-request-id")
+    # Nothing about the inside leaks to the client.
+    for name in ("server", "x-envoy-upstream-service-time"):
+        assert name not in resp.headers
+
+
+def test_paths_outside_the_routes_get_404_and_health_answers_locally(gateway):
+    for path in ("/api/v1/usersX", "/api/v3/users", "/admin", "/"):
+        resp = requests.get(gateway.url(path), timeout=TIMEOUT)
+        assert resp.status_code == 404, path
+        assert resp.json() == {"error": "not_found"}, path
+    # Dot segments and double slashes are resolved before routing: this is /api/v2/users.
+    # (http.client sends the path as written; requests would resolve it itself.)
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.envoy.port(), timeout=TIMEOUT)
+    conn.request("GET", "/api/v1/../v2//users")
+    raw = conn.getresponse()
+    seen = json.loads(raw.read())
+    conn.close()
+    assert (raw.status, seen["path"], seen["instance"][:5]) == (200, "/api/v2/users", "users")
+    resp = requests.get(gateway.url("/healthz"), timeout=TIMEOUT)
+    assert (resp.status_code, resp.text) == (200, "ok\n")
+
+
+def test_v1_is_deprecated_with_a_sunset_date_and_v2_is_not(gateway):
+    v1 = requests.get(gateway.url("/api/v1/products/1"), timeout=TIMEOUT)
+    assert v1.status_code == 200
+    # RFC 9745: Deprecation is a structured-field date, "@" + Unix seconds.
+    deprecation = v1.headers["deprecation"]
+    assert re.fullmatch(r"@\d+", deprecation), deprecation
+    # RFC 8594: Sunset is an HTTP-date, and not before the deprecation.
+    sunset = email.utils.parsedate_to_datetime(v1.headers["sunset"])
+    assert sunset.timestamp() > int(deprecation[1:])
+    v2 = requests.get(gateway.url("/api/v2/products/1"), timeout=TIMEOUT)
+    assert v2.status_code == 200
+    assert "deprecation" not in v2.headers and "sunset" not in v2.headers
+
+
+def test_tls_listener_serves_the_demo_certificate(gateway):
+    resp = requests.get(gateway.url("/api/v2/users/1", tls=True), verify=gateway.ca_file,
+                        timeout=TIMEOUT)
+    assert resp.status_code == 200
+    seen = Seen(resp)
+    assert seen.header("x-forwarded-proto") == "https"
+    assert seen.header("x-gateway") == "wasmgate"
+
+    # The certificate is for 127.0.0.1 and signed by the demo CA, and HTTP/2 is offered.
+    context = ssl.create_default_context(cafile=gateway.ca_file)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", gateway.envoy.port("tls")), timeout=TIMEOUT) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.selected_alpn_protocol() == "h2"
+            assert ("IP Address", "127.0.0.1") in tls.getpeercert()["subjectAltName"]
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+    # A client that does not trust the demo CA refuses the connection.
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(gateway.url("/api/v2/users/1", tls=True), timeout=TIMEOUT)
+
+
+def test_orders_canary_splits_about_90_10(gateway):
+    requests_sent = 400
+    answered_by = Counter()
+    with requests.Session() as session:
+        for _ in range(requests_sent):
+            resp = session.get(gateway.url("/api/v2/orders"), timeout=TIMEOUT)
+            assert resp.status_code == 200
+            answered_by[Seen(resp).instance] += 1
+    assert set(answered_by) <= {"orders-v1", "orders-v2"}
+    # 10% of 400 is 40 with a standard deviation of 6: 16..68 is four of them either
+    # side, so a correct split fails this about once in 30,000 runs.
+    assert 16 <= answered_by["orders-v2"] <= 68, answered_by
+
+
+def test_users_are_balanced_over_two_instances(gateway):
+    answered_by = Counter()
+    with requests.Session() as session:
+        for _ in range(40):
+            resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
+            answered_by[Seen(resp).instance] += 1
+    assert set(answered_by) == {"users-a", "users-b"}
+    assert min(answered_by.values()) >= 10, answered_by
+
+
+def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
+    stats = ["cluster.products.upstream_rq_retry", "cluster.products.upstream_rq_retry_success"]
+    delta = counter_delta(gateway.envoy, stats)
+    # The products instance answers 503 to the first attempt of this request only.
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers={"x-echo-fail-first": "1"},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 200
+    request_id = resp.headers["x-request-id"]
+    assert delta() == {stats[0]: 1, stats[1]: 1}
+    entry = wait_for(lambda: next((e for e in gateway.access_log()
+                                   if e.get("request_id") == request_id), None),
+                     10, "the access log line of the retried request")
+    assert entry["attempts"] == 2
+
+    # A POST that failed may have been carried out: it is not replayed.
+    resp = requests.post(gateway.url("/api/v2/products"), json={"name": "lamp"},
+                         headers={"x-echo-fail-first": "1"}, timeout=TIMEOUT)
+    assert resp.status_code == 503
+    assert delta() == {stats[0]: 1, stats[1]: 1}
+
+
+def test_slow_upstream_hits_its_route_timeout(gateway):
+    delta = counter_delta(gateway.envoy, ["cluster.products.upstream_rq_timeout"])
+    slow = {"x-echo-delay-ms": "2500"}
+    # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers=slow, timeout=TIMEOUT)
+    assert resp.status_code == 504
+    assert delta() == {"cluster.products.upstream_rq_timeout": 1}
+    resp = requests.get(gateway.url("/api/v2/users/1"), headers=slow, timeout=TIMEOUT)
+    assert resp.status_code == 200
+
+
+def test_access_log_is_one_json_line_per_request(gateway):
+    spoofed = {"x-user-id": "admin", "x-tenant-id": "other-tenant", "user-agent": "wasmgate-test"}
+    resp = requests.get(gateway.url("/api/v1/users/42?api_key=do-not-log-me"), headers=spoofed,
+                        timeout=TIMEOUT)
+    request_id = resp.headers["x-request-id"]
+    entry = wait_for(lambda: next((e for e in gateway.access_log()
+                                   if e.get("request_id") == request_id), None),
+                     10, "the request's access log line")
+    assert entry["status"] == 200
+    assert entry["method"] == "GET"
+    assert entry["path"] == "/api/v1/users/42"  # no query string: it may carry credentials
+    assert entry["route"] == "users-v1"
+    assert entry["upstream_cluster"] == "users"
+    assert entry["client_ip"] == "127.0.0.1"
+    assert entry["user_agent"] == "wasmgate-test"
+    assert isinstance(entry["latency_ms"], int) and entry["latency_ms"] >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", entry["trace_id"])
+    # Identity fields carry what the auth filters verified, never what a client sent.
+    assert entry["user_id"] is None and entry["tenant"] is None
+    assert "do-not-log-me" not in gateway.envoy.log()
+
+
+def test_prometheus_stats_on_the_admin_port(gateway):
+    requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT)
+    text = gateway.envoy.admin("/stats/prometheus")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = value
+    assert float(samples['envoy_cluster_upstream_rq_completed{envoy_cluster_name="users"}']) >= 1
+    # The filters' own metrics (wasmcustom.wasmgate.*) lose the wasmcustom prefix.
+    assert float(samples["wasmgate_headers_requests{}"]) >= 1
+    assert 'envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="users"}' in samples
+
+
+def test_traceparent_is_propagated_to_the_upstream(gateway):
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    client_span = "00f067aa0ba902b7"
+    resp = requests.get(gateway.url("/api/v2/users/1"),
+                        headers={"traceparent": f"00-{trace_id}-{client_span}-01"}, timeout=TIMEOUT)
+    forwarded = TRACEPARENT.match(Seen(resp).header("traceparent"))
+    assert forwarded, Seen(resp).header("traceparent")
+    # Same trace; the gateway's own span is the upstream's parent.
+    assert forwarded.group(1) == trace_id
+    assert forwarded.group(2) != client_span
+
+    # A request without one starts a trace.
+    started = TRACEPARENT.match(Seen(requests.get(gateway.url("/api/v2/users/1"),
+                                                  timeout=TIMEOUT)).header("traceparent"))
+    assert started and started.group(1) != trace_id
+
+    # The spans reach the collector (Envoy flushes them every 5 s).
+    collector = gateway.instances["otel-collector"]
+    wait_for(lambda: requests.get(collector.url("/__echo/stats"), timeout=TIMEOUT).json()["requests"] > 0,
+             20, "Envoy to export spans to the collector")
+
+
+def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic(tmp_path, demo_certs,
+                                                                                  on_failure):
+    gateway = DemoGateway(tmp_path, demo_certs).start()
+    on_failure(gateway.logs)
+    try:
+        ejected = "cluster.users.outlier_detection.ejections_enforced_consecutive_5xx"
+        # users-b answers 500 to everything but its health check: only the passive
+        # outlier detection can tell (the active checks keep passing).
+        broken = gateway.instances["users-b"]
+        assert requests.put(broken.url("/__echo/fail"), data="500", timeout=TIMEOUT).ok
+        with requests.Session() as session:
+            for _ in range(40):
+                # Reads are retried on the sibling: clients never see the 500s.
+                resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
+                assert resp.status_code == 200
+                assert Seen(resp).instance == "users-a"
+                if gateway.envoy.stat(ejected):
+                    break
+            assert gateway.envoy.stat(ejected) == 1
+            assert gateway.envoy.stat("cluster.users.outlier_detection.ejections_active") == 1
+            # The 500s the broken instance gave (all of them retried, hence `retry.`):
+            # the 5th consecutive one trips the detector. The ejection is carried out
+            # on Envoy's main thread, so on a busy machine a few more requests may
+            # reach the instance first (this loop asks the admin API, on that same
+            # thread, after every request, which keeps the gap small).
+            errors = gateway.envoy.stat("cluster.users.retry.upstream_rq_500")
+            assert 5 <= errors <= 10
+
+            # Ejected: the broken instance gets nothing more, its sibling everything.
+            for _ in range(20):
+                resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
+                assert resp.status_code == 200
+                assert Seen(resp).instance == "users-a"
+            assert gateway.envoy.stat("cluster.users.retry.upstream_rq_500") == errors
+    finally:
+        gateway.stop()
+
+
+def test_a_wasm_filter_can_be_switched_off_for_one_route(start_envoy, echo):
+    """The per-route alternative to a filter's own path rules (README, "The filter
+    chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
+    headers = wasm_filter(wasm_path("headers"),
+                          {"default": {"request": {"set": {"x-gateway": "wasmgate"}}}}, name="headers")
+    headers["name"] = "wasmgate.headers"
+    switched_off = route("/open", "upstream", name="open")
+    switched_off["typed_per_filter_config"] = {"wasmgate.headers": {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
+    envoy = start_envoy(bootstrap(
+        [http_listener("main", [headers], [switched_off, route("/", "upstream", name="default")])],
+        [cluster("upstream", echo.host, echo.port)]))
+    assert Seen(requests.get(envoy.url("/api"), timeout=TIMEOUT)).header("x-gateway") == "wasmgate"
+    assert Seen(requests.get(envoy.url("/open"), timeout=TIMEOUT)).header("x-gateway") is None
