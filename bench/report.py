@@ -325,47 +325,52 @@ def _counters(results: dict) -> str:
             "cold one did not).\n\n" + _table(["scenario", "counters"], rows))
 
 
+def _load_us_per_request(sample):
+    if sample.load_cpu_share is None or not sample.rps:
+        return None
+    return sample.load_cpu_share * 1e6 / sample.rps
+
+
 def _upstreams(settings, env, comparison: dict) -> str:
     if not comparison:
         return ""
-    rows, bare = [], {}
+    rows, cost = [], {}
     for kind in ("nginx", "envoy"):
         subset = {r.name: r for label, r in comparison.items() if label.endswith(f"@{kind}")}
         fig = Figures(subset)
         if not (fig.base and fig.base.samples):
             continue
         floor = fig.results.get(FLOOR)
-        bare[kind] = (fig.rps(fig.base)[0], fig.envoy_share(fig.base)[0])
+        load_us = median_range([_load_us_per_request(s) for s in fig.base.samples])
+        if load_us:
+            cost[kind] = load_us[1]  # the least disturbed round: other load only adds
         rows.append((
             f"`{kind}`" + (" (used)" if kind == settings.upstream else ""),
             _spread(fig.rps(fig.base), "{:,.0f}"),
             _spread(fig.envoy_share(fig.base), "{:.0%}"),
-            _spread(fig.load_share(fig.base), "{:.0%}"),
-            _spread(fig.cpu_us(fig.base), "{:.1f}"),
-            _spread(fig.ratio(floor), "{:.2f}") if floor and floor.samples else "–",
+            _spread(fig.others_share(fig.base), "{:.0%}"),
+            _spread(load_us, "{:.1f}"),
+            _spread(fig.cpu_ratio(floor), "{:.2f}") if floor and floor.samples else "–",
         ))
     if not rows:
         return ""
     verdict = ""
-    if len(bare) == 2:
-        best = max(bare, key=lambda k: bare[k][0])
+    if len(cost) == 2:
+        best = min(cost, key=cost.get)
         other = "envoy" if best == "nginx" else "nginx"
-        verdict = (f"\n\nWith `{best}`, `bare` served {bare[best][0]:,.0f} req/s (median) with "
-                   f"Envoy at {bare[best][1]:.0%} of its CPU, against {bare[other][0]:,.0f} req/s "
-                   f"at {bare[other][1]:.0%} with `{other}`: the cheaper upstream leaves more of "
-                   "the load CPU to wrk, so that the measured Envoy, not the load side, limits "
-                   "throughput." + ("" if best == settings.upstream else
-                                    f" This run nevertheless used `{settings.upstream}`."))
+        verdict = (f"\n\n`{best}` costs the load CPU {cost[best]:.1f} µs per request against "
+                   f"{cost[other]:.1f} µs for `{other}` (each in its least disturbed round: "
+                   "other processes only add to it), leaving wrk more headroom, so that the "
+                   "measured Envoy, not the load side, limits throughput."
+                   + ("" if best == settings.upstream else
+                      f" This run nevertheless used `{settings.upstream}`."))
     return ("## Choice of upstream\n\n"
             f"`bare` and `wasm-floor` against each upstream, interleaved "
             f"({min(3, settings.rounds)} rounds of {settings.seconds:g} s), the upstream on "
-            f"CPU {env['load_cpu']} with wrk."
-            + (" *load CPU*: how busy that CPU was (wrk, the upstream and anything else)."
-               if any(s.load_cpu_share is not None for r in comparison.values()
-                      for s in r.samples) else "")
-            + "\n\n"
-            + _table(["upstream", "bare req/s", "bare Envoy CPU", "load CPU",
-                      "bare Envoy µs/req", "wasm-floor × bare"], rows) + verdict)
+            f"CPU {env['load_cpu']} with wrk. *load µs/req*: the time that CPU was busy (wrk, "
+            "the upstream, and anything else running there) per request.\n\n"
+            + _table(["upstream", "bare req/s", "bare Envoy CPU", "others", "load µs/req",
+                      "wasm-floor × bare (CPU)"], rows) + verdict)
 
 
 def _reading(settings, env, fig: Figures, comparison: dict) -> str:
