@@ -64,9 +64,10 @@ bench: build bench-wasm ## Measure the filters against bare Envoy and native one
 	.venv/bin/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 bench-wasm:
-	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial
+	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial -p wasmgate-bench-hostcalls
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
+	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all

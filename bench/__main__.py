@@ -14,9 +14,9 @@ from .scenarios import REGISTRY
 
 MODES = {
     # rounds; whole seconds (wrk takes no fractions) of a run, the warm-up, a memory run
-    # and a callout run; whether to compare upstreams
-    "full": (5, 10, 3, 5, 3, True),
-    "quick": (2, 1, 1, 1, 1, False),
+    # and a callout run; whether to compare upstreams; bare again every N scenarios
+    "full": (5, 10, 3, 5, 3, True, 5),
+    "quick": (2, 1, 1, 1, 1, False, 0),
 }
 
 
@@ -34,6 +34,10 @@ def parse_args(argv):
     parser.add_argument("--rounds", type=int, help="interleaved rounds (full: 5)")
     parser.add_argument("--seconds", type=_seconds, help="length of each measured run (full: 10)")
     parser.add_argument("--warmup", type=_seconds, help="warm-up run per Envoy, seconds (full: 3)")
+    parser.add_argument("--bare-every", type=int,
+                        help="load bare again before every N scenarios of a round, so that "
+                             "each is compared with a bare run near it in time (full: 5; "
+                             "0: once per round)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--upstream", choices=("nginx", "envoy"), default="nginx",
@@ -70,7 +74,7 @@ def _ints(text: str) -> tuple:
 
 def settings_from(args) -> Settings:
     mode = "quick" if args.quick else "full"
-    rounds, seconds, warmup, memory_s, callout_s, compare = MODES[mode]
+    rounds, seconds, warmup, memory_s, callout_s, compare, bare_every = MODES[mode]
     custom = any(v is not None for v in (args.rounds, args.seconds, args.warmup)) or args.only
     only = tuple(n for n in args.only.split(",") if n)
     return Settings(
@@ -88,6 +92,7 @@ def settings_from(args) -> Settings:
         compare_upstreams=(compare and not custom if args.compare_upstreams is None
                            else args.compare_upstreams),
         only=only,
+        bare_every=args.bare_every if args.bare_every is not None else bare_every,
     )
 
 

@@ -1,11 +1,13 @@
 """What scenarios build their configuration from, shared by the whole run: the work
-directory, signing keys and token files (minted on first use), the .wasm modules, and
-the fixture servers (started on first use, stopped at the end)."""
+directory, signing keys and token files (minted on first use), the key store's file and
+its one API key (created on first use), the .wasm modules, and the fixture servers
+(started on first use, stopped at the end)."""
 
+import subprocess
 from pathlib import Path
 
 from harness import Service
-from harness.paths import BUILD, wasm_path
+from harness.paths import BUILD, tool_path, wasm_path
 
 from .cpus import Placement, pinned
 from .tokens import SigningKey
@@ -17,6 +19,7 @@ class BenchContext:
         self.placement = placement
         self._keys = {}
         self._fixtures = {}
+        self._api_key = None
 
     # --- material minted at run time ------------------------------------------------
 
@@ -36,6 +39,33 @@ class BenchContext:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
+
+    def jwks_dir(self) -> Path:
+        """A directory holding `rs256.json` and `es256.json`, each the JWKS of the run's
+        key for that algorithm (served by the JWKS fixture)."""
+        for alg in ("rs256", "es256"):
+            path = self.write(f"jwks/{alg}.json", self.key(alg).jwks)
+        return path.parent
+
+    def keystore_file(self) -> Path:
+        """The key store's file (`wasmgate-keystore --store file:...`), holding the one
+        API key of the run (`api_key()`)."""
+        self.api_key()
+        return self.workdir / "keystore" / "keys.json"
+
+    def api_key(self) -> str:
+        """The run's API key (tenant `tenant-bench`, plan `gold`), created on first use
+        with the key store's own CLI."""
+        if self._api_key is None:
+            path = self.workdir / "keystore" / "keys.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(
+                [tool_path("keystore"), "--store", f"file:{path}", "keys", "create",
+                 "--tenant", "tenant-bench", "--plan", "gold"],
+                capture_output=True, text=True, timeout=30, check=True)
+            fields = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
+            self._api_key = fields["api_key"].strip()
+        return self._api_key
 
     # --- modules --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ read from outside, so measuring costs Envoy nothing.
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,13 +61,15 @@ def rss_bytes(pid: int) -> int:
 
 class RssSampler:
     """Samples `pid`'s RSS every `interval` seconds while in use; `.peak` is the
-    highest seen, `.last` the final reading."""
+    highest seen, `.last` the final reading, `.at(fraction)` the reading that far
+    through the sampling time (0.5: halfway)."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid = pid
         self.interval = interval
         self.peak = 0
         self.last = 0
+        self.timeline = []  # (time.monotonic(), bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -76,6 +79,14 @@ class RssSampler:
         except (FileNotFoundError, ProcessLookupError):
             return
         self.peak = max(self.peak, self.last)
+        self.timeline.append((time.monotonic(), self.last))
+
+    def at(self, fraction: float) -> int:
+        if not self.timeline:
+            return 0
+        start, end = self.timeline[0][0], self.timeline[-1][0]
+        moment = start + (end - start) * fraction
+        return min(self.timeline, key=lambda sample: abs(sample[0] - moment))[1]
 
     def _run(self):
         while not self._stop.wait(self.interval):

@@ -17,10 +17,13 @@ from pathlib import Path
 
 from harness.paths import ROOT, envoy_binary
 
+from . import targets
 from .run import (BASELINE, FLOOR, Sample, ScenarioResult, Settings, median_range,
                   paired_differences, paired_ratios)
 
 MIB = 1024 * 1024
+# Hand-written profiling notes included in the report (see `_findings`).
+FINDINGS = Path(__file__).parent / "FINDINGS.md"
 
 
 # --- the environment ------------------------------------------------------------------
@@ -91,14 +94,14 @@ def write_json(path: Path, settings, env, results: dict, comparison: dict):
 
 def _result_from(data: dict) -> ScenarioResult:
     fields = {f.name for f in dataclasses.fields(Sample)}
-    by_concurrency = ("rss_idle", "rss_loaded", "callouts")  # JSON made their keys text
+    by_concurrency = ("rss_idle", "rss_loaded", "rss_mid", "rss_after", "callouts")  # keys: text
     result = ScenarioResult(**{k: v for k, v in data.items()
                                if k not in ("samples", *by_concurrency)})
     result.samples = [Sample(**{"load_cpu_share": None,
                                 **{k: v for k, v in s.items() if k in fields}})
                       for s in data["samples"]]
     for name in by_concurrency:
-        setattr(result, name, {int(c): v for c, v in data[name].items()})
+        setattr(result, name, {int(c): v for c, v in data.get(name, {}).items()})
     return result
 
 
@@ -197,10 +200,10 @@ def write_markdown(path: Path, settings, env, results: dict, comparison: dict):
 
 def render(settings, env, results: dict, comparison: dict) -> str:
     fig = Figures(results)
-    parts = [_header(settings, env), _scenarios(results), _throughput(fig),
-             _memory(results), _callouts(results), _counters(results),
+    parts = [_header(settings, env), _targets(fig), _scenarios(results), _throughput(fig),
+             _memory(results), _floods(results), _callouts(results), _counters(results),
              _upstreams(settings, env, comparison), _reading(settings, env, fig, comparison),
-             _failures(results, comparison), _method(settings, env)]
+             _findings(), _failures(results, comparison), _method(settings, env)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -226,6 +229,49 @@ to read and extend it: [Method](#method)).{quick}
 | load average (1/5/15 min) | {env['loadavg'].get('start', '?')} at start, {env['loadavg'].get('end', '?')} at end |"""
 
 
+def _targets(fig: Figures) -> str:
+    rows = [(row.code, row.target, row.measured, row.verdict) for row in targets.evaluate(fig)]
+    if all(row[3] == "not measured" for row in rows):
+        return ""
+    return ("## Targets\n\n"
+            "The targets of issue 8, evaluated on this run (medians over the rounds; "
+            "how each is read: `bench/targets.py`). *P1*: the filter's added Envoy CPU per "
+            "request over the wasm floor's, each against `bare` in the same round. *P2*: "
+            "throughput against the native chain in the same round, by Envoy CPU per "
+            "request (req/s in brackets). *P3*: added CPU per request of the cold JWT path "
+            "over native `jwt_authn`'s. *P4*: Envoy RSS under load against `bare`'s at the "
+            "same concurrency, and the floods' growth over their second half. *P5*: JWKS "
+            "fetches during a run (start, probes and load). What limits a missed target: "
+            "[Findings](#findings).\n\n"
+            + _table(["", "target", "measured", "verdict"], rows))
+
+
+def _floods(results: dict) -> str:
+    rows = []
+    for r in results.values():
+        for c in sorted(r.rss_after):
+            mid, after = r.rss_mid.get(c), r.rss_after[c]
+            rows.append((f"`{r.name}`", f"c{c}", _mib(r.rss_idle.get(c)), _mib(mid), _mib(after),
+                         f"{(after - mid) / MIB:+.1f}" if mid and after else "–"))
+    if not rows:
+        return ""
+    return ("## Floods (Envoy RSS, MiB)\n\n"
+            "Each flood sends ever new clients (see Scenarios) until its count is answered. "
+            "*idle*: before it; *halfway*, *after*: halfway through the flood (by time) and "
+            "when it ended; *second half*: what RSS grew by between the two, once the "
+            "bounded tables were full.\n\n"
+            + _table(["scenario", "concurrency", "idle", "halfway", "after", "second half"],
+                     rows))
+
+
+def _findings() -> str:
+    """The profiling notes of bench/FINDINGS.md (written by hand: what limits each
+    target), included as they are."""
+    if not FINDINGS.is_file():
+        return ""
+    return FINDINGS.read_text().strip()
+
+
 def _scenarios(results: dict) -> str:
     rows = [(f"`{r.name}`", r.what) for r in results.values()]
     return "## Scenarios\n\n" + _table(["scenario", "what runs in front of the router"], rows)
@@ -249,10 +295,11 @@ def _throughput(fig: Figures) -> str:
     if not rows:
         return ""
     return ("## Throughput, one worker\n\n"
-            "Median over the rounds, (min–max) in brackets. *× bare* is each round's req/s "
-            "divided by `bare`'s in the same round. *Envoy µs/req* is Envoy's CPU time per "
+            "Median over the rounds, (min–max) in brackets. *× bare* is each run's req/s "
+            "divided by `bare`'s in the same round (the `bare` run nearest in time, when a "
+            "round has several). *Envoy µs/req* is Envoy's CPU time per "
             "request (all its threads); *× bare (CPU)* is `bare`'s µs/req divided by the "
-            "scenario's, same round: the throughput ratio Envoy would show with its CPU to "
+            "scenario's, same pairing: the throughput ratio Envoy would show with its CPU to "
             "itself, which other load on the machine disturbs less than req/s (though not "
             "nothing: a preempted Envoy also loses its caches); *+µs* is "
             "the scenario's µs/req minus `bare`'s, same round: the filters' own cost. "
@@ -403,9 +450,9 @@ def _reading(settings, env, fig: Figures, comparison: dict) -> str:
                 f"{added[0]:+.1f} µs of Envoy CPU per request")
         if r.anchor is not None:
             text += f" (anchor {r.anchor:.2f})"
-        if r.name != FLOOR and floor_added and floor_added[0] > 0 \
-                and not r.name.startswith("native-"):
-            text += f"; {added[0] / floor_added[0]:.2f}× the floor's added cost (P1: ≤ 1.25)"
+        if r.name in targets.P1_FILTERS and floor_added and floor_added[0] > 0:
+            text += (f"; {added[0] / floor_added[0]:.2f}× the floor's added cost "
+                     f"(P1: ≤ {targets.P1_LIMIT})")
         lines.append(text + ".")
     lines += _memory_reading(fig.results) + _callout_reading(fig.results)
     if not lines:
@@ -454,6 +501,14 @@ def _failures(results: dict, comparison: dict) -> str:
             "reading's trust): \n\n" + _table(["scenario", "why"], rows))
 
 
+def _bare_every(settings) -> str:
+    every = getattr(settings, "bare_every", 0)
+    if not every:
+        return ""
+    return (f", with `bare` loaded again before every {every} scenarios; each scenario is "
+            "compared with the `bare` run of its round nearest to it in time")
+
+
 def _method(settings, env) -> str:
     argv = " ".join(shlex.quote(a) for a in env["argv"])
     envoy_cpu, load_cpu = env["envoy_cpu"], env["load_cpu"]
@@ -476,14 +531,16 @@ the cold JWT scenarios send a different pre-minted token on each request.
 - Throughput: every scenario's Envoy is started and probed first (each probe checks the \
 filter really acts, e.g. a request without a token gets 401), warmed up for \
 {settings.warmup:g} s, then {settings.rounds} rounds load each for {settings.seconds:g} s \
-in turn (order reversed on odd rounds). A run with any non-2xx answer or socket error \
-makes the scenario fail.
+in turn (order reversed on odd rounds){_bare_every(settings)}. A run with any non-2xx \
+answer or socket error makes the scenario fail (except the API-key flood, whose unknown \
+keys are meant to get 401).
 - Memory: RSS at concurrency 1 from the throughput pass; at {memory} each scenario starts \
 alone, is probed, sampled idle, loaded for {settings.memory_seconds:g} s. Callout \
 fetches: at {callouts}, one run of {settings.callout_seconds:g} s per concurrency.
 - The upstream ({settings.upstream}) answers `200 ok` to everything, reflecting a few \
-request headers for the probes; it and the fixture servers (the JWKS endpoint) run on \
-the load CPU.
+request headers for the probes; it and the fixture servers (the JWKS endpoint, \
+`bench/static_server.py`; the key store, `wasmgate-keystore` on a file holding the run's \
+one API key) run on the load CPU.
 - Keys (RSA-2048, P-256) and tokens are minted by each run before it measures (Python \
 `cryptography`, PyJWT).
 - Adding a scenario: one `REGISTRY.add(Scenario(...))` in `bench/scenarios.py` \

@@ -3,12 +3,15 @@
 1. **throughput**: every selected scenario gets its own Envoy (`--concurrency 1`),
    all started up front and probed; then `rounds` rounds, each loading every scenario
    once for `seconds` (order reversed on odd rounds, so slow drift of the machine
-   does not always favour the same scenarios). Each sample records wrk's count and
-   latency, Envoy's CPU time (so a loaded machine shows up as lower CPU use, not as a
-   cheaper filter), the share of Envoy's CPU other processes took, and peak RSS.
+   does not always favour the same scenarios), with `bare` loaded again before every
+   `bare_every` scenarios: each scenario is compared with the `bare` run nearest to it
+   in time, not one minutes away. Each sample records wrk's count and latency, Envoy's
+   CPU time (so a loaded machine shows up as lower CPU use, not as a cheaper filter),
+   the share of Envoy's CPU other processes took, and peak RSS.
 2. **memory**: for each other concurrency asked (2 by default; and 1 for scenarios
    that take no part in the throughput pass, such as a flood), each scenario is
-   started alone, probed, sampled idle, loaded for `memory_seconds`, sampled.
+   started alone, probed, sampled idle, loaded for `memory_seconds`, sampled; a flood
+   also halfway through its run and after it.
 3. **callouts**: scenarios with `callout_clusters` run at each concurrency asked;
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
 4. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
@@ -54,6 +57,7 @@ class Settings:
     callout_seconds: int
     compare_upstreams: bool
     only: tuple = ()
+    bare_every: int = 0  # load `bare` again before every N scenarios of a round (0: once)
 
 
 @dataclass
@@ -71,6 +75,9 @@ class Sample:
     status_errors: int
     socket_errors: int
     rss_peak: int
+    started: float = None  # time.time() when the run began (pairs it with the nearest bare)
+    rss_mid: int = None  # RSS halfway through the run
+    rss_last: int = None  # RSS when the run had ended
 
     @property
     def rps(self) -> float:
@@ -98,6 +105,8 @@ class ScenarioResult:
     samples: list = field(default_factory=list)
     rss_idle: dict = field(default_factory=dict)  # concurrency -> bytes
     rss_loaded: dict = field(default_factory=dict)  # concurrency -> bytes (peak)
+    rss_mid: dict = field(default_factory=dict)  # concurrency -> bytes halfway (floods)
+    rss_after: dict = field(default_factory=dict)  # concurrency -> bytes after the run (floods)
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
     upstream: str = None
@@ -217,6 +226,7 @@ class Bench:
                   round_: int = -1) -> Sample:
         load = scenario.load(self.ctx)
         pid = envoy.pid
+        started = time.time()
         with RssSampler(pid) as rss:
             busy0, cpu0 = self.cpu_watch.busy_seconds(), cpu_seconds(pid)
             load0 = self.load_cpu_watch.busy_seconds()
@@ -233,7 +243,7 @@ class Bench:
             load_share = (load1 - load0) / result.seconds
         return Sample(round_, result.requests, result.seconds, envoy_cpu, others, load_share,
                       result.latency_p50_us, result.latency_p99_us, result.status_errors,
-                      result.socket_errors, rss.peak)
+                      result.socket_errors, rss.peak, started, rss.at(0.5), rss.last)
 
     # --- passes ----------------------------------------------------------------------
 
@@ -294,7 +304,7 @@ class Bench:
         labels = list(live)
         for round_ in range(rounds):
             order = labels if round_ % 2 == 0 else labels[::-1]
-            for label in order:
+            for label in self._with_baselines(order, entries):
                 envoy, scenario = live[label]
                 try:
                     sample = self.load_once(envoy, scenario, self.settings.seconds, label, round_)
@@ -318,6 +328,20 @@ class Bench:
                             f"socket errors ({sum(s.status_errors for s in bad)} / "
                             f"{sum(s.socket_errors for s in bad)})")
             envoy.stop()
+
+    def _with_baselines(self, order: list, entries: dict) -> list:
+        """`order` with the baseline's label also before every `bare_every` others."""
+        every = self.settings.bare_every
+        base = [label for label in order if entries[label][0].name == BASELINE]
+        if every <= 0 or len(base) != 1:
+            return order
+        others = [label for label in order if label != base[0]]
+        out = []
+        for i, label in enumerate(others):
+            if i % every == 0:
+                out.append(base[0])
+            out.append(label)
+        return out or base
 
     def single_run(self, scenario: Scenario, concurrency: int, seconds: int, purpose: str,
                    result: ScenarioResult, before=None, after=None):
@@ -348,6 +372,9 @@ class Bench:
 
         def loaded(envoy, sample):
             result.rss_loaded[concurrency] = sample.rss_peak
+            if scenario.flood:
+                result.rss_mid[concurrency] = sample.rss_mid
+                result.rss_after[concurrency] = sample.rss_last
 
         self.single_run(scenario, concurrency, self.settings.memory_seconds, "memory", result,
                         before=idle, after=loaded)
@@ -432,13 +459,33 @@ def median_range(values: list):
     return statistics.median(values), min(values), max(values)
 
 
+def partner(sample, baseline: list):
+    """The baseline sample of the same round nearest in time to `sample` (the round's
+    only one when the samples carry no time), or None."""
+    if any(b is sample for b in baseline):
+        return sample
+    same_round = [b for b in baseline if b.round == sample.round]
+    if not same_round:
+        return None
+    if sample.started is None or any(b.started is None for b in same_round):
+        return same_round[0]
+    return min(same_round, key=lambda b: abs(b.started - sample.started))
+
+
 def paired_ratios(samples: list, baseline: list, value=lambda s: s.rps) -> list:
-    """value(sample) / value(baseline sample of the same round), for every round both have."""
-    base = {s.round: value(s) for s in baseline}
-    return [value(s) / base[s.round] for s in samples
-            if base.get(s.round) and value(s) is not None]
+    """value(sample) / value(its baseline partner), for every sample that has one."""
+    ratios = []
+    for s in samples:
+        b = partner(s, baseline)
+        if b is not None and value(b) and value(s) is not None:
+            ratios.append(value(s) / value(b))
+    return ratios
 
 
 def paired_differences(samples: list, baseline: list, value) -> list:
-    base = {s.round: value(s) for s in baseline}
-    return [value(s) - base[s.round] for s in samples if s.round in base]
+    differences = []
+    for s in samples:
+        b = partner(s, baseline)
+        if b is not None:
+            differences.append(value(s) - value(b))
+    return differences

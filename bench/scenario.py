@@ -79,6 +79,10 @@ class Scenario:
       default is too short (a flood must last long enough to send its `limit`).
     - `any_status`: non-2xx answers under load are expected (a flood of unknown API
       keys gets 401s) and do not fail the scenario; socket errors still do.
+    - `flood`: a run that sends ever new clients; the memory pass also records RSS
+      halfway through it and after it, so the report shows whether memory stayed flat.
+    - `default`: part of a run that names no scenarios; instruments for profiling
+      (the host-call costs) run only when named with `--only`.
     """
 
     name: str
@@ -93,6 +97,8 @@ class Scenario:
     anchor: float = None
     seconds: int = None
     any_status: bool = False
+    flood: bool = False
+    default: bool = True
 
     def accepts(self, sample) -> bool:
         """Whether a measured run did what the scenario expects (see `any_status`)."""
@@ -117,9 +123,9 @@ class Registry:
         return list(self._scenarios)
 
     def select(self, names=None) -> list:
-        """The scenarios named (all when `names` is empty), in registry order."""
+        """The scenarios named (all defaults when `names` is empty), in registry order."""
         if not names:
-            return list(self._scenarios.values())
+            return [s for s in self._scenarios.values() if s.default]
         unknown = [n for n in names if n not in self._scenarios]
         if unknown:
             raise KeyError(f"unknown scenario(s): {', '.join(unknown)}; "

@@ -1,45 +1,61 @@
 """The scenarios `make bench` knows, in report order.
 
-Phase 1 (now): the bare router, the wasm floor, the header filter, and Envoy's native
-filters. Phase 2 adds each wasmgate filter on its hot path, the JWT cold path, the
-full chains and the combined module here, each as one `REGISTRY.add(Scenario(...))`;
-a JWT or API-key scenario lists its JWKS / key-store `Fixture` and that fixture's
-cluster in `callout_clusters`, and a flood uses `Load(distinct=Distinct(...))`.
+Baselines (bare, the wasm floor), each wasmgate filter on its hot path and the JWT
+cold path, the chains (separate filters and the combined module), Envoy's native
+equivalents, the memory-only scenarios (all four filters; the client floods) and the
+callout counts. Each is one `REGISTRY.add(Scenario(...))`; a JWT or API-key scenario
+lists its JWKS / key-store `Fixture` (and that fixture's cluster in
+`callout_clusters` when its fetches are counted), and a flood uses
+`Load(distinct=Distinct(...))`. The targets they are judged by are in `targets.py`.
 """
 
 import sys
 from pathlib import Path
 
 from harness.bootstrap import wasm_filter
+from harness.paths import tool_path
 
-from . import native
-from .load import Load, Rotate
-from .scenario import CALLOUTS, Fixture, Probe, Registry, Scenario
+from . import native, wasmgate
+from .load import Distinct, Load, Rotate
+from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Fixture, Probe, Registry, Scenario
+from .wasmgate import HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER
 
 REGISTRY = Registry()
 add = REGISTRY.add
 
 # Distinct tokens per cold-path run: far more than any token cache on the path
-# (native jwt_authn's holds 100), so that every request verifies a signature.
+# (native jwt_authn's holds 100, wasmgate's JWT filter 1000 by default), so that every
+# request verifies a signature.
 COLD_TOKENS = 4096
 # Keys in native api_key_auth's list (a realistic tenant count; lookup is a hash).
 API_KEYS = 1000
+# Distinct clients of the floods (memory pass only): the rate limit's 1M is ten times
+# its table (100,000 slots); the API key's 100k is 24 times its cache (4096 slots), and
+# every one of them is a key-store lookup answered 404.
+RATE_LIMIT_FLOOD = 1_000_000
+API_KEY_FLOOD = 100_000
+ALL = frozenset({THROUGHPUT, MEMORY})
+MEMORY_ONLY = frozenset({MEMORY})
 
-# The header rules the shipped gateway uses (envoy-config/gateway.yaml, when this was
-# written), held here so that the scenario stays comparable from run to run, and
-# translated for header_mutation. Strips the identity headers of both auth filters.
-HEADER_RULES = {
-    "strip_inbound": ["x-user-id", "x-tenant-id", "x-scopes", "x-api-key-id", "x-plan"],
-    "rules": [{
-        "match": {"prefix": "/api/v1/"},
-        "request": {"set": {"x-gateway": "wasmgate", "x-client-ip": "${downstream_ip}"}},
-        "response": {"set": {"deprecation": "@1767225600",
-                             "sunset": "Thu, 31 Dec 2026 23:59:59 GMT"}},
-    }],
-    "default": {"request": {"set": {"x-gateway": "wasmgate", "x-client-ip": "${downstream_ip}"}}},
-    "response_cleanup": ["server", "x-powered-by", "x-envoy-upstream-service-time"],
-    "echo_request_id": True,
-}
+# --- fixtures ----------------------------------------------------------------------
+
+# A JWKS endpoint: the run's RS256 and ES256 public keys as /rs256.json and
+# /es256.json, served by bench/static_server.py.
+JWKS_SERVER = Fixture(
+    "jwks-server", cluster=JWKS_CLUSTER,
+    argv=lambda ctx: [sys.executable, Path(__file__).parent / "static_server.py",
+                      "--listen", "127.0.0.1:0", "--dir", ctx.jwks_dir()],
+)
+
+# The key store the API-key filter asks: `wasmgate-keystore` on a file holding the
+# run's one API key.
+KEY_STORE = Fixture(
+    "keystore", cluster=KEYSTORE_CLUSTER,
+    argv=lambda ctx: [tool_path("keystore"), "--store", f"file:{ctx.keystore_file()}",
+                      "serve", "--listen", "127.0.0.1:0"],
+)
+
+# --- probes and counters -------------------------------------------------------------
 
 HEADER_PROBES = [
     Probe("a spoofed identity header is stripped, the gateway's own headers are set",
@@ -54,16 +70,39 @@ def _bearer(token: str) -> dict:
 
 
 def _jwt_probes(ctx, alg: str, token: str = None, subject: str = "user-bench") -> list:
-    """Refuses no token and a token signed by another key; lets `token` (default: the
-    key's one hot-path token) through with its subject forwarded."""
-    other = "es256" if alg == "rs256" else "rs256"
+    """Refuses no token and a forged one (the key's `kid`, another key's signature);
+    lets `token` (default: the key's one hot-path token) through with its subject
+    forwarded."""
     return [
         Probe("no token: refused", status=401),
         Probe("a token signed by another key: refused", status=401,
-              headers=_bearer(ctx.key(other).token)),
+              headers=_bearer(ctx.key(alg).forged_token())),
         Probe("a valid token: its subject goes upstream",
-              headers=_bearer(token or ctx.key(alg).token), upstream_saw={"x-user-id": subject}),
+              headers=_bearer(token or ctx.key(alg).token),
+              upstream_saw={"x-user-id": subject, "x-tenant-id": "tenant-bench"}),
     ]
+
+
+def _api_key_probes(ctx) -> list:
+    """Refuses no key and a malformed one (refused without a lookup, so that the
+    key-store count stays one per key); lets the run's key through, hidden, with its
+    tenant forwarded."""
+    return [
+        Probe("no key: refused", status=401),
+        Probe("a malformed key: refused", status=401, headers={"x-api-key": "not-a-key"}),
+        Probe("a valid key: its tenant goes upstream, the key does not",
+              headers={"x-api-key": ctx.api_key(), "x-tenant-id": "spoofed"},
+              upstream_saw={"x-tenant-id": "tenant-bench", "x-api-key": None}),
+    ]
+
+
+RATE_LIMIT_PROBES = [
+    Probe("the request was counted: the response says how many remain",
+          response={"x-ratelimit-limit": str(RATE_LIMIT_NEVER)}),
+]
+
+CHAIN_PROBE_HEADERS = {"upstream_saw": {"x-gateway": "wasmgate", "x-client-ip": "127.0.0.1"},
+                       "response": {"deprecation": "@1767225600", "server": None}}
 
 
 def _first_token(ctx, alg: str) -> str:
@@ -74,6 +113,19 @@ def _jwt_counters(prefix: str = "http.main.jwt_authn.") -> dict:
     return {"allowed": prefix + "allowed", "denied": prefix + "denied",
             "cache hits": prefix + "jwt_cache_hit", "cache misses": prefix + "jwt_cache_miss"}
 
+
+_WASM = "wasmcustom.wasmgate."
+WASM_JWT_COUNTERS = {"jwt allowed": _WASM + "jwt.allowed",
+                     "token cache hits": _WASM + "jwt.token_cache.hit",
+                     "token cache misses": _WASM + "jwt.token_cache.miss",
+                     "JWKS fetches": _WASM + "jwt.jwks_fetch.success"}
+WASM_API_KEY_COUNTERS = {"api key allowed": _WASM + "api_key.allowed",
+                         "cache hits": _WASM + "api_key.cache_hit",
+                         "lookups": _WASM + "api_key.lookups"}
+WASM_RATE_LIMIT_COUNTERS = {"rate limit allowed": _WASM + "rate_limit.allowed",
+                            "overflow": _WASM + "rate_limit.overflow",
+                            "fail open": _WASM + "rate_limit.fail_open"}
+WASM_HEADERS_COUNTERS = {"headers requests": _WASM + "headers.requests"}
 
 # --- baselines ---------------------------------------------------------------------
 
@@ -89,13 +141,127 @@ add(Scenario(
     anchor=0.82,
 ))
 
-# --- wasmgate filters --------------------------------------------------------------
+# --- wasmgate filters, each alone on its hot path ----------------------------------
 
 add(Scenario(
     "headers", "wasmgate header filter, the shipped gateway's rules",
-    filters=lambda ctx: [wasm_filter(ctx.wasm("headers"), HEADER_RULES, name="headers")],
+    filters=lambda ctx: [wasmgate.headers(ctx)],
     probes=lambda ctx: HEADER_PROBES,
-    counters={"requests": "wasmcustom.wasmgate.headers.requests"},
+    counters=WASM_HEADERS_COUNTERS,
+))
+
+for _alg in ("rs256", "es256"):
+    _ALG = _alg.upper()
+    add(Scenario(
+        f"jwt-{_alg}-cached", f"wasmgate JWT filter, {_ALG}, one token (verified-token cache), "
+        "JWKS fetched from a server",
+        filters=lambda ctx, a=_alg: [wasmgate.jwt(ctx, a)],
+        load=lambda ctx, a=_alg: Load(headers=_bearer(ctx.key(a).token)),
+        probes=lambda ctx, a=_alg: _jwt_probes(ctx, a),
+        fixtures=(JWKS_SERVER,),
+        callout_clusters=(JWKS_CLUSTER,),
+        counters=WASM_JWT_COUNTERS,
+        passes=ALL | {CALLOUTS} if _alg == "rs256" else ALL,
+    ))
+    add(Scenario(
+        f"jwt-{_alg}-cold", f"wasmgate JWT filter, {_ALG}, a different token on every request "
+        f"({COLD_TOKENS} pre-minted, more than its token cache holds)",
+        filters=lambda ctx, a=_alg: [wasmgate.jwt(ctx, a)],
+        load=lambda ctx, a=_alg: Load(rotate=Rotate("authorization", ctx.tokens(a, COLD_TOKENS),
+                                                    prefix="Bearer ")),
+        probes=lambda ctx, a=_alg: _jwt_probes(ctx, a, _first_token(ctx, a), "user-0"),
+        fixtures=(JWKS_SERVER,),
+        counters=WASM_JWT_COUNTERS,
+    ))
+
+add(Scenario(
+    "api-key", "wasmgate API-key filter, one key (cached in shared data), key store over a "
+    "callout",
+    filters=lambda ctx: [wasmgate.api_key(ctx)],
+    load=lambda ctx: Load(headers={"x-api-key": ctx.api_key()}),
+    probes=_api_key_probes,
+    fixtures=(KEY_STORE,),
+    callout_clusters=(KEYSTORE_CLUSTER,),
+    counters=WASM_API_KEY_COUNTERS,
+    passes=ALL | {CALLOUTS},
+))
+
+add(Scenario(
+    "rate-limit", "wasmgate rate-limit filter, never limiting, one client (by x-user-id), "
+    "100,000-slot table",
+    filters=lambda ctx: [wasmgate.rate_limit(ctx)],
+    load=lambda ctx: Load(headers={"x-user-id": "user-bench"}),
+    probes=lambda ctx: RATE_LIMIT_PROBES,
+    counters=WASM_RATE_LIMIT_COUNTERS,
+))
+
+# --- chains: the gateway's three filters ---------------------------------------------
+
+
+def _jwt_chain_probes(ctx) -> list:
+    return [*_jwt_probes(ctx, "rs256"),
+            Probe("identity comes from the token, not the client; headers and rate limit ran",
+                  headers={**_bearer(ctx.key("rs256").token), "x-user-id": "admin"},
+                  upstream_saw={"x-user-id": "user-bench",
+                                **CHAIN_PROBE_HEADERS["upstream_saw"]},
+                  response={**CHAIN_PROBE_HEADERS["response"],
+                            "x-ratelimit-limit": str(RATE_LIMIT_NEVER)})]
+
+
+def _api_key_chain_probes(ctx) -> list:
+    return [*_api_key_probes(ctx),
+            Probe("identity comes from the key store, not the client; headers and rate limit ran",
+                  headers={"x-api-key": ctx.api_key(), "x-api-key-id": "spoofed"},
+                  upstream_saw={"x-tenant-id": "tenant-bench",
+                                **CHAIN_PROBE_HEADERS["upstream_saw"]},
+                  response={**CHAIN_PROBE_HEADERS["response"],
+                            "x-ratelimit-limit": str(RATE_LIMIT_NEVER)})]
+
+
+# The combined module's stages: exactly the separate filters' configurations.
+JWT_STAGES = {"headers": HEADER_RULES, "jwt": wasmgate.jwt_config("rs256"),
+              "rate_limit": wasmgate.rate_limit_config()}
+API_KEY_STAGES = {"headers": HEADER_RULES, "api_key": wasmgate.API_KEY_CONFIG,
+                  "rate_limit": wasmgate.rate_limit_config()}
+ALL_STAGES = {**JWT_STAGES, "api_key": wasmgate.API_KEY_CONFIG}
+
+add(Scenario(
+    "chain-jwt", "wasmgate headers + JWT (RS256, cached) + rate limit, three separate filters",
+    filters=lambda ctx: [wasmgate.headers(ctx), wasmgate.jwt(ctx, "rs256"),
+                         wasmgate.rate_limit(ctx)],
+    load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
+    probes=_jwt_chain_probes,
+    fixtures=(JWKS_SERVER,),
+    counters={**WASM_JWT_COUNTERS, **WASM_RATE_LIMIT_COUNTERS},
+))
+
+add(Scenario(
+    "combined-jwt", "the combined module: headers + JWT (RS256, cached) + rate limit as "
+    "stages of one filter",
+    filters=lambda ctx: [wasmgate.combined(ctx, JWT_STAGES)],
+    load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
+    probes=_jwt_chain_probes,
+    fixtures=(JWKS_SERVER,),
+    counters={**WASM_JWT_COUNTERS, **WASM_RATE_LIMIT_COUNTERS},
+))
+
+add(Scenario(
+    "chain-api-key", "wasmgate headers + API key (cached) + rate limit, three separate filters",
+    filters=lambda ctx: [wasmgate.headers(ctx), wasmgate.api_key(ctx), wasmgate.rate_limit(ctx)],
+    load=lambda ctx: Load(headers={"x-api-key": ctx.api_key()}),
+    probes=_api_key_chain_probes,
+    fixtures=(KEY_STORE,),
+    counters={**WASM_API_KEY_COUNTERS, **WASM_RATE_LIMIT_COUNTERS},
+))
+
+add(Scenario(
+    "combined-api-key", "the combined module: headers + API key (cached) + rate limit as "
+    "stages of one filter",
+    filters=lambda ctx: [wasmgate.combined(ctx, API_KEY_STAGES)],
+    load=lambda ctx: Load(headers={"x-api-key": ctx.api_key()}),
+    probes=_api_key_chain_probes,
+    fixtures=(KEY_STORE,),
+    counters={**WASM_API_KEY_COUNTERS, **WASM_RATE_LIMIT_COUNTERS},
 ))
 
 # --- Envoy's native filters ----------------------------------------------------------
@@ -164,15 +330,72 @@ add(Scenario(
     counters={**_jwt_counters(), "rate limit ok": "bench_rate_limit.http_local_rate_limit.ok"},
 ))
 
-# --- callout counting --------------------------------------------------------------
+# --- memory: all four filters, and the floods ---------------------------------------
 
-# A JWKS endpoint: the run's RS256 public key, served by bench/static_server.py.
-JWKS_SERVER = Fixture(
-    "jwks-server", cluster="jwks",
-    argv=lambda ctx: [sys.executable, Path(__file__).parent / "static_server.py",
-                      "--listen", "127.0.0.1:0",
-                      "--dir", ctx.write("jwks/jwks.json", ctx.key("rs256").jwks).parent],
-)
+
+def _all_four_load(ctx) -> Load:
+    return Load(headers={**_bearer(ctx.key("rs256").token), "x-api-key": ctx.api_key()})
+
+
+def _all_four_probes(ctx) -> list:
+    both = {**_bearer(ctx.key("rs256").token), "x-api-key": ctx.api_key()}
+    return [
+        Probe("a token without a key: refused", status=401, headers=_bearer(ctx.key("rs256").token)),
+        Probe("a key without a token: refused", status=401, headers={"x-api-key": ctx.api_key()}),
+        Probe("both: the identities of both go upstream", headers=both,
+              upstream_saw={"x-user-id": "user-bench", "x-tenant-id": "tenant-bench",
+                            "x-gateway": "wasmgate"},
+              response={"x-ratelimit-limit": str(RATE_LIMIT_NEVER)}),
+    ]
+
+
+add(Scenario(
+    "all-four", "wasmgate headers + JWT + API key + rate limit, four separate filters "
+    "(every request carries a token and a key)",
+    filters=lambda ctx: [wasmgate.headers(ctx), wasmgate.jwt(ctx, "rs256"),
+                         wasmgate.api_key(ctx), wasmgate.rate_limit(ctx)],
+    load=_all_four_load,
+    probes=_all_four_probes,
+    fixtures=(JWKS_SERVER, KEY_STORE),
+    passes=MEMORY_ONLY,
+))
+
+add(Scenario(
+    "combined-all", "the combined module with all four stages (headers, JWT, API key, "
+    "rate limit)",
+    filters=lambda ctx: [wasmgate.combined(ctx, ALL_STAGES)],
+    load=_all_four_load,
+    probes=_all_four_probes,
+    fixtures=(JWKS_SERVER, KEY_STORE),
+    passes=MEMORY_ONLY,
+))
+
+add(Scenario(
+    "rate-limit-flood", f"wasmgate rate-limit filter, {RATE_LIMIT_FLOOD:,} distinct clients "
+    "(x-client-id), 100,000-slot table",
+    filters=lambda ctx: [wasmgate.rate_limit(ctx, wasmgate.rate_limit_config("x-client-id"))],
+    load=lambda ctx: Load(distinct=Distinct("x-client-id", "flood-", limit=RATE_LIMIT_FLOOD)),
+    probes=lambda ctx: RATE_LIMIT_PROBES,
+    passes=MEMORY_ONLY,
+    seconds=150,
+    flood=True,
+))
+
+add(Scenario(
+    "api-key-flood", f"wasmgate API-key filter, {API_KEY_FLOOD:,} distinct unknown keys "
+    "(each a key-store lookup, answered 401), 4096-slot cache",
+    filters=lambda ctx: [wasmgate.api_key(ctx)],
+    load=lambda ctx: Load(distinct=Distinct("x-api-key", "sk_live_bench-flood-",
+                                            limit=API_KEY_FLOOD)),
+    probes=_api_key_probes,
+    fixtures=(KEY_STORE,),
+    passes=MEMORY_ONLY,
+    seconds=150,
+    any_status=True,
+    flood=True,
+))
+
+# --- callout counting ----------------------------------------------------------------
 
 for _async, _when in ((False, "on the first request that needs it"),
                       (True, "when the listener starts (async_fetch)")):
@@ -181,10 +404,38 @@ for _async, _when in ((False, "on the first request that needs it"),
         f"native jwt_authn, RS256, cached, JWKS fetched from a server {_when}, "
         "cache_duration 600s",
         filters=lambda ctx, a=_async: [native.jwt_authn(ctx.key("rs256"), cache=True,
-                                                        remote_cluster="jwks", async_fetch=a)],
+                                                        remote_cluster=JWKS_CLUSTER,
+                                                        remote_path="/rs256.json",
+                                                        async_fetch=a)],
         load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
         probes=lambda ctx: _jwt_probes(ctx, "rs256"),
         fixtures=(JWKS_SERVER,),
-        callout_clusters=("jwks",),
+        callout_clusters=(JWKS_CLUSTER,),
         passes=frozenset({CALLOUTS}),
+    ))
+
+# --- instruments: what one host call costs (run with --only hostcall-none,...) ----------
+
+HOSTCALL_REPEAT = 100  # bench/hostcalls/src/lib.rs: REPEAT
+for _op, _what in (
+        ("none", "nothing (the instrument's own cost)"),
+        ("get_absent", "get_map_value of an absent header"),
+        ("get_present", "get_map_value of a present header (user-agent)"),
+        ("get_all", "get_map of every request header"),
+        ("remove_absent", "remove_map_value of an absent header"),
+        ("set", "set_map_value of one header"),
+        ("set_all", "set_map of every request header"),
+        ("property", "get_property(source.address)"),
+        ("counter", "increment_metric"),
+        ("shared_get", "get_shared_data of 64 bytes"),
+        ("time", "get_current_time"),
+        ("sha256_token", "SHA-256 of a 700-byte token (no host call)"),
+        ("siphash_token", "SipHash-1-3 of a 700-byte token (no host call)"),
+        ("alloc", "a small heap allocation and its release (no host call)")):
+    add(Scenario(
+        f"hostcall-{_op}", f"host-call instrument: {HOSTCALL_REPEAT} × {_what} per request",
+        filters=lambda ctx, op=_op: [wasm_filter(ctx.bench_wasm("hostcalls"), op,
+                                                 name="hostcalls")],
+        passes=frozenset({THROUGHPUT}),
+        default=False,
     ))

@@ -73,6 +73,14 @@ class SigningKey:
             self._token = self.mint("user-bench")
         return self._token
 
+    def forged_token(self) -> str:
+        """A token with this key's `kid` (and good claims) signed by another key of the
+        same type: its signature must fail. (A token with an unknown `kid` instead would
+        make wasmgate's JWT filter refetch the JWKS and skew the fetch counts.)"""
+        other = SigningKey.generate(self.alg)
+        other.kid = self.kid
+        return other.mint("forger")
+
     def token_file(self, count: int, workdir: Path) -> Path:
         """`count` distinct tokens, one a line, written once per run and count."""
         if count not in self._token_files:

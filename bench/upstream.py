@@ -24,7 +24,8 @@ from .cpus import pinned
 from .pinned_envoy import PinnedEnvoy
 
 # Request headers the upstream reflects as `x-saw-<name>` (absent: not reflected).
-ECHOED = ("x-bench-out", "x-gateway", "x-client-ip", "x-user-id", "x-tenant-id", "x-api-client")
+ECHOED = ("x-bench-out", "x-gateway", "x-client-ip", "x-user-id", "x-tenant-id", "x-api-client",
+          "x-api-key", "x-api-key-id")
 
 
 class Upstream:
