@@ -302,7 +302,7 @@ def _throughput(fig: Figures) -> str:
             "scenario's, same pairing: the throughput ratio Envoy would show with its CPU to "
             "itself, which other load on the machine disturbs less than req/s (though not "
             "nothing: a preempted Envoy also loses its caches); *+µs* is "
-            "the scenario's µs/req minus `bare`'s, same round: the filters' own cost. "
+            "the scenario's µs/req minus `bare`'s, same pairing: the filters' own cost. "
             "*anchor*: the ratio measured before (NOTES.md). *Envoy CPU* is Envoy's CPU time "
             "over the run's wall time (near 100%: Envoy was the bottleneck, as intended); "
             "*others* is what other processes took of Envoy's CPU meanwhile (noise).\n\n"
