@@ -5,13 +5,16 @@
 //! ([`property_text`]), time ([`now_millis`]), metrics ([`Counter`], [`Histogram`])
 //! and the [`SharedStore`](wasmgate_shared_store::SharedStore) adapter over shared
 //! data ([`HostStore`]), HTTP callouts and waking the requests that waited for them
-//! ([`Callout`], [`resume_request`]). Everything that decides anything lives in the logic crates.
+//! ([`Callout`], [`resume_request`]), the request's headers read in one host call
+//! ([`HeaderSnapshot`]). Everything that decides anything lives in the logic crates.
 
 mod callout;
+mod header_snapshot;
 mod metrics;
 mod store;
 
 pub use callout::{respond_to_request, resume_request, Callout, CalloutResponse};
+pub use header_snapshot::HeaderSnapshot;
 pub use metrics::{Counter, Gauge, Histogram};
 pub use store::HostStore;
 
