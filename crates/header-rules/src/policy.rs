@@ -74,6 +74,8 @@ pub struct HeaderPolicy {
     rules: RouteTable<Actions>,
     response_cleanup: Vec<HeaderName>,
     echo_request_id: bool,
+    /// Whether responses need any work (worked out once: saves the response phase).
+    touches_responses: bool,
 }
 
 /// What to do to a request, and what to remember for its response.
@@ -81,6 +83,8 @@ pub struct HeaderPolicy {
 pub struct RequestPlan {
     pub edits: EditList,
     pub response: ResponsePlan,
+    /// How many `strip_inbound` headers the client sent (each is removed).
+    pub stripped: usize,
 }
 
 /// Response work, with its templates already filled in from the request.
@@ -106,28 +110,28 @@ impl HeaderPolicy {
         self.rules.select(method, path)
     }
 
-    /// Whether responses need to be looked at at all (saves a host call when not).
+    /// Whether responses need to be looked at at all (saves the response phase's host
+    /// calls when not).
     pub fn touches_responses(&self) -> bool {
-        self.echo_request_id
-            || !self.response_cleanup.is_empty()
-            || self.rules.rules().any(|(_, a)| !a.response.is_empty())
-            || self
-                .rules
-                .fallback()
-                .is_some_and(|a| !a.response.is_empty())
+        self.touches_responses
     }
 
     /// Decides what happens to a request. Templates see the request as it arrived,
     /// minus the `strip_inbound` headers, so a client cannot feed a spoofed identity
-    /// header into a template.
+    /// header into a template. Only the `strip_inbound` headers the request has are
+    /// removed: removing an absent one would be a host call for nothing.
     pub fn plan_request(&self, view: &dyn RequestView) -> RequestPlan {
         let stripped = Stripped {
             view,
             names: &self.strip_inbound,
         };
         let mut edits = EditList::default();
+        let mut spoofed = 0;
         for name in &self.strip_inbound {
-            edits.push(HeaderEdit::Remove(name.clone()));
+            if view.has_header(name.as_str()) {
+                edits.push(HeaderEdit::Remove(name.clone()));
+                spoofed += 1;
+            }
         }
         let method = view.header(":method").unwrap_or_default();
         let path = view.header(":path").unwrap_or_default();
@@ -142,11 +146,14 @@ impl HeaderPolicy {
         }
         if self.echo_request_id {
             response.request_id = view
-                .property(&["request", "id"])
-                .or_else(|| view.header("x-request-id"))
+                .request_id()
                 .filter(|id| check_header_value(id).is_ok());
         }
-        RequestPlan { edits, response }
+        RequestPlan {
+            edits,
+            response,
+            stripped: spoofed,
+        }
     }
 
     /// The edits for the response: `response_cleanup` first (so a rule can put back a
@@ -186,6 +193,15 @@ impl RequestView for Stripped<'_> {
     fn property(&self, path: &[&str]) -> Option<String> {
         self.view.property(path)
     }
+
+    fn has_header(&self, name: &str) -> bool {
+        !self.names.iter().any(|n| n.as_str() == name) && self.view.has_header(name)
+    }
+
+    // The request id is Envoy's, whatever `strip_inbound` says.
+    fn request_id(&self) -> Option<String> {
+        self.view.request_id()
+    }
 }
 
 impl PolicySpec {
@@ -206,11 +222,16 @@ impl PolicySpec {
             .default
             .map(|d| compile_actions(d.request, d.response).map_err(|e| e.within("default")))
             .transpose()?;
+        let touches_responses = self.echo_request_id
+            || !self.response_cleanup.is_empty()
+            || rules.iter().any(|(_, a)| !a.response.is_empty())
+            || fallback.as_ref().is_some_and(|a| !a.response.is_empty());
         Ok(HeaderPolicy {
             strip_inbound: self.strip_inbound,
             rules: RouteTable::new(rules, fallback),
             response_cleanup: self.response_cleanup,
             echo_request_id: self.echo_request_id,
+            touches_responses,
         })
     }
 }

@@ -9,6 +9,17 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<String>;
     /// An Envoy attribute (`["source", "address"]`), if it exists and is text.
     fn property(&self, path: &[&str]) -> Option<String>;
+    /// Whether the request has the header at all (even with a value `header` cannot
+    /// give, such as bytes that are not UTF-8).
+    fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+    /// The request's `x-request-id` (Envoy's `request.id` attribute is this header's
+    /// value; the attribute is only asked when the header is absent).
+    fn request_id(&self) -> Option<String> {
+        self.header("x-request-id")
+            .or_else(|| self.property(&["request", "id"]))
+    }
 }
 
 /// One `${...}` placeholder.
@@ -68,9 +79,7 @@ impl Variable {
     fn resolve(&self, view: &dyn RequestView) -> Option<String> {
         match self {
             Variable::RequestHeader(name) => view.header(name.as_str()),
-            Variable::RequestId => view
-                .property(&["request", "id"])
-                .or_else(|| view.header("x-request-id")),
+            Variable::RequestId => view.request_id(),
             Variable::DownstreamAddress => view.property(&["source", "address"]),
             Variable::DownstreamIp => view
                 .property(&["source", "address"])
@@ -240,11 +249,16 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn request_id_falls_back_to_the_header() {
+    fn request_id_is_the_header_else_the_attribute() {
         let view = FakeRequest::default().with_header("x-request-id", "from-header");
         assert_eq!(
             render("${request_id}", &view).as_deref(),
             Some("from-header")
+        );
+        let view = FakeRequest::default().with_property("request.id", "from-attribute");
+        assert_eq!(
+            render("${request_id}", &view).as_deref(),
+            Some("from-attribute")
         );
     }
 

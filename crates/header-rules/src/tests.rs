@@ -107,10 +107,25 @@ fn strip_inbound_comes_first_and_hides_values_from_templates() {
 #[test]
 fn no_rule_and_no_default_still_strips() {
     let p = policy(r#"{"strip_inbound":["x-tenant-id"],"rules":[{"match":{"exact":"/x"}}]}"#);
+    let spoofed = request("GET", "/y").with_header("x-tenant-id", "other");
     assert_eq!(
-        edits(&p, &request("GET", "/y")),
+        edits(&p, &spoofed),
         vec![HeaderEdit::Remove(name("x-tenant-id"))]
     );
+    assert_eq!(p.plan_request(&spoofed).stripped, 1);
+}
+
+#[test]
+fn only_the_strip_inbound_headers_the_request_has_are_removed() {
+    let p = policy(r#"{"strip_inbound":["x-user-id","x-tenant-id","x-scopes"]}"#);
+    let view = request("GET", "/").with_header("x-scopes", "admin");
+    let plan = p.plan_request(&view);
+    assert_eq!(
+        plan.edits.into_iter().collect::<Vec<_>>(),
+        vec![HeaderEdit::Remove(name("x-scopes"))]
+    );
+    assert_eq!(plan.stripped, 1);
+    assert!(edits(&p, &request("GET", "/")).is_empty());
 }
 
 #[test]
