@@ -226,7 +226,7 @@ impl Authenticator {
         let cache_key = cx
             .cache
             .enabled()
-            .then(|| TokenCache::key(&provider.name, &attempt.token));
+            .then(|| cx.cache.key(&provider.name, &attempt.token));
         if let Some(key) = &cache_key {
             if let Some(identity) = cx.cache.get(key, cx.now) {
                 if self.key_still_published(&identity, cx) {

@@ -1,8 +1,9 @@
 use crate::root::{Metrics, Shared, Waiter, Waiters};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
+use wasmgate_host::HeaderSnapshot;
 use wasmgate_jwt_auth::authenticator::RequestInfo;
 use wasmgate_jwt_auth::extract::RequestHeaders;
 use wasmgate_jwt_auth::{AuthError, Outcome};
@@ -28,28 +29,20 @@ impl JwtRequest {
             waiters,
         }
     }
-}
 
-impl Context for JwtRequest {
-    fn on_done(&mut self) -> bool {
-        // A request that waited for keys and went away (client closed) is forgotten.
-        self.waiters
-            .borrow_mut()
-            .retain(|waiter| waiter.context_id != self.context_id);
-        true
-    }
-}
-
-impl HttpContext for JwtRequest {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let method = wasmgate_host::request_header(":method").unwrap_or_default();
-        let path = wasmgate_host::request_header(":path").unwrap_or_default();
-        let request = RequestInfo {
-            method: &method,
-            path: &path,
-            headers: &HostHeaders,
+    /// The request phase, on the request's headers (read once, shared with the other
+    /// stages in the combined module). `Pause` when the request was answered here or
+    /// waits for keys (the root finishes it then).
+    pub fn on_request_headers(&mut self, headers: &mut HeaderSnapshot) -> Action {
+        let outcome = {
+            let request = RequestInfo {
+                method: headers.get(":method").unwrap_or_default(),
+                path: headers.get(":path").unwrap_or_default(),
+                headers: &SnapshotHeaders(headers),
+            };
+            self.shared.start(&request, wasmgate_host::now_millis())
         };
-        match self.shared.start(&request, wasmgate_host::now_millis()) {
+        match outcome {
             Outcome::Wait(attempt) => {
                 self.metrics.waited.increment();
                 self.waiters.borrow_mut().push(Waiter {
@@ -59,15 +52,41 @@ impl HttpContext for JwtRequest {
                 });
                 Action::Pause
             }
-            outcome => finish(outcome, &self.shared, &self.metrics),
+            outcome => finish(outcome, &self.shared, &self.metrics, headers),
         }
+    }
+
+    /// Forgets a request that waited for keys and went away (client closed).
+    pub fn on_request_done(&mut self) {
+        self.waiters
+            .borrow_mut()
+            .retain(|waiter| waiter.context_id != self.context_id);
+    }
+}
+
+impl Context for JwtRequest {
+    fn on_done(&mut self) -> bool {
+        self.on_request_done();
+        true
+    }
+}
+
+impl HttpContext for JwtRequest {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request_headers(&mut HeaderSnapshot::request())
     }
 }
 
 /// Applies a final decision to the request of the effective context: forward it
 /// with the identity headers (`Continue`), or answer it (`Pause`; the answer is sent).
-/// Called by the request itself, or by the root for a request that waited.
-pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
+/// Called by the request itself, or by the root for a request that waited (with an
+/// unread snapshot: it only writes).
+pub fn finish(
+    outcome: Outcome,
+    shared: &Shared,
+    metrics: &Metrics,
+    headers: &mut HeaderSnapshot,
+) -> Action {
     match outcome {
         Outcome::Allow(grant) => {
             if grant.identity.is_some() {
@@ -80,7 +99,7 @@ pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
             // request (public routes included): each output header is replaced by
             // the claim's value, or removed when there is none. (A refused request
             // is never forwarded, so it needs no stripping.) One host call per
-            // header instead of a removal followed by a set.
+            // header at most, none to remove a header the request does not have.
             for name in &shared.auth.config().output_headers {
                 let value = grant
                     .headers()
@@ -88,14 +107,12 @@ pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
                     .find(|(header, _)| header == name)
                     .map(|(_, value)| value.as_str());
                 let _ = match value {
-                    Some(value) => {
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-                    }
-                    None => hostcalls::remove_map_value(MapType::HttpRequestHeaders, name),
+                    Some(value) => headers.set(name, value),
+                    None => headers.remove(name),
                 };
             }
             for name in &grant.remove_headers {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+                let _ = headers.remove(name);
             }
             Action::Continue
         }
@@ -119,15 +136,20 @@ pub fn finish(outcome: Outcome, shared: &Shared, metrics: &Metrics) -> Action {
         }
         // Callers keep waiting requests to themselves; should one get here, refuse
         // it rather than let it through unchecked.
-        Outcome::Wait(_) => finish(Outcome::Deny(AuthError::KeysUnavailable), shared, metrics),
+        Outcome::Wait(_) => finish(
+            Outcome::Deny(AuthError::KeysUnavailable),
+            shared,
+            metrics,
+            headers,
+        ),
     }
 }
 
 /// The request's headers as extraction reads them.
-struct HostHeaders;
+struct SnapshotHeaders<'a>(&'a HeaderSnapshot);
 
-impl RequestHeaders for HostHeaders {
+impl RequestHeaders for SnapshotHeaders<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        wasmgate_host::request_header(name)
+        self.0.text(name)
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
-use wasmgate_host::{Callout, CalloutResponse, Counter, HostStore};
+use wasmgate_host::{Callout, CalloutResponse, Counter, HeaderSnapshot, HostStore};
 use wasmgate_jwt_auth::authenticator::{CacheUse, Context as CheckContext, RequestInfo};
 use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
 use wasmgate_jwt_auth::{
@@ -229,7 +229,12 @@ impl JwtRoot {
             }
             // The request may be gone (client closed): then there is nothing to do.
             if hostcalls::set_effective_context(waiter.context_id).is_ok()
-                && finish(outcome, &waiter.shared, &metrics) == Action::Continue
+                && finish(
+                    outcome,
+                    &waiter.shared,
+                    &metrics,
+                    &mut HeaderSnapshot::request(),
+                ) == Action::Continue
             {
                 let _ = hostcalls::resume_http_request();
             }
