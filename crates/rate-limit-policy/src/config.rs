@@ -2,9 +2,10 @@
 //! [`RateLimitPolicy`](crate::RateLimitPolicy) that cannot be wrong.
 
 use crate::bucket::{Limit, LimitSet, MAX_CAPACITY, MAX_LIMITS, MAX_PERIOD_MS, MAX_TOKENS};
+use crate::digest_memo::DigestMemo;
 use crate::identity::IdentitySource;
 use crate::table::BucketTable;
-use crate::{Answers, Endpoint, Plan, RateLimitPolicy, ResetFormat, Rule};
+use crate::{overflow_digest, Answers, Endpoint, Plan, RateLimitPolicy, ResetFormat, Rule};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -189,6 +190,7 @@ impl PolicySpec {
                 ietf_headers: self.ietf_headers,
             },
             shadow: self.shadow,
+            digests: DigestMemo::default(),
         })
     }
 }
@@ -296,9 +298,15 @@ impl RuleSpec {
             let at = format!("plans.{plan}");
             check_name(&plan).map_err(|p| ConfigError::new(&at, p))?;
             let limits = compile_limits(specs, cost).map_err(|e| e.within(&at))?;
-            plans.push(Plan { name: plan, limits });
+            let overflow = overflow_digest(&name, &plan, &limits);
+            plans.push(Plan {
+                name: plan,
+                limits,
+                overflow,
+            });
         }
         Ok(Rule {
+            default_overflow: overflow_digest(&name, "", &limits),
             name,
             endpoint: self.endpoint,
             default_plan: limits,

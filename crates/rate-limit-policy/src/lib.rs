@@ -11,6 +11,7 @@
 mod answer;
 mod bucket;
 mod config;
+mod digest_memo;
 mod identity;
 mod table;
 
@@ -22,6 +23,7 @@ pub use table::{
     MAX_ATTEMPTS,
 };
 
+use digest_memo::DigestMemo;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use wasmgate_config::{ConfigError, HeaderName, RouteTable};
@@ -54,6 +56,8 @@ pub enum Endpoint {
 pub struct Plan {
     pub name: String,
     pub limits: LimitSet,
+    /// The overflow bucket of this rule and plan (worked out once).
+    pub overflow: Digest,
 }
 
 /// Where limits apply and what they are.
@@ -64,6 +68,8 @@ pub struct Rule {
     pub endpoint: Endpoint,
     /// The limits for a request whose plan is absent or not listed.
     pub default_plan: LimitSet,
+    /// The overflow bucket of those limits (worked out once).
+    pub default_overflow: Digest,
     pub plans: Vec<Plan>,
     /// Count and report, never refuse.
     pub shadow: bool,
@@ -78,6 +84,8 @@ pub struct RateLimitPolicy {
     rules: RouteTable<Rule>,
     answers: Answers,
     shadow: bool,
+    /// Bucket digests of recent clients: SHA-256 runs once per client, not per request.
+    digests: DigestMemo,
 }
 
 /// What the filter does with a request.
@@ -117,9 +125,7 @@ impl RateLimitPolicy {
     pub fn overflow_digests(&self) -> Vec<Digest> {
         self.all_rules()
             .flat_map(|rule| {
-                std::iter::once(("", &rule.default_plan))
-                    .chain(rule.plans.iter().map(|p| (p.name.as_str(), &p.limits)))
-                    .map(move |(plan, limits)| overflow_digest(rule, plan, limits))
+                std::iter::once(rule.default_overflow).chain(rule.plans.iter().map(|p| p.overflow))
             })
             .collect()
     }
@@ -146,10 +152,17 @@ impl RateLimitPolicy {
                 events: TableEvents::default(),
             };
         };
-        let requested_plan = view.header(self.plan_header.as_str());
-        let (plan, limits) = requested_plan
+        // Most rules have no plans: then the plan header is not even read.
+        let requested_plan = if rule.plans.is_empty() {
+            None
+        } else {
+            view.header(self.plan_header.as_str())
+        };
+        let (plan, limits, overflow) = requested_plan
             .and_then(|wanted| rule.plans.iter().find(|p| p.name == wanted))
-            .map_or(("", &rule.default_plan), |p| (p.name.as_str(), &p.limits));
+            .map_or(("", &rule.default_plan, rule.default_overflow), |p| {
+                (p.name.as_str(), &p.limits, p.overflow)
+            });
         let endpoint = match rule.endpoint {
             Endpoint::Rule => format!("rule={}", rule.name),
             Endpoint::Route => view
@@ -161,15 +174,18 @@ impl RateLimitPolicy {
                 ),
         };
         let identity = identify(&self.identity, view);
-        let digest = bucket_digest(&[
-            b"bucket",
-            rule.name.as_bytes(),
-            plan.as_bytes(),
-            endpoint.as_bytes(),
-            identity.as_bytes(),
-            &limits_fingerprint(limits),
-        ]);
-        let overflow = overflow_digest(rule, plan, limits);
+        let digest = self
+            .digests
+            .get_or_insert([&rule.name, plan, &endpoint, &identity], || {
+                bucket_digest(&[
+                    b"bucket",
+                    rule.name.as_bytes(),
+                    plan.as_bytes(),
+                    endpoint.as_bytes(),
+                    identity.as_bytes(),
+                    &limits_fingerprint(limits),
+                ])
+            });
         let outcome = self.table.take(store, &digest, &overflow, limits, now_ms);
         let verdict = match outcome.verdict {
             TableVerdict::Taken(levels) => Verdict::Allowed(self.answers.admitted(limits, &levels)),
@@ -188,10 +204,11 @@ impl RateLimitPolicy {
     }
 }
 
-fn overflow_digest(rule: &Rule, plan: &str, limits: &LimitSet) -> Digest {
+/// The overflow bucket of a rule (by name) and plan with these limits.
+pub(crate) fn overflow_digest(rule: &str, plan: &str, limits: &LimitSet) -> Digest {
     bucket_digest(&[
         b"overflow",
-        rule.name.as_bytes(),
+        rule.as_bytes(),
         plan.as_bytes(),
         &limits_fingerprint(limits),
     ])

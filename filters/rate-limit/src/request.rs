@@ -1,8 +1,9 @@
 use crate::root::{Metrics, FILTER};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
+use proxy_wasm::types::{Action, MapType};
 use std::rc::Rc;
-use wasmgate_host::HostStore;
+use wasmgate_host::{HeaderSnapshot, HostStore};
 use wasmgate_rate_limit_policy::{RateLimitPolicy, RequestView, ResponseHeaders, Verdict};
 
 pub struct RateLimitRequest {
@@ -21,15 +22,16 @@ impl RateLimitRequest {
             response_headers: ResponseHeaders::new(),
         }
     }
-}
 
-impl Context for RateLimitRequest {}
-
-impl HttpContext for RateLimitRequest {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
-        let decision = self
-            .policy
-            .decide(&HostRequest, &HostStore, wasmgate_host::now_millis());
+    /// The request phase, on the request's headers (read once, shared with the other
+    /// stages in the combined module). `Pause` when the request was answered here (over
+    /// its limit).
+    pub fn on_request_headers(&mut self, headers: &HeaderSnapshot) -> Action {
+        let decision = self.policy.decide(
+            &HostRequest(headers),
+            &HostStore,
+            wasmgate_host::now_millis(),
+        );
         self.metrics.record(&decision.events);
         match decision.verdict {
             Verdict::Unlimited => Action::Continue,
@@ -50,7 +52,13 @@ impl HttpContext for RateLimitRequest {
                     .iter()
                     .map(|(n, v)| (*n, v.as_str()))
                     .collect();
-                self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+                if let Err(status) = hostcalls::send_http_response(
+                    reply.status,
+                    headers,
+                    Some(reply.body.as_bytes()),
+                ) {
+                    log::warn!("{FILTER}: could not answer a limited request: {status:?}");
+                }
                 Action::Pause
             }
             Verdict::Uncounted(trouble) => {
@@ -61,20 +69,33 @@ impl HttpContext for RateLimitRequest {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    /// The response phase: the rate-limit headers of a counted request.
+    pub fn on_response_headers(&mut self) -> Action {
         for (name, value) in std::mem::take(&mut self.response_headers) {
-            self.set_http_response_header(name, Some(&value));
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
         }
         Action::Continue
     }
 }
 
-/// The request as the policy sees it: Envoy's header map and attributes.
-struct HostRequest;
+impl Context for RateLimitRequest {}
 
-impl RequestView for HostRequest {
+impl HttpContext for RateLimitRequest {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request_headers(&HeaderSnapshot::request())
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.on_response_headers()
+    }
+}
+
+/// The request as the policy sees it: its headers, and Envoy's attributes.
+struct HostRequest<'a>(&'a HeaderSnapshot);
+
+impl RequestView for HostRequest<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        wasmgate_host::request_header(name)
+        self.0.text(name)
     }
 
     fn source_address(&self) -> Option<String> {
