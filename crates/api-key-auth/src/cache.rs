@@ -16,16 +16,26 @@
 //! until it passes, the key is answered from the stale entry (while it is younger than
 //! `ttl + max_stale`) or declared unavailable, without asking the store again.
 //!
+//! **Recent answers, per VM.** A fresh answer read from (or written to) the table is
+//! also kept in the VM until the instant it stops being fresh, so the hot path (a key
+//! seen moments ago) reads no shared data and parses no JSON: that read is a host call
+//! that copies the slot into the VM, the dearest kind. Nothing is trusted longer than
+//! the table would trust it: the answer is the one the table holds, until the same
+//! moment. The memo is bounded (emptied when full).
+//!
 //! Times are Unix milliseconds passed in by the caller; nothing here reads a clock.
 
 use crate::hash::KeyHash;
 use crate::record::{KeyRecord, StoreAnswer};
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use wasmgate_shared_store::{Cas, SetError, SharedStore};
 
 /// Reads and CAS writes before a caller gives up on coordinating and just proceeds.
 const CAS_ATTEMPTS: usize = 4;
+/// Fresh answers a VM keeps before it empties its memo and starts again.
+pub const RECENT_ANSWERS: usize = 1024;
 
 /// How long answers are trusted, and the table size. Durations in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +118,8 @@ pub struct KeyCache<S> {
     namespace: String,
     policy: CachePolicy,
     filled: Cell<u64>,
+    /// Fresh answers this VM has seen, until they stop being fresh (Unix ms).
+    recent: RefCell<HashMap<KeyHash, (StoreAnswer, u64)>>,
 }
 
 impl<S: SharedStore> KeyCache<S> {
@@ -117,6 +129,7 @@ impl<S: SharedStore> KeyCache<S> {
             namespace: namespace.into(),
             policy,
             filled: Cell::new(0),
+            recent: RefCell::new(HashMap::new()),
         }
     }
 
@@ -154,15 +167,36 @@ impl<S: SharedStore> KeyCache<S> {
         self.filled.replace(0)
     }
 
+    /// A fresh answer this VM has seen for `hash`, if it is still fresh.
+    fn recent(&self, hash: &KeyHash, now: u64) -> Option<StoreAnswer> {
+        let recent = self.recent.borrow();
+        let (answer, until) = recent.get(hash)?;
+        (now < *until).then(|| answer.clone())
+    }
+
+    /// The table's fresh answer, remembered in this VM until it stops being fresh.
+    fn fresh_answer(&self, hash: &KeyHash, answer: &CachedAnswer) -> Lookup {
+        let mut recent = self.recent.borrow_mut();
+        if recent.len() >= RECENT_ANSWERS {
+            recent.clear();
+        }
+        let until = answer.fetched_at.saturating_add(self.ttl(answer));
+        recent.insert(*hash, (answer.to_answer(), until));
+        Lookup::Fresh(answer.to_answer())
+    }
+
     /// Decides what a request for `hash` does, claiming the slot when it must fetch.
     pub fn begin(&self, hash: &KeyHash, now: u64) -> Lookup {
+        if let Some(answer) = self.recent(hash, now) {
+            return Lookup::Fresh(answer);
+        }
         let hex = hash.to_hex();
         for _ in 0..CAS_ATTEMPTS {
             let (slot, cas) = self.read(hash);
             let claim = match &slot {
                 Slot::Entry(entry) if entry.hash == hex => {
                     if let Some(answer) = entry.answer.as_ref().filter(|a| self.fresh(a, now)) {
-                        return Lookup::Fresh(answer.to_answer());
+                        return self.fresh_answer(hash, answer);
                     }
                     if entry.lookup_until.is_some_and(|until| now < until) {
                         return Lookup::Wait;
@@ -202,6 +236,13 @@ impl<S: SharedStore> KeyCache<S> {
             StoreAnswer::Found(record) => Some(record.clone()),
             StoreAnswer::NotFound => None,
         };
+        let cached = CachedAnswer {
+            fetched_at: now,
+            record,
+        };
+        // This VM has the answer from the store itself, whether or not the table
+        // takes it.
+        self.fresh_answer(hash, &cached);
         for _ in 0..CAS_ATTEMPTS {
             let (slot, cas) = self.read(hash);
             if let Slot::Entry(other) = &slot {
@@ -211,10 +252,7 @@ impl<S: SharedStore> KeyCache<S> {
             }
             let entry = SlotEntry {
                 hash: hex.clone(),
-                answer: Some(CachedAnswer {
-                    fetched_at: now,
-                    record: record.clone(),
-                }),
+                answer: Some(cached.clone()),
                 lookup_until: None,
                 retry_at: None,
             };
@@ -238,7 +276,7 @@ impl<S: SharedStore> KeyCache<S> {
             }
             if let Some(answer) = entry.answer.as_ref().filter(|a| self.fresh(a, now)) {
                 // Another worker's lookup succeeded meanwhile.
-                return Lookup::Fresh(answer.to_answer());
+                return self.fresh_answer(hash, answer);
             }
             let failed = SlotEntry {
                 hash: hex.clone(),
@@ -465,26 +503,64 @@ mod tests {
         assert_eq!(c.fail(&h, 20), Lookup::Fresh(found("acme")));
     }
 
+    /// Another worker of the same Envoy: the same table, none of this VM's memo.
+    fn worker(c: &KeyCache<MemoryStore>) -> KeyCache<&MemoryStore> {
+        KeyCache::new(c.store(), "t", POLICY)
+    }
+
     #[test]
     fn colliding_keys_evict_each_other_but_never_a_lookup_in_flight() {
         let c = cache();
         let (a, b) = colliding_pair();
         assert_eq!(c.begin(&a, 0), Lookup::Fetch);
         // b's slot holds a's lookup: b asks the store without a claim...
-        assert_eq!(c.begin(&b, 1), Lookup::Fetch);
-        c.complete(&b, &found("b"), 2);
+        assert_eq!(worker(&c).begin(&b, 1), Lookup::Fetch);
+        worker(&c).complete(&b, &found("b"), 2);
         // ...and does not overwrite a's marker.
-        assert_eq!(c.begin(&a, 3), Lookup::Wait);
+        assert_eq!(worker(&c).begin(&a, 3), Lookup::Wait);
         c.complete(&a, &found("a"), 4);
-        assert_eq!(c.begin(&a, 5), Lookup::Fresh(found("a")));
+        assert_eq!(worker(&c).begin(&a, 5), Lookup::Fresh(found("a")));
         // Once a's answer is in, b evicts it (newest wins), and the full hash keeps
         // a from reading b's answer.
-        assert_eq!(c.begin(&b, 6), Lookup::Fetch);
-        c.complete(&b, &found("b"), 7);
-        assert_eq!(c.begin(&b, 8), Lookup::Fresh(found("b")));
-        assert_eq!(c.begin(&a, 9), Lookup::Fetch);
+        assert_eq!(worker(&c).begin(&b, 6), Lookup::Fetch);
+        worker(&c).complete(&b, &found("b"), 7);
+        assert_eq!(worker(&c).begin(&b, 8), Lookup::Fresh(found("b")));
+        assert_eq!(worker(&c).begin(&a, 9), Lookup::Fetch);
         // A failure for a key that lost its slot has nothing stale to offer.
-        assert_eq!(c.fail(&b, 10), Lookup::Unavailable);
+        assert_eq!(worker(&c).fail(&b, 10), Lookup::Unavailable);
+        // The VM that looked a up still trusts its fresh answer until the TTL: the one
+        // the table gave out, no longer than the table would have.
+        assert_eq!(c.begin(&a, 11), Lookup::Fresh(found("a")));
+        assert_eq!(c.begin(&a, 60_004), Lookup::Fetch);
+    }
+
+    #[test]
+    fn a_vm_remembers_fresh_answers_until_their_ttl_and_no_longer() {
+        let c = cache();
+        let h = hash("a");
+        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        c.complete(&h, &found("acme"), 10);
+        // The table is emptied behind the VM's back: its memo still answers, and
+        // only until the answer's TTL.
+        c.store().set(&c.slot_key(&h), b"", None).unwrap();
+        assert_eq!(c.begin(&h, 60_009), Lookup::Fresh(found("acme")));
+        assert_eq!(c.begin(&h, 60_010), Lookup::Fetch);
+        // Answers read from the table are remembered too.
+        let other = worker(&c);
+        c.complete(&h, &found("acme"), 70_000);
+        assert_eq!(other.begin(&h, 70_001), Lookup::Fresh(found("acme")));
+        c.store().set(&c.slot_key(&h), b"", None).unwrap();
+        assert_eq!(other.begin(&h, 70_002), Lookup::Fresh(found("acme")));
+    }
+
+    #[test]
+    fn the_memo_stays_bounded() {
+        let c = cache();
+        for i in 0..(3 * RECENT_ANSWERS as u64) {
+            let h = hash(&format!("k{i}"));
+            c.complete(&h, &StoreAnswer::NotFound, i);
+        }
+        assert!(c.recent.borrow().len() <= RECENT_ANSWERS);
     }
 
     #[test]
@@ -501,10 +577,12 @@ mod tests {
         c.store().fail_next_sets(CAS_ATTEMPTS as u32);
         c.complete(&h, &found("acme"), 2);
         assert_eq!(
-            c.begin(&h, 3),
+            worker(&c).begin(&h, 3),
             Lookup::Wait,
             "the answer could not be written"
         );
+        // The VM that asked the store has its answer all the same.
+        assert_eq!(c.begin(&h, 3), Lookup::Fresh(found("acme")));
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SetError>;
 }
 
+/// A borrowed store is the same store: several workers' caches can share one in tests.
+impl<S: SharedStore + ?Sized> SharedStore for &S {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, Cas)> {
+        (**self).get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), SetError> {
+        (**self).set(key, value, cas)
+    }
+}
+
 /// An in-memory [`SharedStore`] with Envoy's semantics, for tests.
 ///
 /// `fail_next_sets(n)` makes the next `n` CAS writes fail with `CasMismatch`, to

@@ -4,9 +4,10 @@
 use crate::root::{FilterState, FILTER};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::Action;
 use std::rc::Rc;
 use wasmgate_api_key_auth::{Denial, KeyHash, Lookup, Presented, Reply, RequestEdit, Verdict};
+use wasmgate_host::HeaderSnapshot;
 
 pub struct ApiKeyRequest {
     context_id: u32,
@@ -37,7 +38,7 @@ impl ApiKeyRequest {
     }
 
     /// Holds body and trailers while the request still waits for its key's answer.
-    fn hold_while_undecided(&self) -> Action {
+    pub fn hold_while_undecided(&self) -> Action {
         if self.waited && self.state.pending.borrow().is_waiting(self.context_id) {
             Action::Pause
         } else {
@@ -45,8 +46,8 @@ impl ApiKeyRequest {
         }
     }
 
-    fn finish_now(&self, verdict: &Verdict) -> Action {
-        match finish(&self.state, verdict) {
+    fn finish_now(&self, verdict: &Verdict, headers: &mut HeaderSnapshot) -> Action {
+        match finish(&self.state, verdict, headers) {
             Finish::Continue => Action::Continue,
             Finish::Respond(reply) => {
                 send_reply(&reply);
@@ -54,31 +55,32 @@ impl ApiKeyRequest {
             }
         }
     }
-}
 
-impl Context for ApiKeyRequest {}
-
-impl HttpContext for ApiKeyRequest {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    /// The request phase, on the request's headers (read once, shared with the other
+    /// stages in the combined module). `Pause` when the request was answered here or
+    /// waits for the key store (the root finishes it then).
+    pub fn on_request_headers(&mut self, headers: &mut HeaderSnapshot) -> Action {
         let state = Rc::clone(&self.state);
         let config = &state.config;
+        let path = headers.text(":path").unwrap_or_default();
         // Whatever happens next, the upstream never sees an identity header the client
-        // wrote: strip them first.
-        apply(config.forward.strip_edits());
-        let method = wasmgate_host::request_header(":method").unwrap_or_default();
-        let path = wasmgate_host::request_header(":path").unwrap_or_default();
-        if config.skips(&method, &path) {
+        // wrote: strip them first (the snapshot is read by now, so only the ones the
+        // request has cost a host call).
+        apply(config.forward.strip_edits(), headers);
+        if config.skips(headers.get(":method").unwrap_or_default(), &path) {
             state.metrics.skipped.increment();
             return Action::Continue;
         }
         let hash = match config
             .sources
-            .find(&config.format, &wasmgate_host::request_header, &path)
+            .find(&config.format, &|name| headers.text(name), &path)
         {
-            Presented::Missing => return self.finish_now(&Verdict::Deny(Denial::MissingKey)),
+            Presented::Missing => {
+                return self.finish_now(&Verdict::Deny(Denial::MissingKey), headers)
+            }
             Presented::Malformed(why) => {
                 log::debug!("{FILTER}: malformed key: {why:?}");
-                return self.finish_now(&Verdict::Deny(Denial::MalformedKey));
+                return self.finish_now(&Verdict::Deny(Denial::MalformedKey), headers);
             }
             Presented::Key(key) => config.hasher.hash(key.expose()),
         };
@@ -104,9 +106,17 @@ impl HttpContext for ApiKeyRequest {
             }
         }
         match state.verdict(&lookup, now) {
-            Some(verdict) => self.finish_now(&verdict),
+            Some(verdict) => self.finish_now(&verdict, headers),
             None => Action::Continue,
         }
+    }
+}
+
+impl Context for ApiKeyRequest {}
+
+impl HttpContext for ApiKeyRequest {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.on_request_headers(&mut HeaderSnapshot::request())
     }
 
     // Envoy's proxy-wasm host turns a paused request into "stop everything", so body
@@ -140,19 +150,20 @@ pub enum Finish {
 }
 
 /// Applies a verdict to the request that is the effective context: identity headers
-/// and hidden credentials for a pass, the reply for a refusal. Counts it.
-pub fn finish(state: &FilterState, verdict: &Verdict) -> Finish {
+/// and hidden credentials for a pass, the reply for a refusal. Counts it. `headers` is
+/// the request's snapshot (a fresh one when the root finishes a request that waited).
+pub fn finish(state: &FilterState, verdict: &Verdict, headers: &mut HeaderSnapshot) -> Finish {
     let config = &state.config;
     match verdict {
         Verdict::Allow(record) => {
             state.metrics.allowed.increment();
-            apply(config.forward.identity_edits(record));
-            hide_credentials(state);
+            apply(config.forward.identity_edits(record), headers);
+            hide_credentials(state, headers);
             Finish::Continue
         }
         Verdict::FailOpen => {
             state.metrics.failed_open.increment();
-            hide_credentials(state);
+            hide_credentials(state, headers);
             Finish::Continue
         }
         Verdict::Deny(denial) => {
@@ -179,27 +190,24 @@ pub fn send_reply(reply: &Reply) {
     }
 }
 
-fn hide_credentials(state: &FilterState) {
+fn hide_credentials(state: &FilterState, headers: &mut HeaderSnapshot) {
     let config = &state.config;
     if config.hide_credentials {
-        let path = wasmgate_host::request_header(":path").unwrap_or_default();
-        apply(
-            config
-                .sources
-                .hiding_edits(&config.format, &wasmgate_host::request_header, &path),
-        );
+        let path = headers.text(":path").unwrap_or_default();
+        let edits = config
+            .sources
+            .hiding_edits(&config.format, &|name| headers.text(name), &path);
+        apply(edits, headers);
     }
 }
 
-fn apply(edits: Vec<RequestEdit>) {
+/// Applies edits through the snapshot: removing a header the request does not have
+/// costs no host call.
+fn apply(edits: Vec<RequestEdit>, headers: &mut HeaderSnapshot) {
     for edit in edits {
         let result = match &edit {
-            RequestEdit::Remove(name) => {
-                hostcalls::remove_map_value(MapType::HttpRequestHeaders, name.as_str())
-            }
-            RequestEdit::Set(name, value) => {
-                hostcalls::set_map_value(MapType::HttpRequestHeaders, name.as_str(), Some(value))
-            }
+            RequestEdit::Remove(name) => headers.remove(name.as_str()),
+            RequestEdit::Set(name, value) => headers.set(name.as_str(), value),
         };
         if let Err(status) = result {
             log::warn!("{FILTER}: could not apply {edit:?}: {status:?}");

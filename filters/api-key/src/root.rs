@@ -12,7 +12,9 @@ use wasmgate_api_key_auth::record::{read_lookup_response, MAX_RESPONSE_BODY};
 use wasmgate_api_key_auth::{
     ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, StoreError, Verdict,
 };
-use wasmgate_host::{Callout, CalloutResponse, Counter, Gauge, Histogram, HostStore};
+use wasmgate_host::{
+    Callout, CalloutResponse, Counter, Gauge, HeaderSnapshot, Histogram, HostStore,
+};
 
 pub const FILTER: &str = "wasmgate-api-key";
 
@@ -223,7 +225,7 @@ impl FilterState {
     fn wake(&self, context_id: u32, verdict: &Verdict) {
         // A request that is gone cannot be made effective; nothing to do then.
         if hostcalls::set_effective_context(context_id).is_ok() {
-            match request::finish(self, verdict) {
+            match request::finish(self, verdict, &mut HeaderSnapshot::request()) {
                 Finish::Continue => {
                     if let Err(status) = wasmgate_host::resume_request(context_id) {
                         log::warn!("{FILTER}: cannot resume request {context_id}: {status:?}");
