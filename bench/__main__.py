@@ -99,8 +99,9 @@ def settings_from(args) -> Settings:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
-        for scenario in REGISTRY.select():
-            print(f"{scenario.name:28} {scenario.what}")
+        for scenario in REGISTRY.all():
+            mark = "" if scenario.default else "  [only with --only]"
+            print(f"{scenario.name:30} {scenario.what}{mark}")
         return 0
     if args.render:
         settings, env, results, comparison = read_json(args.render)

@@ -122,6 +122,9 @@ class Registry:
     def names(self) -> list:
         return list(self._scenarios)
 
+    def all(self) -> list:
+        return list(self._scenarios.values())
+
     def select(self, names=None) -> list:
         """The scenarios named (all defaults when `names` is empty), in registry order."""
         if not names:

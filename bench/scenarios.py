@@ -439,3 +439,46 @@ for _op, _what in (
         passes=frozenset({THROUGHPUT}),
         default=False,
     ))
+
+
+# --- instruments: each filter ten times in a row (run with --only floor-x10,...) -----
+# A filter's added cost is a few µs, within the noise of a shared machine; ten copies
+# in one chain make it ten times larger, so that two builds of a filter can be told
+# apart (BENCHMARKS.md, "Findings"). Each copy does the whole work: the JWT and API-key
+# copies forward the credential so that the next copy sees it too.
+
+AMPLIFY = 10
+
+
+def _amplified(name: str, what: str, module, config, load=None, probes=None, fixtures=()):
+    add(Scenario(
+        f"{name}-x{AMPLIFY}", f"instrument: {what}, {AMPLIFY} copies in one chain",
+        filters=lambda ctx: [wasm_filter(module(ctx), config, name=f"{name}{i}")
+                             for i in range(AMPLIFY)],
+        load=load or _plain_load_fn, probes=probes or (lambda ctx: []), fixtures=fixtures,
+        passes=frozenset({THROUGHPUT}), default=False,
+    ))
+
+
+def _plain_load_fn(ctx) -> Load:
+    return Load()
+
+
+_FORWARDING_JWT = wasmgate.jwt_config("rs256")
+_FORWARDING_JWT["providers"]["bench"]["forward"] = True
+_amplified("floor", "the wasm floor", lambda ctx: ctx.bench_wasm("trivial"), "",
+           load=lambda ctx: Load(headers={"x-bench-in": "floor"}))
+_amplified("headers", "the header filter", lambda ctx: ctx.wasm("headers"), HEADER_RULES)
+_amplified("jwt", "the JWT filter (RS256, cached, forward: true)", lambda ctx: ctx.wasm("jwt"),
+           _FORWARDING_JWT, load=lambda ctx: Load(headers=_bearer(ctx.key("rs256").token)),
+           probes=lambda ctx: [Probe("a valid token passes every copy",
+                                     headers=_bearer(ctx.key("rs256").token))],
+           fixtures=(JWKS_SERVER,))
+_amplified("api-key", "the API-key filter (cached, hide_credentials: false)",
+           lambda ctx: ctx.wasm("api-key"), {**wasmgate.API_KEY_CONFIG, "hide_credentials": False},
+           load=lambda ctx: Load(headers={"x-api-key": ctx.api_key()}),
+           probes=lambda ctx: [Probe("a valid key passes every copy",
+                                     headers={"x-api-key": ctx.api_key()})],
+           fixtures=(KEY_STORE,))
+_amplified("rate-limit", "the rate-limit filter", lambda ctx: ctx.wasm("rate-limit"),
+           wasmgate.rate_limit_config(), load=lambda ctx: Load(headers={"x-user-id": "user-bench"}))
