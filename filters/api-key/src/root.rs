@@ -5,15 +5,15 @@ use crate::request::{self, ApiKeyRequest, Finish};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 use wasmgate_api_key_auth::record::{read_lookup_response, MAX_RESPONSE_BODY};
 use wasmgate_api_key_auth::{
     ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, StoreError, Verdict,
 };
 use wasmgate_host::{
-    Callout, CalloutResponse, Counter, Gauge, HeaderSnapshot, Histogram, HostStore,
+    Callout, CalloutResponse, Continuation, Counter, Gauge, HeaderSnapshot, Histogram, HostStore,
+    TickDemand,
 };
 
 pub const FILTER: &str = "wasmgate-api-key";
@@ -78,20 +78,16 @@ pub struct FilterState {
     pub pending: RefCell<PendingLookups>,
     pub metrics: Metrics,
     root_context_id: u32,
-    tick: Cell<Option<Duration>>,
+    tick: TickDemand,
+    /// How a request that waited for its key goes on once let through.
+    continuation: Continuation,
 }
 
 impl FilterState {
     /// Asks for the tick the pending work needs. Works from a request context too:
     /// Envoy applies it to the request's root.
     pub fn adjust_tick(&self) {
-        let wanted = self.pending.borrow().tick();
-        if wanted != self.tick.get() {
-            if let Err(status) = hostcalls::set_tick_period(wanted.unwrap_or(Duration::ZERO)) {
-                log::warn!("{FILTER}: cannot set the tick period: {status:?}");
-            }
-            self.tick.set(wanted);
-        }
+        self.tick.want(self.pending.borrow().tick());
     }
 
     /// Reports slots that went from empty to filled.
@@ -226,11 +222,7 @@ impl FilterState {
         // A request that is gone cannot be made effective; nothing to do then.
         if hostcalls::set_effective_context(context_id).is_ok() {
             match request::finish(self, verdict, &mut HeaderSnapshot::request()) {
-                Finish::Continue => {
-                    if let Err(status) = wasmgate_host::resume_request(context_id) {
-                        log::warn!("{FILTER}: cannot resume request {context_id}: {status:?}");
-                    }
-                }
+                Finish::Continue => self.continuation.resume(context_id),
                 Finish::Respond(reply) => request::send_reply(&reply),
             }
         }
@@ -241,14 +233,63 @@ impl FilterState {
 pub struct ApiKeyRoot {
     context_id: u32,
     state: Option<Rc<FilterState>>,
+    continuation: Continuation,
+    tick: TickDemand,
 }
 
 impl ApiKeyRoot {
+    /// The filter on its own: it resumes requests in Envoy and owns its root's tick.
     pub fn new(context_id: u32) -> Self {
+        Self::stage(
+            context_id,
+            Continuation::resume_in_envoy(),
+            TickDemand::alone(),
+        )
+    }
+
+    /// The filter as a stage of the combined module, whose root is `context_id`.
+    pub fn stage(context_id: u32, continuation: Continuation, tick: TickDemand) -> Self {
         Self {
             context_id,
             state: None,
+            continuation,
+            tick,
         }
+    }
+
+    /// A new request's context, once a configuration is in place.
+    pub fn new_request(&self, context_id: u32) -> Option<ApiKeyRequest> {
+        let state = Rc::clone(self.state.as_ref()?);
+        Some(ApiKeyRequest::new(context_id, state))
+    }
+
+    /// Whether a callout answer with this token is a lookup of this filter.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|state| state.pending.borrow().expects(token))
+    }
+
+    /// Puts a validated configuration in place (at start, or on an update).
+    pub fn install(&mut self, config: ApiKeyConfig) {
+        let cache = KeyCache::new(HostStore, config.cache_namespace.clone(), config.cache);
+        let created = cache.create_table();
+        let metrics = Metrics::new();
+        metrics.cache_slots.set(u64::from(config.cache.slots));
+        log::debug!(
+            "{FILTER}: cache table {} has {} slots ({created} created by this VM)",
+            config.cache_namespace,
+            config.cache.slots
+        );
+        self.state = Some(Rc::new(FilterState {
+            config,
+            cache,
+            pending: RefCell::new(PendingLookups::new()),
+            metrics,
+            root_context_id: self.context_id,
+            tick: self.tick.clone(),
+            continuation: self.continuation.clone(),
+        }));
     }
 }
 
@@ -279,23 +320,7 @@ impl RootContext for ApiKeyRoot {
         else {
             return false;
         };
-        let cache = KeyCache::new(HostStore, config.cache_namespace.clone(), config.cache);
-        let created = cache.create_table();
-        let metrics = Metrics::new();
-        metrics.cache_slots.set(u64::from(config.cache.slots));
-        log::debug!(
-            "{FILTER}: cache table {} has {} slots ({created} created by this VM)",
-            config.cache_namespace,
-            config.cache.slots
-        );
-        self.state = Some(Rc::new(FilterState {
-            config,
-            cache,
-            pending: RefCell::new(PendingLookups::new()),
-            metrics,
-            root_context_id: self.context_id,
-            tick: Cell::new(None),
-        }));
+        self.install(config);
         true
     }
 
@@ -306,8 +331,7 @@ impl RootContext for ApiKeyRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let state = Rc::clone(self.state.as_ref()?);
-        Some(Box::new(ApiKeyRequest::new(context_id, state)))
+        Some(Box::new(self.new_request(context_id)?))
     }
 
     fn get_type(&self) -> Option<ContextType> {

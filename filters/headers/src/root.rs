@@ -19,6 +19,26 @@ pub struct HeadersRoot {
     metrics: Option<Rc<Metrics>>,
 }
 
+impl HeadersRoot {
+    /// Puts a validated configuration in place (at start, or on an update).
+    pub fn install(&mut self, policy: HeaderPolicy) {
+        self.policy = Some(Rc::new(policy));
+        if self.metrics.is_none() {
+            self.metrics = Some(Rc::new(Metrics {
+                requests: Counter::new("wasmgate.headers.requests"),
+                spoofed_headers_stripped: Counter::new("wasmgate.headers.spoofed_headers_stripped"),
+            }));
+        }
+    }
+
+    /// A new request's context, once a configuration is in place.
+    pub fn new_request(&self) -> Option<HeadersRequest> {
+        let policy = Rc::clone(self.policy.as_ref()?);
+        let metrics = Rc::clone(self.metrics.as_ref()?);
+        Some(HeadersRequest::new(policy, metrics))
+    }
+}
+
 impl Context for HeadersRoot {}
 
 impl RootContext for HeadersRoot {
@@ -31,20 +51,12 @@ impl RootContext for HeadersRoot {
         ) else {
             return false;
         };
-        self.policy = Some(Rc::new(policy));
-        if self.metrics.is_none() {
-            self.metrics = Some(Rc::new(Metrics {
-                requests: Counter::new("wasmgate.headers.requests"),
-                spoofed_headers_stripped: Counter::new("wasmgate.headers.spoofed_headers_stripped"),
-            }));
-        }
+        self.install(policy);
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let policy = Rc::clone(self.policy.as_ref()?);
-        let metrics = Rc::clone(self.metrics.as_ref()?);
-        Some(Box::new(HeadersRequest::new(policy, metrics)))
+        Some(Box::new(self.new_request()?))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -6,16 +6,20 @@
 //! and the [`SharedStore`](wasmgate_shared_store::SharedStore) adapter over shared
 //! data ([`HostStore`]), HTTP callouts and waking the requests that waited for them
 //! ([`Callout`], [`resume_request`]), the request's headers read in one host call
-//! ([`HeaderSnapshot`]). Everything that decides anything lives in the logic crates.
+//! ([`HeaderSnapshot`]), and what lets a filter run as a stage of the combined module
+//! ([`Continuation`], [`TickDemand`]). Everything that decides anything lives in the
+//! logic crates.
 
 mod callout;
 mod header_snapshot;
 mod metrics;
+mod stage;
 mod store;
 
 pub use callout::{respond_to_request, resume_request, Callout, CalloutResponse};
 pub use header_snapshot::HeaderSnapshot;
 pub use metrics::{Counter, Gauge, Histogram};
+pub use stage::{Continuation, TickDemand, TickPeriods};
 pub use store::HostStore;
 
 use proxy_wasm::hostcalls;

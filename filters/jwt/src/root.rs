@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::Duration;
-use wasmgate_host::{Callout, CalloutResponse, Counter, HeaderSnapshot, HostStore};
+use wasmgate_host::{
+    Callout, CalloutResponse, Continuation, Counter, HeaderSnapshot, HostStore, TickDemand,
+};
 use wasmgate_jwt_auth::authenticator::{CacheUse, Context as CheckContext, RequestInfo};
 use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
 use wasmgate_jwt_auth::{
@@ -19,9 +21,9 @@ use wasmgate_jwt_auth::{
 pub const FILTER: &str = "wasmgate-jwt";
 
 /// How often every VM looks at shared data (new keys, due refreshes) and at its
-/// waiting requests. Reading the small `.state` record costs microseconds; a short
+/// waiting requests (the combined module runs this stage's tick at this pace). Reading the small `.state` record costs microseconds; a short
 /// period bounds how long a request waits after its keys arrived in another VM.
-const TICK: Duration = Duration::from_millis(100);
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// Counters this filter reports (Envoy shows them under `wasmcustom.`).
 pub struct Metrics {
@@ -129,10 +131,23 @@ pub struct JwtRoot {
     waiters: Waiters,
     /// Callout token -> the configuration and provider it fetches for.
     callouts: HashMap<u32, (Rc<Shared>, usize)>,
+    /// How a request that waited for keys goes on once let through.
+    continuation: Continuation,
+    tick: TickDemand,
 }
 
 impl JwtRoot {
+    /// The filter on its own: it resumes requests in Envoy and owns its root's tick.
     pub fn new(context_id: u32) -> Self {
+        Self::stage(
+            context_id,
+            Continuation::resume_in_envoy(),
+            TickDemand::alone(),
+        )
+    }
+
+    /// The filter as a stage of the combined module, whose root is `context_id`.
+    pub fn stage(context_id: u32, continuation: Continuation, tick: TickDemand) -> Self {
         // Random per VM: context ids repeat across VMs, the lease holder must not.
         let holder = RandomState::new().hash_one((context_id, wasmgate_host::now_millis()));
         Self {
@@ -142,7 +157,37 @@ impl JwtRoot {
             metrics: None,
             waiters: Rc::new(RefCell::new(Vec::new())),
             callouts: HashMap::new(),
+            continuation,
+            tick,
         }
+    }
+
+    /// Puts a validated configuration in place (at start, or on an update).
+    pub fn install(&mut self, config: JwtConfig) {
+        let shared = Rc::new(Shared::new(config, self.holder));
+        // Fixed keys, created up front where missing: every later write is a CAS.
+        shared.keyring.borrow().create_shared_keys(&HostStore);
+        self.shared = Some(shared);
+        if self.metrics.is_none() {
+            self.metrics = Some(Rc::new(Metrics::new()));
+        }
+        // The first tick fetches (callouts are not possible before the VM runs).
+        self.tick.want(Some(TICK));
+    }
+
+    /// A new request's context, once a configuration is in place.
+    pub fn new_request(&self, context_id: u32) -> Option<JwtRequest> {
+        Some(JwtRequest::new(
+            context_id,
+            Rc::clone(self.shared.as_ref()?),
+            Rc::clone(self.metrics.as_ref()?),
+            Rc::clone(&self.waiters),
+        ))
+    }
+
+    /// Whether a callout answer with this token is a JWKS fetch of this filter.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.callouts.contains_key(&token)
     }
 
     /// Starts the JWKS fetches this VM won the lease for.
@@ -236,7 +281,7 @@ impl JwtRoot {
                     &mut HeaderSnapshot::request(),
                 ) == Action::Continue
             {
-                let _ = hostcalls::resume_http_request();
+                self.continuation.resume(waiter.context_id);
             }
         }
         self.waiters.borrow_mut().extend(still_waiting);
@@ -280,15 +325,7 @@ impl RootContext for JwtRoot {
         else {
             return false;
         };
-        let shared = Rc::new(Shared::new(config, self.holder));
-        // Fixed keys, created up front where missing: every later write is a CAS.
-        shared.keyring.borrow().create_shared_keys(&HostStore);
-        self.shared = Some(shared);
-        if self.metrics.is_none() {
-            self.metrics = Some(Rc::new(Metrics::new()));
-        }
-        // The first tick fetches (callouts are not possible before the VM runs).
-        self.set_tick_period(TICK);
+        self.install(config);
         true
     }
 
@@ -299,12 +336,7 @@ impl RootContext for JwtRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(JwtRequest::new(
-            context_id,
-            Rc::clone(self.shared.as_ref()?),
-            Rc::clone(self.metrics.as_ref()?),
-            Rc::clone(&self.waiters),
-        )))
+        Some(Box::new(self.new_request(context_id)?))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -59,18 +59,9 @@ pub struct RateLimitRoot {
     metrics: Option<Rc<Metrics>>,
 }
 
-impl Context for RateLimitRoot {}
-
-impl RootContext for RateLimitRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        wasmgate_host::follow_host_log_level();
-        let Some(policy) = wasmgate_host::load_config(
-            FILTER,
-            self.get_plugin_configuration(),
-            RateLimitPolicy::from_json,
-        ) else {
-            return false;
-        };
+impl RateLimitRoot {
+    /// Puts a validated configuration in place (at start, or on an update).
+    pub fn install(&mut self, policy: RateLimitPolicy) {
         let metrics = Rc::clone(self.metrics.get_or_insert_with(|| Rc::new(Metrics::new())));
         // Every slot exists before this VM counts a request: from then on each write is
         // a compare-and-swap (a write that creates a key ignores it).
@@ -83,13 +74,34 @@ impl RootContext for RateLimitRoot {
             census.occupied
         );
         self.policy = Some(Rc::new(policy));
+    }
+
+    /// A new request's context, once a configuration is in place.
+    pub fn new_request(&self) -> Option<RateLimitRequest> {
+        let policy = Rc::clone(self.policy.as_ref()?);
+        let metrics = Rc::clone(self.metrics.as_ref()?);
+        Some(RateLimitRequest::new(policy, metrics))
+    }
+}
+
+impl Context for RateLimitRoot {}
+
+impl RootContext for RateLimitRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        wasmgate_host::follow_host_log_level();
+        let Some(policy) = wasmgate_host::load_config(
+            FILTER,
+            self.get_plugin_configuration(),
+            RateLimitPolicy::from_json,
+        ) else {
+            return false;
+        };
+        self.install(policy);
         true
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let policy = Rc::clone(self.policy.as_ref()?);
-        let metrics = Rc::clone(self.metrics.as_ref()?);
-        Some(Box::new(RateLimitRequest::new(policy, metrics)))
+        Some(Box::new(self.new_request()?))
     }
 
     fn get_type(&self) -> Option<ContextType> {
