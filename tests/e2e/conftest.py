@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import Envoy, Service, tool_path  # noqa: E402
 from harness.certs import make_demo_certs  # noqa: E402
 from harness.demo_gateway import DemoGateway  # noqa: E402
+from harness.deployment import KINDS, Deployment  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
 from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
 from harness.mesh import Mesh  # noqa: E402
@@ -45,6 +46,13 @@ def start_envoy(request, tmp_path):
     if _failed(request):
         for envoy in started:
             print(f"\n===== {envoy.name} log ({envoy.log_file}) =====\n{envoy.log()[-30000:]}")
+
+
+@pytest.fixture(params=KINDS)
+def deployment(request):
+    """`Deployment`: the test runs once with the separate filters and once with the
+    combined module running them as stages (harness/deployment.py)."""
+    return Deployment(request.param)
 
 
 @pytest.fixture

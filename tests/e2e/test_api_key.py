@@ -1,5 +1,7 @@
 """The API-key filter (build/wasm/api-key.wasm) in real Envoy (2 workers), asking the
-real key store (`wasmgate-keystore` on a real redis-server) over an HTTP callout."""
+real key store (`wasmgate-keystore` on a real redis-server) over an HTTP callout. Every
+test runs with the separate filter and with the combined module's `api_key` stage
+(`deployment`)."""
 
 import http.client
 import json
@@ -12,22 +14,23 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness import ROOT, Seen, wait_for, wasm_path
-from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
+from harness import ROOT, Seen, wait_for
+from harness.bootstrap import bootstrap, cluster, http_listener, route
 
 METRIC = "wasmcustom.wasmgate.api_key."
 
 
-def gateway(echo, store, config=None, env_keys=None, **bootstrap_extra):
-    """Envoy with only the API-key filter in front of the echo upstream. The filter's
-    store cluster `keystore` points at `store` (anything with .host and .port).
+def gateway(deployment, echo, store, config=None, env_keys=None, **bootstrap_extra):
+    """Envoy with only the API-key filter (as `deployment` puts it) in front of the echo
+    upstream. The filter's store cluster `keystore` points at `store` (anything with
+    .host and .port).
 
     `/load` is answered by Envoy itself (`direct_response`, after the filter ran): load
     phases measure the filter, not the echo server, whose tiny_http connection pool can
     leave a burst of new keep-alive connections unserved."""
     config = dict(config or {})
     plugin = {"store": {"cluster": "keystore", **config.pop("store", {})}, **config}
-    api_key = wasm_filter(wasm_path("api-key"), plugin, name="api-key")
+    api_key = deployment.filter("api-key", plugin)
     if env_keys:
         # Envoy passes these variables of its own environment into the VM: the pepper
         # stays out of the configuration (and of /config_dump).
@@ -83,8 +86,8 @@ def wait_until(moment: float, what: str):
 
 
 def test_a_created_key_passes_and_the_upstream_sees_its_identity_not_the_key(
-        start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service))
+        deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service))
     created = keystore.create("acme", "gold")
     resp = get(envoy, created.api_key, headers={"x-tenant-id": "spoofed", "x-plan": "platinum"})
     assert resp.status_code == 200
@@ -100,8 +103,9 @@ def test_a_created_key_passes_and_the_upstream_sees_its_identity_not_the_key(
     assert listed["last_used_at"] is not None
 
 
-def test_unknown_revoked_and_expired_keys_get_the_same_401(start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service, {"realm": "orders", "cache": {"ttl": "1s"}}))
+def test_unknown_revoked_and_expired_keys_get_the_same_401(deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service,
+                                {"realm": "orders", "cache": {"ttl": "1s"}}))
     revoked = keystore.create("acme", "gold")
     keystore.revoke(revoked.key_id)
     expired = keystore.create("acme", "gold", "--expires-at", "2020-01-01T00:00:00Z")
@@ -131,8 +135,8 @@ def test_unknown_revoked_and_expired_keys_get_the_same_401(start_envoy, echo, ke
         "unknown": 1, "revoked": 2, "expired": 1, "missing": 1}
 
 
-def test_malformed_keys_are_refused_without_a_lookup(start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service, {
+def test_malformed_keys_are_refused_without_a_lookup(deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
         "sources": {"headers": ["x-api-key"], "bearer": True, "query": "api_key"}}))
     unknown = get(envoy, random_key())
     assert keystore.lookups() == 1
@@ -154,8 +158,8 @@ def test_malformed_keys_are_refused_without_a_lookup(start_envoy, echo, keystore
 
 
 def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
-        start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service, {
+        deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
         "sources": {"headers": ["x-api-key"], "bearer": True, "query": "api_key"},
         "forward": {"scopes": "x-scopes"},
         "skip": [{"exact": "/health"}],
@@ -182,10 +186,11 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
     assert keystore.lookups() == 1
 
 
-def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(start_envoy, echo, keystore):
+def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(deployment, start_envoy, echo,
+                                                                  keystore):
     ttl = 5.0
     # Histograms reach /stats when Envoy flushes its stats: flush often.
-    envoy = start_envoy(gateway(echo, keystore.service, {"cache": {"ttl": "5s"}},
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {"cache": {"ttl": "5s"}},
                                 stats_flush_interval="0.5s"))
     created = keystore.create("acme", "gold")
 
@@ -213,8 +218,8 @@ def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(start_envoy, e
 
 @pytest.mark.parametrize("outage", ["redis", "keystore"])
 def test_when_the_store_is_down_cached_keys_work_until_max_stale_and_new_keys_get_503(
-        start_envoy, echo, keystore, redis_server, outage):
-    envoy = start_envoy(gateway(echo, keystore.service, {
+        deployment, start_envoy, echo, keystore, redis_server, outage):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
         "store": {"timeout": "500ms"},
         "cache": {"ttl": "1s", "max_stale": "2s", "error_backoff": "200ms"},
     }))
@@ -245,8 +250,9 @@ def test_when_the_store_is_down_cached_keys_work_until_max_stale_and_new_keys_ge
     assert envoy.stat(METRIC + "denied.store_unavailable") == 2
 
 
-def test_a_hung_store_ends_requests_at_the_timeout_with_503(start_envoy, echo, hung_server):
-    envoy = start_envoy(gateway(echo, hung_server, {"store": {"timeout": "500ms"}}))
+def test_a_hung_store_ends_requests_at_the_timeout_with_503(deployment, start_envoy, echo,
+                                                            hung_server):
+    envoy = start_envoy(gateway(deployment, echo, hung_server, {"store": {"timeout": "500ms"}}))
     key, other = random_key(), random_key()
 
     def timed(k):
@@ -266,11 +272,11 @@ def test_a_hung_store_ends_requests_at_the_timeout_with_503(start_envoy, echo, h
     assert get(envoy).status_code == 401  # and the gateway still answers at once
 
 
-def test_a_request_body_cannot_push_a_request_past_a_pending_lookup(start_envoy, echo,
+def test_a_request_body_cannot_push_a_request_past_a_pending_lookup(deployment, start_envoy, echo,
                                                                    hung_server):
     # A body that arrives while the headers wait for the lookup must wait with them,
     # or the request would go upstream unchecked.
-    envoy = start_envoy(gateway(echo, hung_server, {"store": {"timeout": "500ms"}}))
+    envoy = start_envoy(gateway(deployment, echo, hung_server, {"store": {"timeout": "500ms"}}))
     for body in (b"x" * 10, b"y" * 200_000):
         resp = requests.post(envoy.url("/orders"), data=body, timeout=10,
                              headers={"x-api-key": random_key()})
@@ -278,8 +284,9 @@ def test_a_request_body_cannot_push_a_request_past_a_pending_lookup(start_envoy,
     assert requests.get(echo.url("/__echo/stats")).json()["requests"] == 0
 
 
-def test_a_request_body_reaches_the_upstream_after_the_lookup(start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service))
+def test_a_request_body_reaches_the_upstream_after_the_lookup(deployment, start_envoy, echo,
+                                                              keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service))
     body = "order=" + "z" * 50_000  # the echo server echoes up to 64 KiB
     created = keystore.create("acme", "gold")
     resp = requests.post(envoy.url("/orders"), data=body, timeout=10,
@@ -290,8 +297,10 @@ def test_a_request_body_reaches_the_upstream_after_the_lookup(start_envoy, echo,
     assert envoy.stat(METRIC + "cache_miss") == 1
 
 
-def test_fail_open_passes_anonymously_when_the_store_cannot_answer(start_envoy, echo, hung_server):
-    envoy = start_envoy(gateway(echo, hung_server, {"store": {"timeout": "300ms"}, "fail_open": True}))
+def test_fail_open_passes_anonymously_when_the_store_cannot_answer(deployment, start_envoy, echo,
+                                                                   hung_server):
+    envoy = start_envoy(gateway(deployment, echo, hung_server,
+                                {"store": {"timeout": "300ms"}, "fail_open": True}))
     key = random_key()
     resp = get(envoy, key, headers={"x-tenant-id": "spoofed"})
     assert resp.status_code == 200
@@ -302,18 +311,20 @@ def test_fail_open_passes_anonymously_when_the_store_cannot_answer(start_envoy, 
     assert envoy.stat(METRIC + "failed_open") == 1
 
 
-def test_a_missing_store_cluster_is_a_503_not_a_crash(start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service, {"store": {"cluster": "no-such-cluster"}}))
+def test_a_missing_store_cluster_is_a_503_not_a_crash(deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service,
+                                {"store": {"cluster": "no-such-cluster"}}))
     assert get(envoy, random_key()).status_code == 503
     assert envoy.stat(METRIC + "store_error.dispatch") == 1
     assert envoy.alive()
 
 
-def test_twenty_thousand_random_keys_leave_the_cache_at_its_bound(start_envoy, echo, keystore):
+def test_twenty_thousand_random_keys_leave_the_cache_at_its_bound(deployment, start_envoy, echo,
+                                                                  keystore):
     # 64.0: Istio delivers every number as a double.
     # A generous timeout: this test is about the bound, and a loaded machine must not
     # turn a slow lookup into a 503.
-    envoy = start_envoy(gateway(echo, keystore.service, {"store": {"timeout": "10s"},
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {"store": {"timeout": "10s"},
                                                          "cache": {"slots": 64.0}}))
     statuses = load(envoy, lambda i: [random_key() for _ in range(1250)], connections=16)
     assert statuses == Counter({401: 20_000})
@@ -328,10 +339,10 @@ def test_twenty_thousand_random_keys_leave_the_cache_at_its_bound(start_envoy, e
 
 
 def test_hmac_pepper_comes_from_the_environment_not_the_config(
-        start_envoy, echo, keystore, monkeypatch):
+        deployment, start_envoy, echo, keystore, monkeypatch):
     pepper = secrets.token_urlsafe(24)
     monkeypatch.setenv("WASMGATE_TEST_PEPPER", pepper)  # Envoy inherits it
-    envoy = start_envoy(gateway(echo, keystore.service, {
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
         "pepper_env": "WASMGATE_TEST_PEPPER",
         "hide_credentials": False,
     }, env_keys=["WASMGATE_TEST_PEPPER"]))
@@ -357,14 +368,14 @@ def test_hmac_pepper_comes_from_the_environment_not_the_config(
     ({"forward": {"plan": "x-api-key"}}, "forward.plan", "also a key source"),
     ({"hide_credential": True}, "hide_credential", "unknown field"),
 ])
-def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, hung_server,
+def test_invalid_config_is_refused_with_the_field_named(deployment, refused_envoy, echo,
+                                                        hung_server,
                                                         config, field, problem):
-    returncode, log = refused_envoy(gateway(echo, hung_server, config))
+    returncode, log = refused_envoy(gateway(deployment, echo, hung_server, config))
     assert returncode != 0
-    lines = [line for line in log.splitlines()
-             if "wasmgate-api-key: invalid plugin configuration" in line]
+    lines = [line for line in log.splitlines() if "invalid plugin configuration" in line]
     assert lines, log[-3000:]
-    assert f"invalid plugin configuration: {field}: " in lines[0], lines[0]
+    assert deployment.refusal("api-key", field) + ": " in lines[0], lines[0]
     assert problem in lines[0], lines[0]
 
 
@@ -374,8 +385,8 @@ def readme_example() -> dict:
     return json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
 
 
-def test_the_readme_example_works_as_documented(start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(echo, keystore.service, readme_example()))
+def test_the_readme_example_works_as_documented(deployment, start_envoy, echo, keystore):
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, readme_example()))
     created = keystore.create("acme", "gold")
     for headers in ({"x-api-key": created.api_key}, {"authorization": f"Bearer {created.api_key}"}):
         seen = Seen(get(envoy, headers=headers))

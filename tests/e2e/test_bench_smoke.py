@@ -109,7 +109,8 @@ def test_bench_runs_end_to_end_and_cleans_up(tmp_path):
         assert sample["envoy_cpu_seconds"] > 0
         assert set(measured["rss_loaded"]) == {"1", "2"}
     # The header filter counted every request it saw (probe, warm-up, the round).
-    assert results["headers"]["counters"]["requests"] >= results["headers"]["samples"][0]["requests"]
+    assert (results["headers"]["counters"]["headers requests"]
+            >= results["headers"]["samples"][0]["requests"])
     remote = results["native-jwt-rs256-remote"]
     assert remote["failure"] is None and remote["samples"] == []
     assert remote["callouts"]["1"]["jwks"] >= 1  # the JWKS was fetched through its cluster

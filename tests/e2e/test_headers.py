@@ -1,5 +1,6 @@
 """The header filter (build/wasm/headers.wasm) in real Envoy, in front of the echo
-upstream: what the upstream sees and what the client gets back."""
+upstream: what the upstream sees and what the client gets back. Every test runs with
+the separate filter and with the combined module's `headers` stage (`deployment`)."""
 
 import http.client
 import re
@@ -7,18 +8,18 @@ import re
 import pytest
 import requests
 
-from harness import Seen, wasm_path
-from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
+from harness import Seen
+from harness.bootstrap import bootstrap, cluster, http_listener, route
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-def gateway(echo, config, **listener_kwargs):
+def gateway(deployment, echo, config):
     """Envoy with only the header filter, routing everything to the echo upstream.
 
     `server_header_transformation: PASS_THROUGH` lets the filter decide about the
     `server` header (Envoy's default would overwrite it after the filters ran)."""
-    filters = [wasm_filter(wasm_path("headers"), config, name="headers")]
+    filters = deployment.filters(("headers", config))
     return bootstrap(
         [http_listener("main", filters, [route("/", "upstream", name="default")],
                        hcm_extra={"server_header_transformation": "PASS_THROUGH"})],
@@ -26,8 +27,8 @@ def gateway(echo, config, **listener_kwargs):
     )
 
 
-def test_request_operations_reach_the_upstream(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_request_operations_reach_the_upstream(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "rules": [{
             "match": {"prefix": "/ops"},
             "request": {
@@ -58,8 +59,8 @@ def test_request_operations_reach_the_upstream(start_envoy, echo):
     assert seen.header("x-new-name") == "moved"
 
 
-def test_response_operations_reach_the_client(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_response_operations_reach_the_client(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "default": {
             "response": {
                 "set": {"x-served-by": "wasmgate", "cache-control": "no-store"},
@@ -98,8 +99,8 @@ def test_response_operations_reach_the_client(start_envoy, echo):
     assert values("x-api-version") == ["2.1"]
 
 
-def test_templates_fill_in_client_address_request_id_and_route(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_templates_fill_in_client_address_request_id_and_route(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "default": {
             "request": {"set": {
                 "x-client-ip": "${downstream_ip}",
@@ -131,8 +132,8 @@ def test_templates_fill_in_client_address_request_id_and_route(start_envoy, echo
     assert resp.headers["x-request-echo"] == request_id
 
 
-def test_strip_inbound_removes_spoofed_identity_headers(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_strip_inbound_removes_spoofed_identity_headers(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "strip_inbound": ["x-user-id", "X-Tenant-ID", "x-scopes"],
         "rules": [{"match": {"prefix": "/private"},
                    "request": {"set": {"x-copied-user": "${header:x-user-id}"}}}],
@@ -148,8 +149,8 @@ def test_strip_inbound_removes_spoofed_identity_headers(start_envoy, echo):
     assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == 6
 
 
-def test_response_cleanup_and_request_id_echo(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_response_cleanup_and_request_id_echo(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "response_cleanup": ["server", "x-powered-by", "x-envoy-upstream-service-time"],
         "echo_request_id": True,
     }))
@@ -163,8 +164,8 @@ def test_response_cleanup_and_request_id_echo(start_envoy, echo):
     assert resp.headers["x-request-id"] == seen.header("x-request-id")
 
 
-def test_rules_match_by_path_and_method_first_match_wins(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_rules_match_by_path_and_method_first_match_wins(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "rules": [
             {"match": {"exact": "/health"}, "request": {"set": {"x-rule": "exact"}}},
             {"match": {"prefix": "/api/", "methods": ["POST", "PUT"]}, "request": {"set": {"x-rule": "api-write"}}},
@@ -187,8 +188,8 @@ def test_rules_match_by_path_and_method_first_match_wins(start_envoy, echo):
         assert seen.header("x-rule") == expected, (method, path)
 
 
-def test_request_path_and_authority_can_be_rewritten(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_request_path_and_authority_can_be_rewritten(start_envoy, echo, deployment):
+    envoy = start_envoy(gateway(deployment, echo, {
         "rules": [{"match": {"exact": "/legacy"},
                    "request": {"set": {":path": "/v2/resource", ":authority": "internal.example"}}}],
     }))
@@ -209,16 +210,17 @@ def test_request_path_and_authority_can_be_rewritten(start_envoy, echo):
     ({"rules": [{"match": {"prefix": "no-slash"}}]}, "rules[0].match", "must start with"),
     ("not json", "", "expected"),
 ])
-def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, config, field, problem):
-    returncode, log = refused_envoy(gateway(echo, config))
+def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, deployment, config,
+                                                        field, problem):
+    returncode, log = refused_envoy(gateway(deployment, echo, config))
     assert returncode != 0
-    lines = [line for line in log.splitlines() if "wasmgate-headers: invalid plugin configuration" in line]
+    lines = [line for line in log.splitlines() if "invalid plugin configuration" in line]
     assert lines, log[-3000:]
-    assert f"invalid plugin configuration: {field}" in lines[0], lines[0]
+    assert deployment.refusal("headers", field) in lines[0], lines[0]
     assert problem in lines[0], lines[0]
 
 
-def test_non_utf8_upstream_header_values_do_not_trap_the_filter(start_envoy):
+def test_non_utf8_upstream_header_values_do_not_trap_the_filter(start_envoy, deployment):
     """An upstream may send header bytes above 0x7F. Response rules that read such a
     header must treat it as unreadable, not trap the VM (which would fail every
     request on that worker)."""
@@ -249,7 +251,7 @@ def test_non_utf8_upstream_header_values_do_not_trap_the_filter(start_envoy):
     try:
         config = {"default": {"response": {"rename": {"x-odd": "x-renamed"},
                                            "if_absent": {"x-odd": "replaced"}}}}
-        filters = [wasm_filter(wasm_path("headers"), config, name="headers")]
+        filters = deployment.filters(("headers", config))
         envoy = start_envoy(bootstrap(
             [http_listener("main", filters, [route("/", "upstream", name="default")])],
             [cluster("upstream", "127.0.0.1", listener.getsockname()[1])],

@@ -1,6 +1,8 @@
 """The JWT filter (build/wasm/jwt.wasm) in real Envoy (two workers): tokens from three
 independent signers, every rejection with its status and challenge, per-route rules,
-identity headers as the upstream sees them, and refused configurations."""
+identity headers as the upstream sees them, and refused configurations. Every test
+runs with the separate filter and with the combined module's `jwt` stage
+(`deployment`)."""
 
 import base64
 import hashlib
@@ -42,7 +44,7 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def gateway(start_envoy, start_service, echo, keys):
+def gateway(start_envoy, start_service, echo, keys, deployment):
     """Envoy + JWT filter + echo upstream + JWKS fixture, with a public and a scoped
     route. Returns (envoy, jwks fixture)."""
     jwks = start_jwks(start_service, keys)
@@ -51,7 +53,7 @@ def gateway(start_envoy, start_service, echo, keys):
         {"match": {"prefix": "/orders/", "methods": ["POST"]}, "providers": ["idp"],
          "required_scopes": ["orders:write"]},
     ])
-    return start_envoy(jwt_gateway(echo, config, jwks)), jwks
+    return start_envoy(jwt_gateway(echo, config, jwks, deployment=deployment)), jwks
 
 
 def get(envoy, path="/orders/1", token=None, headers=None, session=None):
@@ -248,7 +250,8 @@ def test_the_token_cache_answers_repeat_tokens(gateway, keys):
     assert "wasmgate_jwt_allowed{} 10" in metrics
 
 
-def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_envoy, echo):
+def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_envoy, echo,
+                                                                        deployment):
     secret = os.urandom(32)
     config = plugin_config(providers={"internal": {
         "issuer": "internal", "algorithms": ["HS256"], "forward": True,
@@ -258,7 +261,7 @@ def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_env
         "from_cookies": ["session"],
         "claim_to_headers": {"x-service": "sub", "x-team": "org.team"},
     }}, default={"providers": ["internal"]})
-    envoy = start_envoy(jwt_gateway(echo, config))
+    envoy = start_envoy(jwt_gateway(echo, config, deployment=deployment))
     now = int(time.time())
     claims = {"iss": "internal", "sub": "billing-job", "org": {"team": "payments"}, "exp": now + 60}
     token = pyjwt.encode(claims, secret, algorithm="HS256", headers={"kid": "s1"})
@@ -294,10 +297,11 @@ def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_env
      "providers.idp.jwks.inline", "not base64url"),
     ({"providers": {}, "default": {"public": True}}, "providers", "at least one provider"),
 ])
-def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, config, field, problem):
-    returncode, log = refused_envoy(jwt_gateway(echo, config))
+def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, deployment, config,
+                                                        field, problem):
+    returncode, log = refused_envoy(jwt_gateway(echo, config, deployment=deployment))
     assert returncode != 0
-    lines = [line for line in log.splitlines() if "wasmgate-jwt: invalid plugin configuration" in line]
+    lines = [line for line in log.splitlines() if "invalid plugin configuration" in line]
     assert lines, log[-3000:]
-    assert f"invalid plugin configuration: {field}" in lines[0], lines[0]
+    assert deployment.refusal("jwt", field) in lines[0], lines[0]
     assert problem in lines[0], lines[0]

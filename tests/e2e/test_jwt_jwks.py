@@ -1,7 +1,9 @@
 """The JWT filter's JWKS handling in real Envoy (two workers) against the JWKS fixture
 (`wasmgate-demo jwks`), which counts fetches and fails, slows down or goes away on
 demand: one fetch for all workers, rotation without waiting for expiry, waiting for
-the first keys, last-known-good keys, and 503 (not 401) when keys cannot be had."""
+the first keys, last-known-good keys, and 503 (not 401) when keys cannot be had. Every
+test runs with the separate filter and with the combined module's `jwt` stage
+(`deployment`)."""
 
 import threading
 
@@ -14,14 +16,14 @@ FETCH_OK = "wasmcustom.wasmgate.jwt.jwks_fetch.success"
 FETCH_FAILED = "wasmcustom.wasmgate.jwt.jwks_fetch.failure"
 
 
-def setup(tmp_path, start_envoy, start_service, echo, jwks_mode=None, **remote):
+def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None, **remote):
     keys = KeyDir(tmp_path / "keys")
     keys.add("k1", "ES256")
     jwks = start_jwks(start_service, keys)
     if jwks_mode:
         jwks.mode(**jwks_mode)
     config = plugin_config(providers={"idp": provider(jwks=remote_jwks(**remote))})
-    envoy = start_envoy(jwt_gateway(echo, config, jwks))
+    envoy = start_envoy(jwt_gateway(echo, config, jwks, deployment=deployment))
     return envoy, jwks, keys
 
 
@@ -56,8 +58,9 @@ class Background:
         return self.response
 
 
-def test_the_jwks_is_fetched_once_for_two_workers(tmp_path, start_envoy, start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo)
+def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_envoy, start_service,
+                                                  echo):
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo)
     wait_for(lambda: envoy.stat(FETCH_OK) >= 1, 10, "the first JWKS fetch")
     for i in range(20):
         resp = call(envoy, keys.mint("k1", sub=f"user{i}"))
@@ -70,9 +73,11 @@ def test_the_jwks_is_fetched_once_for_two_workers(tmp_path, start_envoy, start_s
     assert envoy.stat(FETCH_FAILED) == 0
 
 
-def test_a_rotated_key_works_at_once_and_unknown_kids_are_rate_limited(tmp_path, start_envoy,
+def test_a_rotated_key_works_at_once_and_unknown_kids_are_rate_limited(deployment, tmp_path,
+                                                                       start_envoy,
                                                                     start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo, cache_duration="1h")
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
+                              cache_duration="1h")
     assert call(envoy, keys.mint("k1")).status_code == 200
     assert jwks.requests() == 1
     # The IdP publishes a new key and signs with it; our cache is an hour from expiry.
@@ -91,9 +96,10 @@ def test_a_rotated_key_works_at_once_and_unknown_kids_are_rate_limited(tmp_path,
     assert call(envoy, keys.mint("k1")).status_code == 200
 
 
-def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(tmp_path, start_envoy,
+def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(deployment, tmp_path, start_envoy,
                                                                   start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo, jwks_mode={"down": True},
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
+                              jwks_mode={"down": True},
                               backoff_initial="200ms", backoff_max="500ms", max_wait="20s")
     waiting = [Background(envoy, keys.mint("k1", sub=f"early{i}")) for i in range(4)]
     # A client that gives up while its request waits: the filter must forget it.
@@ -111,8 +117,8 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(tmp_path, star
     assert envoy.alive()
 
 
-def test_no_keys_at_all_is_503_not_401(tmp_path, start_envoy, start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo,
+def test_no_keys_at_all_is_503_not_401(deployment, tmp_path, start_envoy, start_service, echo):
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                               jwks_mode={"status": 500}, backoff_initial="100ms",
                               backoff_max="200ms", max_wait="500ms")
     resp = call(envoy, keys.mint("k1"))
@@ -129,9 +135,10 @@ def test_no_keys_at_all_is_503_not_401(tmp_path, start_envoy, start_service, ech
     wait_for(lambda: call(envoy, keys.mint("k1")).status_code == 200, 10, "keys after recovery")
 
 
-def test_jwks_down_after_a_good_fetch_keeps_the_last_good_keys(tmp_path, start_envoy,
+def test_jwks_down_after_a_good_fetch_keeps_the_last_good_keys(deployment, tmp_path, start_envoy,
                                                               start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo, cache_duration="1s",
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
+                              cache_duration="1s",
                               min_cache_duration="1s", backoff_initial="200ms",
                               backoff_max="200ms", max_staleness="1h")
     assert call(envoy, keys.mint("k1")).status_code == 200
@@ -144,9 +151,10 @@ def test_jwks_down_after_a_good_fetch_keeps_the_last_good_keys(tmp_path, start_e
         assert Seen(resp).header("x-user-id") == f"later{i}"
 
 
-def test_a_slow_jwks_within_the_timeout_holds_requests_until_it_answers(tmp_path, start_envoy,
+def test_a_slow_jwks_within_the_timeout_holds_requests_until_it_answers(deployment, tmp_path,
+                                                                        start_envoy,
                                                                        start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo,
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                               jwks_mode={"delay_ms": 1500}, timeout="5s", max_wait="10s")
     resp = call(envoy, keys.mint("k1"))
     assert resp.status_code == 200, resp.text
@@ -154,8 +162,9 @@ def test_a_slow_jwks_within_the_timeout_holds_requests_until_it_answers(tmp_path
     assert envoy.stat(FETCH_FAILED) == 0
 
 
-def test_a_jwks_slower_than_the_timeout_is_a_failure(tmp_path, start_envoy, start_service, echo):
-    envoy, jwks, keys = setup(tmp_path, start_envoy, start_service, echo,
+def test_a_jwks_slower_than_the_timeout_is_a_failure(deployment, tmp_path, start_envoy,
+                                                     start_service, echo):
+    envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                               jwks_mode={"delay_ms": 3000}, timeout="300ms",
                               backoff_initial="5s", max_wait="1s")
     wait_for(lambda: envoy.stat(FETCH_FAILED) >= 1, 10, "the fetch to time out")

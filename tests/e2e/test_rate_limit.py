@@ -1,5 +1,7 @@
 """The rate-limit filter (build/wasm/rate-limit.wasm) in real Envoy (two workers) in front
-of the echo upstream: who gets through, what the client is told, and what stays bounded."""
+of the echo upstream: who gets through, what the client is told, and what stays bounded.
+Every test runs with the separate filter and with the combined module's `rate_limit`
+stage (`deployment`)."""
 
 import json
 import math
@@ -7,21 +9,18 @@ import time
 
 import pytest
 
-from harness import wait_for, wasm_path
-from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
+from harness import wait_for
+from harness.bootstrap import bootstrap, cluster, http_listener, route
 from harness.load import fire_together, get, wrk_distinct_clients
 
 STAT = "wasmcustom.wasmgate.rate_limit."
 
 
-def rate_limit(config) -> dict:
-    return wasm_filter(wasm_path("rate-limit"), config, name="rate-limit")
-
-
-def gateway(echo, config, routes=None, before=()) -> dict:
-    """Envoy with the rate-limit filter (after the filters in `before`) in front of echo."""
+def gateway(deployment, echo, config, routes=None, before=()) -> dict:
+    """Envoy with the rate-limit filter (after the filters `before` names: (filter,
+    config) pairs), as `deployment` puts them, in front of echo."""
     return bootstrap(
-        [http_listener("main", [*before, rate_limit(config)],
+        [http_listener("main", deployment.filters(*before, ("rate-limit", config)),
                        routes or [route("/", "upstream", name="default")])],
         [cluster("upstream", echo.host, echo.port)],
     )
@@ -55,8 +54,9 @@ def worker_connections(envoy) -> list:
     return sorted(stats.values())
 
 
-def test_exactly_the_limit_is_admitted_across_workers(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, per_user({"name": "hourly", "requests": 50, "per": "1h"}),
+def test_exactly_the_limit_is_admitted_across_workers(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo,
+                                per_user({"name": "hourly", "requests": 50, "per": "1h"}),
                                 routes=[answered_by_envoy("/orders")]))
     started = time.time()
     answers = fire_together(envoy.port(), "/orders", 200, as_user("alice"))
@@ -96,9 +96,9 @@ def test_exactly_the_limit_is_admitted_across_workers(start_envoy, echo):
 
 
 @pytest.mark.parametrize("reset_format", ["epoch", "delta"])
-def test_allowed_responses_count_down_and_tell_when_the_quota_is_whole(start_envoy, echo,
-                                                                       reset_format):
-    envoy = start_envoy(gateway(echo, per_user({"requests": 50, "per": "1h"},
+def test_allowed_responses_count_down_and_tell_when_the_quota_is_whole(deployment, start_envoy,
+                                                                       echo, reset_format):
+    envoy = start_envoy(gateway(deployment, echo, per_user({"requests": 50, "per": "1h"},
                                                reset_format=reset_format)))
     started = time.time()
     for taken in range(1, 6):
@@ -117,10 +117,10 @@ def test_allowed_responses_count_down_and_tell_when_the_quota_is_whole(start_env
     assert get(envoy.port(), "/x", as_user("carol")).header("x-ratelimit-remaining") == "49"
 
 
-def test_requests_pass_again_once_the_bucket_refills(start_envoy, echo):
+def test_requests_pass_again_once_the_bucket_refills(deployment, start_envoy, echo):
     # One token every 2 s: slow enough that a loaded machine still sends three requests
     # before the first token comes back.
-    envoy = start_envoy(gateway(echo, per_user({"requests": 2, "per": "4s"})))
+    envoy = start_envoy(gateway(deployment, echo, per_user({"requests": 2, "per": "4s"})))
     assert [get(envoy.port(), "/", as_user("dan")).status for _ in range(2)] == [200, 200]
     limited = get(envoy.port(), "/", as_user("dan"))
     assert limited.status == 429
@@ -130,9 +130,9 @@ def test_requests_pass_again_once_the_bucket_refills(start_envoy, echo):
              "the bucket to refill")
 
 
-def test_separate_clients_and_endpoints_have_separate_buckets(start_envoy, echo):
+def test_separate_clients_and_endpoints_have_separate_buckets(deployment, start_envoy, echo):
     one_per_hour = [{"requests": 1, "per": "1h"}]
-    envoy = start_envoy(gateway(echo, {
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1024},
         "identity": [{"header": "x-user-id"}, {"address": {"ipv4_prefix": 32}}],
         "rules": [
@@ -161,8 +161,8 @@ def test_separate_clients_and_endpoints_have_separate_buckets(start_envoy, echo)
     assert status("/orders/9", source_ip="127.0.0.3") == 200
 
 
-def test_address_prefix_masking_groups_a_network(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_address_prefix_masking_groups_a_network(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1024},
         "identity": [{"address": {"ipv4_prefix": 24}}],
         "default": {"limits": [{"requests": 2, "per": "1h"}]},
@@ -173,8 +173,8 @@ def test_address_prefix_masking_groups_a_network(start_envoy, echo):
     assert get(envoy.port(), "/", source_ip="127.0.1.5").status == 200
 
 
-def test_a_gold_plan_gets_its_larger_limit(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_a_gold_plan_gets_its_larger_limit(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1024},
         "identity": [{"header": "x-api-key-id"}],
         "rules": [{"name": "api", "match": {"prefix": "/"},
@@ -190,8 +190,8 @@ def test_a_gold_plan_gets_its_larger_limit(start_envoy, echo):
     assert {a.header("x-ratelimit-limit") for a in free} == {"2"}
 
 
-def test_several_limits_apply_together(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, per_user(
+def test_several_limits_apply_together(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo, per_user(
         {"name": "burst", "requests": 2, "per": "4s"},
         {"name": "hourly", "requests": 3, "per": "1h"},
         ietf_headers=True,
@@ -228,8 +228,9 @@ def test_several_limits_apply_together(start_envoy, echo):
     assert 1100 < int(refused.header("retry-after")) <= 1200
 
 
-def test_shadow_mode_reports_but_never_refuses(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, per_user({"requests": 2, "per": "1h"}, shadow=True)))
+def test_shadow_mode_reports_but_never_refuses(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo,
+                                per_user({"requests": 2, "per": "1h"}, shadow=True)))
     answers = [get(envoy.port(), "/", as_user("fred")) for _ in range(5)]
     assert [a.status for a in answers] == [200] * 5
     assert [a.header("x-ratelimit-remaining") for a in answers] == ["1", "0", "0", "0", "0"]
@@ -239,8 +240,8 @@ def test_shadow_mode_reports_but_never_refuses(start_envoy, echo):
     assert envoy.stat(STAT + "limited") == 0
 
 
-def test_unmatched_requests_are_not_counted(start_envoy, echo):
-    envoy = start_envoy(gateway(echo, {
+def test_unmatched_requests_are_not_counted(deployment, start_envoy, echo):
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1024},
         "rules": [{"name": "api", "match": {"prefix": "/api/"}, "limits": [{"requests": 1, "per": "1h"}]}],
     }))
@@ -252,12 +253,11 @@ def test_unmatched_requests_are_not_counted(start_envoy, echo):
     assert get(envoy.port(), "/api/a").status == 429
 
 
-def test_spoofed_identity_headers_cannot_escape_the_limit(start_envoy, echo):
+def test_spoofed_identity_headers_cannot_escape_the_limit(deployment, start_envoy, echo):
     """The documented order: a filter that strips client copies of the identity headers
     (here the header filter; in a gateway, the auth filters) runs before rate-limit."""
-    strip = wasm_filter(wasm_path("headers"), {"strip_inbound": ["x-user-id", "x-plan"]},
-                        name="headers")
-    envoy = start_envoy(gateway(echo, {
+    strip = ("headers", {"strip_inbound": ["x-user-id", "x-plan"]})
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1024},
         "identity": [{"header": "x-user-id"}, {"address": {}}],
         "default": {"limits": [{"requests": 3, "per": "1h"}],
@@ -268,8 +268,9 @@ def test_spoofed_identity_headers_cannot_escape_the_limit(start_envoy, echo):
     assert statuses == [200, 200, 200, 429, 429]
 
 
-def test_a_limited_client_stays_limited_through_a_flood_of_new_clients(start_envoy, echo, tmp_path):
-    envoy = start_envoy(gateway(echo, {
+def test_a_limited_client_stays_limited_through_a_flood_of_new_clients(deployment, start_envoy,
+                                                                        echo, tmp_path):
+    envoy = start_envoy(gateway(deployment, echo, {
         "table": {"slots": 1000},
         "identity": [{"header": "x-user-id"}],
         "rules": [{"name": "api", "match": {"prefix": "/"}, "limits": [{"requests": 5, "per": "1h"}]}],
@@ -316,11 +317,11 @@ INVALID = [
 
 
 @pytest.mark.parametrize("config, field, problem", INVALID)
-def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, config, field, problem):
-    returncode, log = refused_envoy(gateway(echo, config))
+def test_invalid_config_is_refused_with_the_field_named(deployment, refused_envoy, echo, config,
+                                                        field, problem):
+    returncode, log = refused_envoy(gateway(deployment, echo, config))
     assert returncode != 0
-    lines = [line for line in log.splitlines()
-             if "wasmgate-rate-limit: invalid plugin configuration" in line]
+    lines = [line for line in log.splitlines() if "invalid plugin configuration" in line]
     assert lines, log[-3000:]
-    assert f"invalid plugin configuration: {field}" in lines[0], lines[0]
+    assert deployment.refusal("rate-limit", field) in lines[0], lines[0]
     assert problem in lines[0], lines[0]

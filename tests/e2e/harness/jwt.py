@@ -16,8 +16,9 @@ import jwt as pyjwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
-from .paths import tool_path, wasm_path
+from .bootstrap import bootstrap, cluster, http_listener, route
+from .deployment import Deployment
+from .paths import tool_path
 
 ISSUER = "https://issuer.wasmgate.test"
 AUDIENCE = "orders"
@@ -155,11 +156,12 @@ def plugin_config(providers=None, rules=None, default=None, **extra) -> dict:
     }
 
 
-def jwt_gateway(echo, config, jwks: JwksFixture = None, hcm_extra: dict = None) -> dict:
-    """Envoy with the JWT filter in front of the echo upstream; cluster `idp` reaches
-    the JWKS fixture. Listener headers may be large (a 100 KiB token must reach the
-    filter rather than be refused by Envoy's own 60 KiB limit)."""
-    filters = [wasm_filter(wasm_path("jwt"), config, name="jwt")]
+def jwt_gateway(echo, config, jwks: JwksFixture = None, hcm_extra: dict = None,
+                deployment: Deployment = Deployment("separate")) -> dict:
+    """Envoy with the JWT filter (as `deployment` puts it) in front of the echo upstream;
+    cluster `idp` reaches the JWKS fixture. Listener headers may be large (a 100 KiB
+    token must reach the filter rather than be refused by Envoy's own 60 KiB limit)."""
+    filters = deployment.filters(("jwt", config))
     clusters = [cluster("upstream", echo.host, echo.port)]
     if jwks is not None:
         clusters.append(cluster("idp", jwks.host, jwks.port))
