@@ -7,6 +7,7 @@ a JWT or API-key scenario lists its JWKS / key-store `Fixture` and that fixture'
 cluster in `callout_clusters`, and a flood uses `Load(distinct=Distinct(...))`.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from harness.bootstrap import wasm_filter
 from . import native
 from .load import Load, Rotate
 from .scenario import CALLOUTS, Fixture, Probe, Registry, Scenario
+from .tokens import AUDIENCE, ISSUER
 
 REGISTRY = Registry()
 add = REGISTRY.add
@@ -97,6 +99,36 @@ add(Scenario(
     probes=lambda ctx: HEADER_PROBES,
     counters={"requests": "wasmcustom.wasmgate.headers.requests"},
 ))
+
+
+def _wasmgate_jwt(ctx, alg: str) -> dict:
+    """wasmgate's JWT filter doing what `native.jwt_authn` does: one provider with the
+    run's key inline, the same issuer, audience and identity headers, on every path."""
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "jwks": {"inline": json.loads(ctx.key(alg).jwks)},
+        "claim_to_headers": {h["header_name"]: h["claim_name"] for h in native.CLAIM_HEADERS},
+    }
+    config = {"providers": {"bench": provider}, "default": {"providers": ["bench"]}}
+    return wasm_filter(ctx.wasm("jwt"), config, name="jwt")
+
+
+for _alg in ("rs256", "es256"):
+    # The cold path: the filter's token cache (1000 entries) never holds the next of
+    # the COLD_TOKENS tokens sent in turn, so every request verifies a signature.
+    add(Scenario(
+        f"jwt-{_alg}-cold", f"wasmgate JWT filter, {_alg.upper()}, a different token on "
+        f"every request ({COLD_TOKENS} pre-minted)",
+        filters=lambda ctx, a=_alg: [_wasmgate_jwt(ctx, a)],
+        load=lambda ctx, a=_alg: Load(rotate=Rotate("authorization", ctx.tokens(a, COLD_TOKENS),
+                                                    prefix="Bearer ")),
+        probes=lambda ctx, a=_alg: _jwt_probes(ctx, a, _first_token(ctx, a), "user-0"),
+        counters={"allowed": "wasmcustom.wasmgate.jwt.allowed",
+                  "checked by Envoy": "wasmcustom.wasmgate.jwt.signature.checked_by_envoy",
+                  "cache hits": "wasmcustom.wasmgate.jwt.token_cache.hit",
+                  "cache misses": "wasmcustom.wasmgate.jwt.token_cache.miss"},
+    ))
 
 # --- Envoy's native filters ----------------------------------------------------------
 
