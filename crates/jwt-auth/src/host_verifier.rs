@@ -243,7 +243,6 @@ fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwks::KeySet;
     use crate::testkit;
     use crate::token;
     use ring::signature;
@@ -251,8 +250,7 @@ mod tests {
     use std::cell::RefCell;
 
     fn key_of(jwk: serde_json::Value) -> PublicKey {
-        let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes(), true).unwrap();
-        set.keys()[0].key.clone()
+        testkit::parse_jwk(jwk).key
     }
 
     #[test]

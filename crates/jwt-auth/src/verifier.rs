@@ -114,8 +114,7 @@ mod tests {
     use serde_json::json;
 
     fn key_of(jwk: serde_json::Value) -> PublicKey {
-        let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes(), true).unwrap();
-        set.keys()[0].key.clone()
+        testkit::parse_jwk(jwk).key
     }
 
     #[test]
@@ -187,18 +186,13 @@ mod tests {
         }
     }
 
-    fn jwk_of(value: serde_json::Value) -> Jwk {
-        let set = KeySet::parse(json!({"keys": [value]}).to_string().as_bytes(), true).unwrap();
-        set.keys()[0].clone()
-    }
-
     #[test]
     fn the_host_decides_what_it_can_check_and_the_vm_the_rest() {
         let keys = testkit::keys();
         for alg in Alg::ALL {
             let text = keys.sign(alg, Some("k"), &json!({"sub": "alice"}));
             let parsed = token::parse(&text).unwrap();
-            let jwk = jwk_of(keys.jwk_for(alg, "k"));
+            let jwk = testkit::parse_jwk(keys.jwk_for(alg, "k"));
             let (input, sig) = (parsed.signing_input, &parsed.signature[..]);
             // Of the right length: JWS ECDSA signatures of another length are refused
             // before anyone is asked.
@@ -237,8 +231,8 @@ mod tests {
     fn the_host_is_never_asked_to_check_a_key_that_does_not_fit() {
         let keys = testkit::keys();
         let accepting = host(Some(true));
-        let rsa = jwk_of(keys.rsa_jwk("k"));
-        let p256 = jwk_of(keys.p256_jwk("k"));
+        let rsa = testkit::parse_jwk(keys.rsa_jwk("k"));
+        let p256 = testkit::parse_jwk(keys.p256_jwk("k"));
         for (alg, jwk) in [
             (Alg::HS256, &rsa),
             (Alg::ES256, &rsa),
