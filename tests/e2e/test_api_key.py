@@ -23,8 +23,7 @@ def gateway(echo, store, config=None, env_keys=None, **bootstrap_extra):
     store cluster `keystore` points at `store` (anything with .host and .port).
 
     `/load` is answered by Envoy itself (`direct_response`, after the filter ran): load
-    phases measure the filter, not the echo server, whose tiny_http connection pool can
-    leave a burst of new keep-alive connections unserved."""
+    phases exercise the filter, not the echo server."""
     config = dict(config or {})
     plugin = {"store": {"cluster": "keystore", **config.pop("store", {})}, **config}
     api_key = wasm_filter(wasm_path("api-key"), plugin, name="api-key")
