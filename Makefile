@@ -16,7 +16,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean
+.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,17 @@ lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(addprefix -p wasmgate-,$(FILTERS)) -- -D warnings
+
+# Benchmarks (BENCHMARKS.md; bench/): never part of `make test`. QUICK=1: a short run
+# written to build/bench/BENCHMARKS-quick.md. BENCH_ARGS: more options (`--help`).
+BENCH_ARGS ?=
+bench: build bench-wasm ## Measure the filters against bare Envoy and native ones into BENCHMARKS.md (QUICK=1: short).
+	.venv/bin/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+bench-wasm:
+	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial
+	@mkdir -p $(BUILD)/bench
+	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
