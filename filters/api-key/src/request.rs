@@ -62,12 +62,16 @@ impl HttpContext for ApiKeyRequest {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let state = Rc::clone(&self.state);
         let config = &state.config;
-        // Whatever happens next, the upstream never sees an identity header the client
-        // wrote: strip them first.
-        apply(config.forward.strip_edits());
         let method = wasmgate_host::request_header(":method").unwrap_or_default();
         let path = wasmgate_host::request_header(":path").unwrap_or_default();
-        if config.skips(&method, &path) {
+        let skipped = config.skips(&method, &path);
+        // Whatever happens next, the upstream never sees an identity header the client
+        // wrote: strip them first (on skipped routes unless an earlier filter owns them
+        // there, `strip_on_skip: false`).
+        if !skipped || config.strip_on_skip {
+            apply(config.forward.strip_edits());
+        }
+        if skipped {
             state.metrics.skipped.increment();
             return Action::Continue;
         }
