@@ -9,6 +9,7 @@ requests through Envoy, about 23 got 504 at the route timeout.
 
 import http.client
 import json
+import urllib.request
 from collections import Counter
 
 import pytest
@@ -18,6 +19,7 @@ from harness.bootstrap import route, single_filter_gateway
 from harness.load import fire_together
 
 BURST = 200
+SLOW_ANSWER_MS = 1000
 
 
 @pytest.mark.parametrize("server", ["echo", "jwks"])
@@ -26,16 +28,24 @@ def test_a_burst_of_new_connections_through_envoy_is_served_in_full(start_envoy,
     argv = {"echo": [tool_path("demo"), "echo", "--name", "burst"],
             "jwks": [tool_path("demo"), "jwks", "--keys", tmp_path / "keys"]}[server]
     upstream = start_service(argv, server)
-    # Envoy opens one upstream connection per simultaneous request (nothing is pooled
-    # yet) and keeps them alive; the route timeout bounds how long one may wait.
+    # Each answer takes a second, so the requests overlap however slowly a busy
+    # machine releases them: Envoy must open one upstream connection per request
+    # (nothing is pooled yet), and keeps them alive. The route timeout bounds a wait.
+    headers = {}
+    if server == "echo":
+        headers = {"x-echo-delay-ms": str(SLOW_ANSWER_MS)}
+    else:
+        mode = urllib.request.Request(upstream.url("/__jwks/mode"), method="POST",
+                                      data=json.dumps({"delay_ms": SLOW_ANSWER_MS}).encode())
+        urllib.request.urlopen(mode, timeout=10).close()
     envoy = start_envoy(single_filter_gateway([], upstream, [route("/", "upstream", name="all",
                                                                    timeout="10s")]))
-    answers = fire_together(envoy.port(), "/burst", BURST, timeout=30)
+    answers = fire_together(envoy.port(), "/burst", BURST, headers=headers, timeout=30)
     assert Counter(a.status for a in answers) == {200: BURST}
     assert envoy.stat("cluster.upstream.upstream_cx_total") >= BURST // 2  # a real burst
     assert envoy.stat("cluster.upstream.upstream_rq_timeout") == 0
     # ...and the connections stay usable: a second burst reuses them.
-    again = fire_together(envoy.port(), "/burst", BURST, timeout=30)
+    again = fire_together(envoy.port(), "/burst", BURST, headers=headers, timeout=30)
     assert Counter(a.status for a in again) == {200: BURST}
 
 
