@@ -118,6 +118,7 @@ _WASM = "wasmcustom.wasmgate."
 WASM_JWT_COUNTERS = {"jwt allowed": _WASM + "jwt.allowed",
                      "token cache hits": _WASM + "jwt.token_cache.hit",
                      "token cache misses": _WASM + "jwt.token_cache.miss",
+                     "signatures checked by Envoy": _WASM + "jwt.signature.checked_by_envoy",
                      "JWKS fetches": _WASM + "jwt.jwks_fetch.success"}
 WASM_API_KEY_COUNTERS = {"api key allowed": _WASM + "api_key.allowed",
                          "cache hits": _WASM + "api_key.cache_hit",

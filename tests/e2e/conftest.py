@@ -138,3 +138,20 @@ def mesh(shared_mesh, on_failure):
     """The module's mesh; its logs are printed when the test fails."""
     on_failure(shared_mesh.logs)
     return shared_mesh
+
+
+# Tests that load both CPUs on purpose (the bench smoke test pins Envoy and wrk to
+# one core each). Run in parallel with the rest, they starve other tests' Envoys and
+# fixtures past their health-check timeouts; `make e2e` runs them on their own after
+# the parallel pass.
+SERIAL_MODULES = {"test_bench_smoke.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "serial: run alone, after the parallel tests (loads every CPU)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)

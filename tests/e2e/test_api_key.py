@@ -26,8 +26,7 @@ def gateway(deployment, echo, store, config=None, env_keys=None, **bootstrap_ext
     .host and .port).
 
     `/load` is answered by Envoy itself (`direct_response`, after the filter ran): load
-    phases measure the filter, not the echo server, whose tiny_http connection pool can
-    leave a burst of new keep-alive connections unserved."""
+    phases exercise the filter, not the echo server."""
     config = dict(config or {})
     plugin = {"store": {"cluster": "keystore", **config.pop("store", {})}, **config}
     api_key = deployment.filter("api-key", plugin)
@@ -184,6 +183,26 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
     assert seen.header("x-tenant-id") is None and seen.header("x-scopes") is None
     assert envoy.stat(METRIC + "skipped") == 1
     assert keystore.lookups() == 1
+
+
+@pytest.mark.parametrize("strip_on_skip", [True, False])
+def test_strip_on_skip_decides_who_owns_identity_headers_on_skipped_routes(
+        deployment, start_envoy, echo, keystore, strip_on_skip):
+    """The gateway's chain: a filter before this one (there the JWT filter) sets
+    x-tenant-id on routes this one skips. `strip_on_skip: false` leaves it to that
+    filter there; routes that need a key always get the key's own tenant."""
+    filters = deployment.filters(
+        ("headers", {"default": {"request": {"set": {"x-tenant-id": "set-earlier"}}}}),
+        ("api-key", {"store": {"cluster": "keystore"}, "skip": [{"prefix": "/api/"}],
+                     "strip_on_skip": strip_on_skip}))
+    envoy = start_envoy(bootstrap(
+        [http_listener("main", filters, [route("/", "upstream", name="default")])],
+        [cluster("upstream", echo.host, echo.port),
+         cluster("keystore", keystore.service.host, keystore.service.port)]))
+    skipped = Seen(get(envoy, path="/api/users"))
+    assert skipped.header("x-tenant-id") == (None if strip_on_skip else "set-earlier")
+    created = keystore.create("acme", "gold")
+    assert Seen(get(envoy, created.api_key)).header("x-tenant-id") == "acme"
 
 
 def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(deployment, start_envoy, echo,

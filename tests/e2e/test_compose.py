@@ -18,7 +18,7 @@ import yaml
 
 import compose
 from harness import ROOT, Seen, wait_for
-from harness.demo_gateway import DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS
+from harness.demo_gateway import CALLOUT_SERVICES, DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS
 from harness.dockerd import PrivateDockerd
 from harness.ports import free_ports
 from harness.shipped import load_shipped
@@ -90,18 +90,36 @@ def listen_port(service):
     return int(command[command.index("--listen") + 1].rsplit(":", 1)[1])
 
 
+def what_runs(service) -> str:
+    """What a demo container serves: `echo <service name>`, `jwks` or `keystore serve`."""
+    program = (service.get("entrypoint") or ["wasmgate-demo"])[0].rsplit("/", 1)[-1]
+    command = service["command"]
+    if program == "wasmgate-keystore":
+        return "keystore serve" if "serve" in command else f"keystore {command}"
+    if command[0] == "echo":
+        return f"echo {command[command.index('--name') + 1]}"
+    return command[0]
+
+
 def test_compose_runs_what_gateway_yaml_routes_to():
     config = resolved((BASE,))
     services = config["services"]
     gateway = services.pop("gateway")
     assert gateway["image"] == "envoyproxy/envoy:v1.40.0"
-    # Every demo service of gateway.yaml, on the port gateway.yaml sends it to.
-    expected = {instance: (service, port) for port, (service, instance) in DEMO_SERVICES.items()
-                if service != "otel-collector"}
-    assert {name: (s["command"][s["command"].index("--name") + 1], listen_port(s))
-            for name, s in services.items()} == expected
+    # Every demo service and callout server of gateway.yaml, on the port gateway.yaml
+    # sends it to.
+    expected = {instance: (f"echo {service}", port) for port, (service, instance)
+                in DEMO_SERVICES.items() if service != "otel-collector"}
+    expected["jwks"] = ("jwks", next(p for p, n in CALLOUT_SERVICES.items() if n == "jwks"))
+    expected["keystore"] = ("keystore serve",
+                            next(p for p, n in CALLOUT_SERVICES.items() if n == "keystore"))
+    assert {name: (what_runs(s), listen_port(s)) for name, s in services.items()} == expected
     for service in services.values():
         assert service["network_mode"] == "service:gateway"
+    # The signing keys and the key store's file live in volumes (kept across restarts).
+    for name in ("jwks", "keystore"):
+        assert [v["target"] for v in services[name]["volumes"]] == ["/var/lib/wasmgate"]
+        assert services[name]["volumes"][0]["type"] == "volume"
     published = {(p["published"], p["target"]) for p in gateway["ports"]}
     assert published == {(str(port), port) for port in GATEWAY_PORTS.values()}
     mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
@@ -150,8 +168,10 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
     written here moves every port to a free one."""
     subprocess.run([str(ROOT / "scripts" / "docker-standin-images.sh")], env=dockerd.env,
                    check=True, capture_output=True, timeout=300)
-    shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES})
+    shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES, *CALLOUT_SERVICES})
     ports = dict(zip(shipped, free_ports(len(shipped))))
+    jwks_port, keystore_port = (next(p for p, n in CALLOUT_SERVICES.items() if n == name)
+                                for name in ("jwks", "keystore"))
     config_dir = tmp_path / "envoy-config"
     config_dir.mkdir()
     (config_dir / "gateway.yaml").write_text(yaml.safe_dump(load_shipped(GATEWAY_CONFIG, ports)))
@@ -163,6 +183,10 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         **{instance: {"command": ["echo", "--listen", f"127.0.0.1:{ports[port]}", "--name", service,
                                   "--instance", instance]}
            for port, (service, instance) in DEMO_SERVICES.items() if service != "otel-collector"},
+        "jwks": {"command": ["jwks", "--listen", f"127.0.0.1:{ports[jwks_port]}",
+                             "--keys", "/var/lib/wasmgate/jwks-keys"]},
+        "keystore": {"command": ["--store", "file:/var/lib/wasmgate/keys.json", "serve",
+                                 "--listen", f"127.0.0.1:{ports[keystore_port]}"]},
     }}
     test_override = tmp_path / "docker-compose.test.yml"
     test_override.write_text(yaml.safe_dump(override))
@@ -171,21 +195,43 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
            "WASMGATE_DEMO_IMAGE": "wasmgate/demo-standin:latest"}
     project = ["-p", f"wasmgate-test-{os.getpid()}"]
     compose_run(*project, "up", "-d", "--no-build", "--pull", "never", files=files, env=env, timeout=300)
+
+    def in_container(service, *argv):
+        """A command run inside a running demo container (`docker compose exec`), as the
+        README's compose section mints tokens and makes keys."""
+        return compose_run(*project, "exec", "-T", service, *argv, files=files, env=env).stdout
+
     try:
         gateway = f"http://127.0.0.1:{ports[8080]}"
-        wait_for(lambda: requests.get(f"{gateway}/api/v2/users", timeout=2).status_code == 200,
+        wait_for(lambda: requests.get(f"{gateway}/public/ping", timeout=2).status_code == 200,
                  60, "the gateway container to answer")
-        resp = requests.get(f"{gateway}/api/v1/orders/7", headers={"x-user-id": "spoofed"},
-                            timeout=TIMEOUT)
+        token = in_container("jwks", "/usr/local/bin/wasmgate-demo", "token", "--keys",
+                             "/var/lib/wasmgate/jwks-keys", "--aud", "wasmgate-gateway",
+                             "--sub", "alice", "--tenant", "acme", "--scope", "orders:read").strip()
+        bearer = {"authorization": f"Bearer {token}"}
+        assert requests.get(f"{gateway}/api/v1/orders/7", timeout=TIMEOUT).status_code == 401
+        # The JWT filter asks the jwks container for the keys (on its first tick).
+        resp = wait_for(lambda: (lambda r: r if r.status_code == 200 else None)(requests.get(
+            f"{gateway}/api/v1/orders/7", headers={**bearer, "x-user-id": "spoofed"},
+            timeout=TIMEOUT)), 30, "the token to be accepted")
         seen = Seen(resp)
         assert seen.service == "orders"
-        assert seen.header("x-user-id") is None and seen.header("x-gateway") == "wasmgate"
+        assert seen.header("x-user-id") == "alice" and seen.header("x-gateway") == "wasmgate"
         assert resp.headers["sunset"] == "Thu, 31 Dec 2026 23:59:59 GMT"
-        tls = requests.get(f"https://127.0.0.1:{ports[8443]}/api/v2/products/1",
+        tls = requests.get(f"https://127.0.0.1:{ports[8443]}/api/v2/products/1", headers=bearer,
                            verify=str(demo_certs / "edge-ca.crt"), timeout=TIMEOUT)
         assert Seen(tls).header("x-forwarded-proto") == "https"
+        created = in_container("keystore", "/usr/local/bin/wasmgate-keystore", "--store",
+                               "file:/var/lib/wasmgate/keys.json", "keys", "create",
+                               "--tenant", "globex", "--plan", "gold")
+        api_key = next(line.split()[1] for line in created.splitlines()
+                       if line.startswith("api_key"))
+        partner = Seen(requests.get(f"{gateway}/partner/orders", headers={"x-api-key": api_key},
+                                    timeout=TIMEOUT))
+        assert (partner.header("x-tenant-id"), partner.header("x-plan")) == ("globex", "gold")
         admin = requests.get(f"http://127.0.0.1:{ports[9901]}/stats/prometheus", timeout=TIMEOUT).text
-        assert "wasmgate_headers_requests{}" in admin
+        for metric in ("headers_requests", "jwt_allowed", "api_key_allowed", "rate_limit_allowed"):
+            assert f"wasmgate_{metric}{{}}" in admin
 
         # The gateway container's stdout is the JSON access log.
         request_id = resp.headers["x-request-id"]
@@ -204,4 +250,4 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         print(dockerd.log())
         raise
     finally:
-        compose_run(*project, "down", "--timeout", "5", files=files, env=env, check=False)
+        compose_run(*project, "down", "--volumes", "--timeout", "5", files=files, env=env, check=False)

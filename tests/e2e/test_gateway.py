@@ -1,8 +1,11 @@
 """The demo gateway (envoy-config/gateway.yaml) in real Envoy, in front of its demo
-services, exactly as `make run` starts it but on ports chosen at run time.
+services, exactly as `make run` starts it but on ports chosen at run time: the whole
+chain (headers -> jwt -> api-key -> rate-limit -> router) with the JWKS issuer and the
+key store it calls.
 
-Most tests share one gateway per test worker (they only read); the ejection test
-breaks an instance, so it gets a gateway of its own.
+Most tests share one gateway per test module (they only read, and each uses its own
+token subject or API key, so rate-limit buckets never meet); the ejection test breaks
+an instance, so it gets a gateway of its own.
 """
 
 import email.utils
@@ -11,6 +14,7 @@ import json
 import re
 import socket
 import ssl
+import time
 from collections import Counter
 
 import pytest
@@ -24,6 +28,22 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 IDENTITY_HEADERS = ["x-user-id", "x-tenant-id", "x-scopes", "x-api-key-id", "x-plan"]
 TIMEOUT = 10  # seconds, for any single request of these tests
+
+
+def with_credentials(gateway, path: str) -> dict:
+    """What a client sends to reach `path`: a token on /api/, an API key on /partner
+    (a new key each time: its own rate-limit bucket), nothing elsewhere; and the
+    identity a service must then see."""
+    if path.startswith("/api/"):
+        return {"headers": gateway.bearer(sub="route-tester", tenant="acme"),
+                "identity": {"x-user-id": "route-tester", "x-tenant-id": "acme",
+                             "x-scopes": "orders:read"}}
+    if path.startswith("/partner"):
+        key = gateway.keys.create("globex", "gold")
+        return {"headers": {"x-api-key": key.api_key},
+                "identity": {"x-api-key-id": key.key_id, "x-tenant-id": "globex",
+                             "x-plan": "gold"}}
+    return {"headers": {}, "identity": {}}
 
 
 def counter_delta(envoy, names):
@@ -42,17 +62,22 @@ def counter_delta(envoy, names):
     ("/partner/v1/orders", "orders", {"orders-v1"}),  # partners stay on the stable version
     ("/public/catalog", "products", {"products"}),
 ])
-def test_routes_reach_their_service_with_gateway_headers_only(gateway, path, service, instances):
+def test_routes_reach_their_service_with_the_verified_identity_only(gateway, path, service,
+                                                                     instances):
     spoofed = {name: "spoofed" for name in IDENTITY_HEADERS}
-    resp = requests.get(gateway.url(path), headers={**spoofed, "x-request-id": "client-chosen"},
-                        timeout=TIMEOUT)
-    assert resp.status_code == 200
+    credentials = with_credentials(gateway, path)
+    resp = requests.get(gateway.url(path), timeout=TIMEOUT, headers={
+        **spoofed, "x-request-id": "client-chosen", **credentials["headers"]})
+    assert resp.status_code == 200, resp.text
     seen = Seen(resp)
     assert seen.service == service
     assert seen.instance in instances
     assert f"{seen.path}?{seen.query}".rstrip("?") == path  # forwarded unchanged
+    # Exactly the identity the auth filters verified (none on /public), never a
+    # client's; the credentials themselves stay at the gateway.
     for name in IDENTITY_HEADERS:
-        assert seen.header(name) is None, f"{name} reached the upstream"
+        assert seen.header(name) == credentials["identity"].get(name), name
+    assert seen.header("authorization") is None and seen.header("x-api-key") is None
     assert seen.header("x-gateway") == "wasmgate"
     assert seen.header("x-client-ip") == "127.0.0.1"
     # At the edge the client's request id is replaced by Envoy's own, echoed back.
@@ -64,14 +89,16 @@ def test_routes_reach_their_service_with_gateway_headers_only(gateway, path, ser
 
 
 def test_paths_outside_the_routes_get_404_and_health_answers_locally(gateway):
-    for path in ("/api/v1/usersX", "/api/v3/users", "/admin", "/"):
+    # No credentials needed to learn that a path leads nowhere (the auth filters are
+    # off on the not-found route).
+    for path in ("/api/v1/usersX", "/api/v3/users", "/admin", "/", "/partnerX"):
         resp = requests.get(gateway.url(path), timeout=TIMEOUT)
         assert resp.status_code == 404, path
         assert resp.json() == {"error": "not_found"}, path
     # Dot segments and double slashes are resolved before routing: this is /api/v2/users.
     # (http.client sends the path as written; requests would resolve it itself.)
     conn = http.client.HTTPConnection("127.0.0.1", gateway.envoy.port(), timeout=TIMEOUT)
-    conn.request("GET", "/api/v1/../v2//users")
+    conn.request("GET", "/api/v1/../v2//users", headers=gateway.bearer())
     raw = conn.getresponse()
     seen = json.loads(raw.read())
     conn.close()
@@ -81,7 +108,7 @@ def test_paths_outside_the_routes_get_404_and_health_answers_locally(gateway):
 
 
 def test_v1_is_deprecated_with_a_sunset_date_and_v2_is_not(gateway):
-    v1 = requests.get(gateway.url("/api/v1/products/1"), timeout=TIMEOUT)
+    v1 = requests.get(gateway.url("/api/v1/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
     assert v1.status_code == 200
     # RFC 9745: Deprecation is a structured-field date, "@" + Unix seconds.
     deprecation = v1.headers["deprecation"]
@@ -89,14 +116,14 @@ def test_v1_is_deprecated_with_a_sunset_date_and_v2_is_not(gateway):
     # RFC 8594: Sunset is an HTTP-date, and not before the deprecation.
     sunset = email.utils.parsedate_to_datetime(v1.headers["sunset"])
     assert sunset.timestamp() > int(deprecation[1:])
-    v2 = requests.get(gateway.url("/api/v2/products/1"), timeout=TIMEOUT)
+    v2 = requests.get(gateway.url("/api/v2/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
     assert v2.status_code == 200
     assert "deprecation" not in v2.headers and "sunset" not in v2.headers
 
 
 def test_tls_listener_serves_the_demo_certificate(gateway):
     resp = requests.get(gateway.url("/api/v2/users/1", tls=True), verify=gateway.ca_file,
-                        timeout=TIMEOUT)
+                        headers=gateway.bearer(), timeout=TIMEOUT)
     assert resp.status_code == 200
     seen = Seen(resp)
     assert seen.header("x-forwarded-proto") == "https"
@@ -113,13 +140,15 @@ def test_tls_listener_serves_the_demo_certificate(gateway):
 
     # A client that does not trust the demo CA refuses the connection.
     with pytest.raises(requests.exceptions.SSLError):
-        requests.get(gateway.url("/api/v2/users/1", tls=True), timeout=TIMEOUT)
+        requests.get(gateway.url("/api/v2/users/1", tls=True), headers=gateway.bearer(),
+                     timeout=TIMEOUT)
 
 
 def test_orders_canary_splits_about_90_10(gateway):
     requests_sent = 400
     answered_by = Counter()
     with requests.Session() as session:
+        session.headers.update(gateway.bearer(sub="canary-tester"))
         for _ in range(requests_sent):
             resp = session.get(gateway.url("/api/v2/orders"), timeout=TIMEOUT)
             assert resp.status_code == 200
@@ -133,6 +162,7 @@ def test_orders_canary_splits_about_90_10(gateway):
 def test_users_are_balanced_over_two_instances(gateway):
     answered_by = Counter()
     with requests.Session() as session:
+        session.headers.update(gateway.bearer(sub="balance-tester"))
         for _ in range(40):
             resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
             answered_by[Seen(resp).instance] += 1
@@ -144,8 +174,8 @@ def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     stats = ["cluster.products.upstream_rq_retry", "cluster.products.upstream_rq_retry_success"]
     delta = counter_delta(gateway.envoy, stats)
     # The products instance answers 503 to the first attempt of this request only.
-    resp = requests.get(gateway.url("/api/v2/products/1"), headers={"x-echo-fail-first": "1"},
-                        timeout=TIMEOUT)
+    resp = requests.get(gateway.url("/api/v2/products/1"), timeout=TIMEOUT,
+                        headers={"x-echo-fail-first": "1", **gateway.bearer()})
     assert resp.status_code == 200
     request_id = resp.headers["x-request-id"]
     assert delta() == {stats[0]: 1, stats[1]: 1}
@@ -155,15 +185,15 @@ def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     assert entry["attempts"] == 2
 
     # A POST that failed may have been carried out: it is not replayed.
-    resp = requests.post(gateway.url("/api/v2/products"), json={"name": "lamp"},
-                         headers={"x-echo-fail-first": "1"}, timeout=TIMEOUT)
+    resp = requests.post(gateway.url("/api/v2/products"), json={"name": "lamp"}, timeout=TIMEOUT,
+                         headers={"x-echo-fail-first": "1", **gateway.bearer()})
     assert resp.status_code == 503
     assert delta() == {stats[0]: 1, stats[1]: 1}
 
 
 def test_slow_upstream_hits_its_route_timeout(gateway):
     delta = counter_delta(gateway.envoy, ["cluster.products.upstream_rq_timeout"])
-    slow = {"x-echo-delay-ms": "2500"}
+    slow = {"x-echo-delay-ms": "2500", **gateway.bearer()}
     # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
     resp = requests.get(gateway.url("/api/v2/products/1"), headers=slow, timeout=TIMEOUT)
     assert resp.status_code == 504
@@ -174,8 +204,8 @@ def test_slow_upstream_hits_its_route_timeout(gateway):
 
 def test_access_log_is_one_json_line_per_request(gateway):
     spoofed = {"x-user-id": "admin", "x-tenant-id": "other-tenant", "user-agent": "wasmgate-test"}
-    resp = requests.get(gateway.url("/api/v1/users/42?api_key=do-not-log-me"), headers=spoofed,
-                        timeout=TIMEOUT)
+    resp = requests.get(gateway.url("/api/v1/users/42?api_key=do-not-log-me"), timeout=TIMEOUT,
+                        headers={**spoofed, **gateway.bearer(sub="dana", tenant="initech")})
     request_id = resp.headers["x-request-id"]
     entry = wait_for(lambda: next((e for e in gateway.access_log()
                                    if e.get("request_id") == request_id), None),
@@ -190,12 +220,31 @@ def test_access_log_is_one_json_line_per_request(gateway):
     assert isinstance(entry["latency_ms"], int) and entry["latency_ms"] >= 0
     assert re.fullmatch(r"[0-9a-f]{32}", entry["trace_id"])
     # Identity fields carry what the auth filters verified, never what a client sent.
-    assert entry["user_id"] is None and entry["tenant"] is None
+    assert (entry["user_id"], entry["tenant"], entry["api_key_id"]) == ("dana", "initech", None)
     assert "do-not-log-me" not in gateway.envoy.log()
+
+    # A partner's request logs its key's id and tenant; a refused one logs no identity.
+    key = gateway.keys.create("globex", "free")
+    partner = requests.get(gateway.url("/partner/orders"), headers={"x-api-key": key.api_key,
+                                                                    "x-user-id": "admin"},
+                           timeout=TIMEOUT)
+    refused = requests.get(gateway.url("/api/v2/users"), headers={"x-user-id": "admin"},
+                           timeout=TIMEOUT)
+    assert (partner.status_code, refused.status_code) == (200, 401)
+    logged = {}
+    for resp in (partner, refused):
+        rid = resp.headers["x-request-id"]
+        logged[resp.status_code] = wait_for(
+            lambda: next((e for e in gateway.access_log() if e.get("request_id") == rid), None),
+            10, "the access log line")
+    assert (logged[200]["api_key_id"], logged[200]["tenant"], logged[200]["user_id"]) == (
+        key.key_id, "globex", None)
+    assert (logged[401]["user_id"], logged[401]["tenant"]) == (None, None)
+    assert key.api_key not in gateway.envoy.log()
 
 
 def test_prometheus_stats_on_the_admin_port(gateway):
-    requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT)
+    requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
     text = gateway.envoy.admin("/stats/prometheus")
     samples = {}
     for line in text.splitlines():
@@ -205,14 +254,17 @@ def test_prometheus_stats_on_the_admin_port(gateway):
     assert float(samples['envoy_cluster_upstream_rq_completed{envoy_cluster_name="users"}']) >= 1
     # The filters' own metrics (wasmcustom.wasmgate.*) lose the wasmcustom prefix.
     assert float(samples["wasmgate_headers_requests{}"]) >= 1
+    assert float(samples["wasmgate_jwt_allowed{}"]) >= 1
+    assert float(samples["wasmgate_rate_limit_allowed{}"]) >= 1
+    assert "wasmgate_api_key_cache_slots{}" in samples
     assert 'envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="users"}' in samples
 
 
 def test_traceparent_is_propagated_to_the_upstream(gateway):
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     client_span = "00f067aa0ba902b7"
-    resp = requests.get(gateway.url("/api/v2/users/1"),
-                        headers={"traceparent": f"00-{trace_id}-{client_span}-01"}, timeout=TIMEOUT)
+    resp = requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT, headers={
+        "traceparent": f"00-{trace_id}-{client_span}-01", **gateway.bearer()})
     forwarded = TRACEPARENT.match(Seen(resp).header("traceparent"))
     assert forwarded, Seen(resp).header("traceparent")
     # Same trace; the gateway's own span is the upstream's parent.
@@ -220,14 +272,116 @@ def test_traceparent_is_propagated_to_the_upstream(gateway):
     assert forwarded.group(2) != client_span
 
     # A request without one starts a trace.
-    started = TRACEPARENT.match(Seen(requests.get(gateway.url("/api/v2/users/1"),
-                                                  timeout=TIMEOUT)).header("traceparent"))
+    started = TRACEPARENT.match(Seen(requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT,
+                                                  headers=gateway.bearer())).header("traceparent"))
     assert started and started.group(1) != trace_id
 
     # The spans reach the collector (Envoy flushes them every 5 s).
     collector = gateway.instances["otel-collector"]
     wait_for(lambda: requests.get(collector.url("/__echo/stats"), timeout=TIMEOUT).json()["requests"] > 0,
              20, "Envoy to export spans to the collector")
+
+
+def test_api_routes_need_a_valid_token_and_orders_their_scope(gateway):
+    users = gateway.url("/api/v2/users/1")
+    missing = requests.get(users, timeout=TIMEOUT)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="wasmgate"'
+    assert missing.json()["error"] == "missing_token"
+    good = gateway.token()
+    for bad in (gateway.token(lifetime=-300), gateway.token(aud="another-api"),
+                gateway.token(iss="https://elsewhere.test"), good[:-6] + "AAAAAA"):
+        resp = requests.get(users, headers={"authorization": f"Bearer {bad}"}, timeout=TIMEOUT)
+        assert resp.status_code == 401, bad
+        assert resp.json()["error"] == "invalid_token"
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+
+    # Reading orders needs orders:read, changing them orders:write; users need neither.
+    orders = gateway.url("/api/v2/orders")
+    reader, writer = gateway.bearer(scope="orders:read"), gateway.bearer(scope="orders:read orders:write")
+    no_scope = gateway.bearer(scope=None)
+    assert requests.get(users, headers=no_scope, timeout=TIMEOUT).status_code == 200
+    assert requests.get(orders, headers=no_scope, timeout=TIMEOUT).status_code == 403
+    assert requests.get(orders, headers=reader, timeout=TIMEOUT).status_code == 200
+    refused = requests.post(orders, json={"sku": "lamp"}, headers=reader, timeout=TIMEOUT)
+    assert refused.status_code == 403
+    assert 'scope="orders:write"' in refused.headers["www-authenticate"]
+    placed = requests.post(orders, json={"sku": "lamp"}, headers=writer, timeout=TIMEOUT)
+    assert placed.status_code == 200
+    assert Seen(placed).header("x-scopes") == "orders:read orders:write"
+
+
+def test_partner_route_needs_an_api_key_and_forwards_its_tenant_and_plan(gateway):
+    url = gateway.url("/partner/orders")
+    missing = requests.get(url, timeout=TIMEOUT)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'ApiKey realm="wasmgate-partners"'
+    unknown = requests.get(url, headers={"x-api-key": "sk_live_" + "x" * 43}, timeout=TIMEOUT)
+    assert (unknown.status_code, unknown.json()["message"]) == (401, "the API key is not valid")
+    # A token is not a key: partners authenticate with keys only.
+    assert requests.get(url, headers=gateway.bearer(), timeout=TIMEOUT).status_code == 401
+
+    key = gateway.keys.create("globex", "gold")
+    resp = requests.get(url, timeout=TIMEOUT, headers={
+        "x-api-key": key.api_key, "x-tenant-id": "spoofed", "x-plan": "platinum"})
+    assert resp.status_code == 200
+    seen = Seen(resp)
+    assert (seen.service, seen.instance) == ("orders", "orders-v1")
+    assert seen.header("x-tenant-id") == "globex"
+    assert seen.header("x-plan") == "gold"
+    assert seen.header("x-api-key-id") == key.key_id
+    assert seen.header("x-api-key") is None  # the key stays at the gateway
+    assert seen.header("x-user-id") is None
+
+
+def test_public_route_needs_no_credentials_and_carries_no_identity(gateway):
+    resp = requests.get(gateway.url("/public/catalog"), headers={"x-user-id": "admin"},
+                        timeout=TIMEOUT)
+    assert resp.status_code == 200
+    seen = Seen(resp)
+    for name in IDENTITY_HEADERS:
+        assert seen.header(name) is None, name
+    # Counted per client address.
+    assert resp.headers["x-ratelimit-limit"] == "600"
+
+
+def test_partners_are_limited_by_their_plan_and_told_when_to_retry(gateway):
+    served = lambda: requests.get(gateway.instances["orders-v1"].url("/__echo/stats"),  # noqa: E731
+                                  timeout=TIMEOUT).json()["requests"]
+    for plan, limit in (("free", 5), ("gold", 10)):  # free is no plan of its own: the default
+        key = gateway.keys.create("globex", plan)
+        before = served()
+        answers = [requests.get(gateway.url("/partner/orders"), headers={"x-api-key": key.api_key},
+                                timeout=TIMEOUT) for _ in range(limit + 2)]
+        assert [a.status_code for a in answers] == [200] * limit + [429, 429], plan
+        assert served() - before == limit  # a limited request never reaches the service
+        assert [a.headers["x-ratelimit-remaining"] for a in answers[:limit]] == [
+            str(n) for n in range(limit - 1, -1, -1)]
+        limited = answers[-1]
+        assert limited.headers["x-ratelimit-limit"] == str(limit)
+        assert limited.headers["x-ratelimit-remaining"] == "0"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert int(limited.headers["x-ratelimit-reset"]) > time.time()
+        assert limited.headers["ratelimit-policy"] == f'"per-minute";q={limit};w=60'
+        assert limited.headers["content-type"] == "application/problem+json"
+        problem = limited.json()
+        assert (problem["status"], problem["violated-policies"]) == (429, ["per-minute"])
+
+
+def test_a_spoofed_identity_never_reaches_a_service_even_beside_a_valid_token(gateway):
+    token = gateway.bearer(sub="carol", tenant="umbrella")
+    buckets = counter_delta(gateway.envoy, ["wasmcustom.wasmgate.rate_limit.slots_in_use"])
+    for spoofed_key in ("key_admin", "key_other"):
+        resp = requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT, headers={
+            **token, "x-user-id": "alice", "X-Tenant-ID": "initech", "x-scopes": "admin:*",
+            "x-api-key-id": spoofed_key, "x-plan": "gold"})
+        seen = Seen(resp)
+        assert (seen.header("x-user-id"), seen.header("x-tenant-id")) == ("carol", "umbrella")
+        assert seen.header("x-scopes") == "orders:read"
+        assert seen.header("x-api-key-id") is None and seen.header("x-plan") is None
+    # A spoofed x-api-key-id does not pick a fresh rate-limit bucket either: both
+    # requests counted against one new bucket, carol's.
+    assert buckets() == {"wasmcustom.wasmgate.rate_limit.slots_in_use": 1}
 
 
 def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic(tmp_path, demo_certs,
@@ -241,6 +395,7 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
         broken = gateway.instances["users-b"]
         assert requests.put(broken.url("/__echo/fail"), data="500", timeout=TIMEOUT).ok
         with requests.Session() as session:
+            session.headers.update(gateway.bearer())
             for _ in range(40):
                 # Reads are retried on the sibling: clients never see the 500s.
                 resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)

@@ -22,7 +22,9 @@ from harness.process import spawn, stop_process
 
 ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMIN_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
-                     "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS"]
+                     "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS",
+                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE"]
+JWT = re.compile(r"^eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+$")
 
 
 def instance_counts(out):
@@ -31,17 +33,57 @@ def instance_counts(out):
 
 def access_log_lines(out):
     entries = [json.loads(line) for line in out.splitlines() if line.strip()]
-    return entries and all("request_id" in e and "status" in e and "latency_ms" in e for e in entries)
+    # The last requests were the partner's: their lines carry the key's identity.
+    return entries and all("request_id" in e and "status" in e and "latency_ms" in e
+                           and e["tenant"] == "acme" and e["api_key_id"] for e in entries)
+
+
+def answers(out):
+    """The HTTP responses of `curl -i` output: [(status, lower-case header text, body)]."""
+    found = []
+    # Bodies do not end with a newline: the next answer starts right after one.
+    for part in re.split(r"(?=HTTP/1\.1 \d{3} )", out):
+        if part.startswith("HTTP/1.1 "):
+            head, _, body = part.partition("\n\n")  # text mode: CRLF reads as LF
+            found.append((int(head.split()[1]), head.lower(), body))
+    return found
+
+
+def partner_answers(out):
+    statuses = [s for s, _, _ in answers(out)]
+    (_, unkeyed, _), (_, keyed, body) = answers(out)
+    return (statuses == [401, 200] and "www-authenticate: apikey" in unkeyed
+            and '"x-tenant-id":["acme"]' in body and '"x-plan":["gold"]' in body
+            and '"x-api-key-id":["key_' in body and '"x-api-key"' not in body)
+
+
+def limited(out):
+    codes = out.splitlines()[0].split()
+    (status, head, body), = answers(out)
+    return (codes[:9] == ["200"] * 9 and set(codes[9:]) == {"429"}
+            and status == 429 and "retry-after: " in head and "x-ratelimit-remaining: 0" in head
+            and 'ratelimit-policy: "per-minute";q=10;w=60' in head
+            and '"status":429' in body)
 
 
 # A phrase of each step's title → what the output of its commands must show. A step
 # with no check here fails the test: a walk-through step nobody verified may be wrong.
 STEP_CHECKS = {
+    "Mint a demo token": lambda out: bool(JWT.match(out.strip())),
+    "Without a token, or with an expired one": lambda out: (
+        [s for s, _, _ in answers(out)] == [401, 401]
+        and 'www-authenticate: bearer realm="wasmgate"\n' in answers(out)[0][1]
+        and 'error="invalid_token", error_description="token expired"' in answers(out)[1][1]),
     "A route to the users service": lambda out: (
         "HTTP/1.1 200" in out and "deprecation: @" in out and "sunset: " in out
-        and '"x-gateway":["wasmgate"]' in out and '"x-user-id"' not in out),
+        and '"x-gateway":["wasmgate"]' in out and '"x-user-id":["alice"]' in out
+        and '"x-tenant-id":["acme"]' in out and "admin" not in out
+        and '"authorization"' not in out),
     "The same on v2": lambda out: "HTTP/1.1 200" in out and "deprecation" not in out.lower(),
     "HTTPS with the demo certificate": lambda out: '"x-forwarded-proto":["https"]' in out,
+    "Scopes": lambda out: (
+        out.startswith("HTTP/1.1 403") and 'error="insufficient_scope"' in out
+        and 'scope="orders:write"' in out),
     "Canary": lambda out: (
         sum(instance_counts(out).values()) == 100
         and 1 <= instance_counts(out).get("orders-v2", 0) <= 30),
@@ -54,8 +96,16 @@ STEP_CHECKS = {
         "200 " * 12 in out and "ejections_active: 1" in out
         and int(re.search(r"retry\.upstream_rq_500: (\d+)", out).group(1)) >= 5),
     "Tracing": lambda out: "00-4bf92f3577b34da6a3ce929d0e0e4736-" in out,
+    "Create an API key": lambda out: (
+        re.search(r"^api_key +sk_live_[\w-]{43}$", out, re.M) is not None
+        and re.search(r"^key_\w+ +acme +gold +active", out, re.M) is not None),
+    "The partner route takes API keys": partner_answers,
+    "Rate limit": limited,
     "The access log": access_log_lines,
-    "Metrics in Prometheus format": lambda out: "wasmgate_headers_requests{}" in out,
+    "Metrics in Prometheus format": lambda out: all(
+        f"wasmgate_{name}{{}}" in out for name in (
+            "headers_requests", "jwt_allowed", "jwt_denied_missing_token", "jwt_denied_expired",
+            "api_key_allowed", "rate_limit_allowed", "rate_limit_limited")),
 }
 
 

@@ -10,47 +10,142 @@ instead of a registry); these tests load the result into the real Envoy binary w
 the real .wasm files, for both ECDS naming schemes (Istio <=1.29 and 1.30+).
 
 Every WasmPlugin under istio/ is delivered; DELIVERY_PROBES says how to see that a
-filter works, the default being that it counts the request.
+filter works, the default being that it counts the request. The callouts of the
+delivered filters reach local fixtures through the clusters Istio would create for
+istio/callouts/ (idp.example.com: a JWKS issuer; keystore.internal.example.com: the
+key store), and the API-key pepper comes from the proxy's environment, as
+vmConfig.env asks.
 """
 
 import json
 import re
+import secrets
+from dataclasses import dataclass
 
 import pytest
 import requests
 
-from harness import Seen, wait_for
+from harness import Seen, tool_path, wait_for
 from harness.istio_checks import https_variants, module_of, shipped_manifests, wasm_plugins
 from harness.istio_delivery import (
     ISTIO_1_29, ISTIO_1_30, ISTIO_VERSIONS, EmulatedProxy, IstiodEmulation, WasmPlugin,
     istiod_json,
 )
+from harness.jwt import KeyDir, claims_for
+from harness.keystore import KeyStore, start_keystore
 from harness.paths import BUILD
 
 SHIPPED = shipped_manifests()
 SERVICE_ENTRIES = [m.doc for m in SHIPPED if m.kind == "ServiceEntry"]
 PLUGIN_DOCS = {m.name: m.doc for m in wasm_plugins(SHIPPED)}
+JWT_PROVIDER = PLUGIN_DOCS["wasmgate-jwt"]["spec"]["pluginConfig"]["providers"]["idp"]
+PEPPER_VARIABLE = PLUGIN_DOCS["wasmgate-api-key"]["spec"]["pluginConfig"]["pepper_env"]
 
 
-def probe_headers(envoy):
+@dataclass
+class Callouts:
+    """What the delivered filters call out to, and how to make credentials for them."""
+
+    signing_keys: KeyDir  # published by the JWKS issuer behind idp.example.com
+    jwks: object          # the issuer's Service
+    keys: KeyStore        # the key store behind keystore.internal.example.com
+    pepper: str           # WASMGATE_API_KEY_PEPPER of the proxy (and of `keys create`)
+
+    def endpoints(self) -> dict:
+        return {"idp.example.com": self.jwks, "keystore.internal.example.com": self.keys.service}
+
+    def bearer(self, scope="orders:read", **claims) -> dict:
+        token = self.signing_keys.mint("idp-es256", claims_for(
+            iss=JWT_PROVIDER["issuer"], aud=JWT_PROVIDER["audiences"][0], scope=scope, **claims))
+        return {"authorization": f"Bearer {token}"}
+
+    def api_key(self, tenant="acme", plan=None, peppered=True) -> str:
+        extra = ["--pepper-env", PEPPER_VARIABLE] if peppered else []
+        return self.keys.create(tenant, plan, *extra,
+                                env={PEPPER_VARIABLE: self.pepper}).api_key
+
+
+@pytest.fixture
+def callouts(start_service, tmp_path, monkeypatch) -> Callouts:
+    signing_keys = KeyDir(tmp_path / "idp-keys")
+    signing_keys.add("idp-es256", "ES256")
+    jwks = start_service([tool_path("demo"), "jwks", "--keys", signing_keys.path], "idp")
+    keys = start_keystore(start_service, f"file:{tmp_path / 'keys.json'}")
+    pepper = secrets.token_urlsafe(24)
+    # The proxy's own environment (Envoy inherits the test's); vmConfig.env names it.
+    monkeypatch.setenv(PEPPER_VARIABLE, pepper)
+    return Callouts(signing_keys, jwks, keys, pepper)
+
+
+def probe_headers(envoy, callouts):
     """The shipped header config: spoofed identities never reach the service, the
-    gateway adds its headers, the request id is echoed, v1 answers carry Sunset."""
+    gateway adds its headers, the request id is echoed, v1 answers carry Sunset. (With
+    a token, for when the JWT filter runs too: the service then sees the token's
+    identity, never the spoofed one.)"""
     spoofed = {"x-user-id": "admin", "x-tenant-id": "other", "x-plan": "gold"}
-    resp = requests.get(envoy.url("/api/v1/users/42"), headers=spoofed, timeout=10)
+    stripped = envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped")
+    resp = requests.get(envoy.url("/api/v1/users/42"), headers={**spoofed, **callouts.bearer()},
+                        timeout=10)
     seen = Seen(resp)
     assert resp.status_code == 200
-    for name in spoofed:
-        assert seen.header(name) is None, name
+    for name, value in spoofed.items():
+        assert seen.header(name) != value, name
     assert seen.header("x-gateway") == "wasmgate"
     assert seen.header("x-client-ip") == "127.0.0.1"
     assert resp.headers["x-request-id"] == seen.header("x-request-id")
     assert resp.headers["sunset"] == "Thu, 31 Dec 2026 23:59:59 GMT"
-    assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == 3
+    assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == stripped + 3
+
+
+def probe_jwt(envoy, callouts):
+    """Tokens on /api/: none gets 401, a valid one passes with the identity it
+    carries, a missing scope gets 403; /public needs none."""
+    orders = envoy.url("/api/v2/orders")
+    missing = requests.get(orders, timeout=10)
+    assert missing.status_code == 401 and missing.json()["error"] == "missing_token"
+    resp = requests.get(orders, headers={**callouts.bearer(sub="alice", tenant="acme"),
+                                         "x-user-id": "admin"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    seen = Seen(resp)
+    assert (seen.header("x-user-id"), seen.header("x-tenant-id")) == ("alice", "acme")
+    assert seen.header("authorization") is None
+    refused = requests.post(orders, json={}, headers=callouts.bearer(), timeout=10)
+    assert refused.status_code == 403
+    assert requests.get(envoy.url("/public/x"), timeout=10).status_code == 200
+    assert envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success") >= 1
+
+
+def probe_api_key(envoy, callouts):
+    """Keys on /partner: none gets 401, a key hashed with the proxy's pepper passes
+    with its tenant and plan, the same kind of key hashed without it is unknown (so
+    the pepper did reach the filter through vmConfig.env)."""
+    partner = envoy.url("/partner/orders")
+    assert requests.get(partner, timeout=10).status_code == 401
+    resp = requests.get(partner, headers={"x-api-key": callouts.api_key("acme", "gold"),
+                                          "x-tenant-id": "spoofed"}, timeout=10)
+    assert resp.status_code == 200, resp.text
+    seen = Seen(resp)
+    assert (seen.header("x-tenant-id"), seen.header("x-plan")) == ("acme", "gold")
+    assert seen.header("x-api-key") is None
+    unpeppered = callouts.api_key("acme", "gold", peppered=False)
+    assert requests.get(partner, headers={"x-api-key": unpeppered}, timeout=10).status_code == 401
+
+
+def probe_rate_limit(envoy, callouts):
+    """Partners without a plan get 5 requests a minute: the 6th is refused with 429 and
+    Retry-After. (A new key, so a bucket of its own when the API-key filter runs too;
+    on its own the filter counts the client address, in an Envoy of its own.)"""
+    headers = {"x-api-key": callouts.api_key("acme")}
+    answers = [requests.get(envoy.url("/partner/orders"), headers=headers, timeout=10)
+               for _ in range(6)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429]
+    assert answers[-1].headers["x-ratelimit-limit"] == "5"
+    assert int(answers[-1].headers["retry-after"]) >= 1
 
 
 def probe_counts_requests(module):
     """Default probe: a request passes through the filter, which counts it."""
-    def probe(envoy):
+    def probe(envoy, callouts):
         requests.get(envoy.url("/"), timeout=10)
         prefix = f"wasmcustom.wasmgate.{module.replace('-', '_')}."
         counted = {k: v for k, v in envoy.stats(f"^{re.escape(prefix)}").items() if v}
@@ -58,11 +153,12 @@ def probe_counts_requests(module):
     return probe
 
 
-#: How to see that a delivered filter works, by module: `probe(envoy)`. A filter
-#: whose behaviour needs a fixture (a JWKS issuer, a key store) gets it through
-#: `gateway(docs, callouts={"idp.example.com": jwks_fixture})` in a test of its own;
-#: the default probe only shows that the filter loaded and counted a request.
-DELIVERY_PROBES = {"headers": probe_headers}
+#: How to see that a delivered filter works, by module: `probe(envoy, callouts)`.
+#: Filters that call out reach the `callouts` fixtures through the clusters of
+#: istio/callouts/; the default probe only shows that the filter loaded and counted a
+#: request.
+DELIVERY_PROBES = {"headers": probe_headers, "jwt": probe_jwt, "api-key": probe_api_key,
+                   "rate-limit": probe_rate_limit}
 
 
 def probe_for(doc):
@@ -87,23 +183,27 @@ def listener_filter_names(envoy) -> list:
 
 
 @pytest.fixture
-def gateway(start_envoy, echo, tmp_path):
-    """`gateway(plugin_docs, istio_version, callouts) -> (envoy, proxy)`: an Envoy set
-    up as istiod + istio-agent would, for these WasmPlugin manifests, in front of the
-    echo upstream. `callouts` maps a ServiceEntry host (idp.example.com, ...) to the
-    fixture that serves it; other ServiceEntry clusters lead to the echo upstream."""
-    def start(docs, istio_version=ISTIO_1_30, callouts=None):
-        proxy = EmulatedProxy(tmp_path / istio_version, istio_version, BUILD)
+def gateway(start_envoy, echo, tmp_path, callouts):
+    """`gateway(plugin_docs, istio_version) -> (envoy, proxy)`: an Envoy set up as
+    istiod + istio-agent would, for these WasmPlugin manifests, in front of the echo
+    upstream. The ServiceEntry clusters lead to the `callouts` fixtures."""
+    started = 0
+
+    def start(docs, istio_version=ISTIO_1_30):
+        nonlocal started
+        started += 1
+        proxy = EmulatedProxy(tmp_path / f"{istio_version}-{started}", istio_version, BUILD)
         plugins = [WasmPlugin.from_manifest(doc) for doc in docs]
-        envoy = start_envoy(proxy.bootstrap(plugins, echo, SERVICE_ENTRIES, callouts),
-                            name=f"gateway-{istio_version}")
+        envoy = start_envoy(proxy.bootstrap(plugins, echo, SERVICE_ENTRIES, callouts.endpoints()),
+                            name=f"gateway-{istio_version}-{started}")
         return envoy, proxy
     return start
 
 
 @pytest.mark.parametrize("istio_version", ISTIO_VERSIONS)
 @pytest.mark.parametrize("name", sorted(PLUGIN_DOCS))
-def test_emulated_istio_delivery_serves_the_shipped_wasmplugin(gateway, name, istio_version):
+def test_emulated_istio_delivery_serves_the_shipped_wasmplugin(gateway, callouts, name,
+                                                               istio_version):
     doc = PLUGIN_DOCS[name]
     envoy, proxy = gateway([doc], istio_version)
     assert proxy.agent.log == [], "the agent refused the module (stale pin? `make istio-pin`)"
@@ -120,10 +220,10 @@ def test_emulated_istio_delivery_serves_the_shipped_wasmplugin(gateway, name, is
     assert delivered["vm_config"]["code"]["local"]["filename"].endswith(
         doc["spec"]["sha256"] + ".wasm")
     assert listener_filter_names(envoy) == [resource, "envoy.filters.http.router"]
-    probe_for(doc)(envoy)
+    probe_for(doc)(envoy, callouts)
 
 
-def test_emulated_istio_delivery_over_https(gateway):
+def test_emulated_istio_delivery_over_https(gateway, callouts):
     """The https variant (wasmplugins/https/ merge patch): the agent checks the .wasm's
     own sha256 instead of the image digest."""
     for variant in https_variants(wasm_plugins(SHIPPED)):
@@ -132,11 +232,12 @@ def test_emulated_istio_delivery_over_https(gateway):
         assert proxy.agent.log == [], "the agent refused the module (stale pin? `make istio-pin`)"
         resource = proxy.istiod.resource_name(WasmPlugin.from_manifest(variant.doc))
         assert ecds_stat(envoy, resource, "update_success") == 1
-        probe_for(variant.doc)(envoy)
+        probe_for(variant.doc)(envoy, callouts)
         envoy.stop()
 
 
-def test_emulated_istio_delivery_chains_every_plugin_in_phase_and_priority_order(gateway):
+def test_emulated_istio_delivery_chains_every_plugin_in_phase_and_priority_order(gateway,
+                                                                                 callouts):
     docs = list(PLUGIN_DOCS.values())
     envoy, proxy = gateway(docs, ISTIO_1_30)
     assert proxy.agent.log == [], "the agent refused a module (stale pin? `make istio-pin`)"
@@ -149,8 +250,11 @@ def test_emulated_istio_delivery_chains_every_plugin_in_phase_and_priority_order
         for host in entry["spec"]["hosts"]:
             for port in entry["spec"]["ports"]:
                 assert f"outbound|{port['number']}||{host}::" in clusters
+    # Every filter still does its job with the others around it (the JWT filter's
+    # tenant survives the API-key filter, which skips /api/; the rate limit counts the
+    # key the API-key filter verified).
     for doc in docs:
-        probe_for(doc)(envoy)
+        probe_for(doc)(envoy, callouts)
 
 
 def _headers_doc():
@@ -197,7 +301,8 @@ def test_emulated_istio_delivery_keeps_serving_when_the_filter_refuses_an_update
         assert seen.header("x-user-id") is None
 
 
-def test_emulated_istio_delivery_passes_the_vm_environment_without_the_agents_own(gateway):
+def test_emulated_istio_delivery_passes_the_vm_environment_without_the_agents_own(gateway,
+                                                                                   callouts):
     """vmConfig.env (how the API-key filter gets its pepper): inline values and host
     variable names reach Envoy, the agent's ISTIO_META_* variables do not."""
     doc = _headers_doc()
@@ -208,7 +313,7 @@ def test_emulated_istio_delivery_passes_the_vm_environment_without_the_agents_ow
     vm = ecds_dump(envoy)[resource]["typed_config"]["config"]["vm_config"]
     assert vm["environment_variables"] == {"host_env_keys": ["WASMGATE_PEPPER"],
                                            "key_values": {"WASMGATE_MODE": "strict"}}
-    probe_headers(envoy)
+    probe_headers(envoy, callouts)
 
 
 def _with_wrong_sha256(fail_strategy: str, https: bool = False) -> dict:

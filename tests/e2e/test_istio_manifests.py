@@ -1,7 +1,8 @@
 """The Istio manifests under istio/, checked offline: Istio's CRD schemas and CEL rules
 (a validator calibrated on Istio's own valid/invalid documents), then the cross-checks
-Istio would not make (pins, filter order, callout clusters). Every WasmPlugin found
-under istio/ goes through every check: adding a filter is adding its manifest."""
+Istio would not make (pins, filter order, callout clusters, agreement with the Envoy
+gateway's configs). Every WasmPlugin found under istio/ goes through every check:
+adding a filter is adding its manifest."""
 
 import json
 import subprocess
@@ -11,9 +12,11 @@ import yaml
 
 from harness import ROOT
 from harness.istio_checks import (
-    CRD_FILE, PLUGIN_ROLES, built_digests, check_clusters, check_order, check_pins,
-    https_variants, load_manifests, merge_patch, module_of, shipped_manifests, wasm_plugins,
+    CRD_FILE, PLUGIN_ROLES, built_digests, check_agreement, check_clusters, check_order,
+    check_pins, https_variants, load_manifests, merge_patch, module_of, shipped_manifests,
+    wasm_plugins,
 )
+from harness.shipped import shipped_plugin_configs
 from harness.istio_crd import CrdCatalog, GoUrl
 
 UPSTREAM = ROOT / "tests" / "istio" / "upstream-testdata"
@@ -132,10 +135,25 @@ def test_callout_clusters_are_created_by_service_entries():
     assert check_clusters(PLUGINS, SHIPPED) == []
 
 
+def gateway_configs() -> dict:
+    """{module: JSON config} of the wasm filters in envoy-config/gateway.yaml."""
+    return {filename.rsplit("/", 1)[-1].removesuffix(".wasm"): config
+            for _, filename, config in shipped_plugin_configs("envoy-config/gateway.yaml")}
+
+
+def test_plugin_configs_agree_with_the_envoy_gateway():
+    """The same filter configured the same way under Istio and in the Envoy gateway,
+    but for what depends on the deployment (DEPLOYMENT_SPECIFIC)."""
+    configs = gateway_configs()
+    assert {module_of(p.doc["spec"]["url"]) for p in PLUGINS} == set(configs)
+    assert check_agreement(PLUGINS, configs) == []
+
+
 CHECKS = {
     "order": lambda extra: check_order(PLUGINS + [extra]),
     "clusters": lambda extra: check_clusters([extra], SHIPPED),
     "pins": lambda extra: check_pins([extra], built_digests()),
+    "agreement": lambda extra: check_agreement([extra], gateway_configs()),
 }
 
 

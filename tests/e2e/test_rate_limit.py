@@ -28,8 +28,7 @@ def gateway(deployment, echo, config, routes=None, before=()) -> dict:
 
 def answered_by_envoy(prefix: str) -> dict:
     """A route Envoy answers itself (200), for tests where the upstream would only add
-    noise: the echo upstream leaves some of 200 simultaneous new connections
-    unanswered (504), which says nothing about rate limiting."""
+    work that says nothing about rate limiting."""
     return {"match": {"prefix": prefix},
             "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}
 

@@ -38,6 +38,8 @@ struct ConfigSpec {
     realm: String,
     #[serde(default)]
     skip: Vec<RouteMatch>,
+    #[serde(default = "yes")]
+    strip_on_skip: bool,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +239,10 @@ pub struct ApiKeyConfig {
     pub realm: String,
     /// Requests on these routes pass without a key.
     pub skip: Vec<RouteMatch>,
+    /// Remove the `forward` headers on `skip` routes too. Off where an earlier filter
+    /// sets the same headers on those routes (the JWT filter's `x-tenant-id` in a
+    /// chain behind the header filter, which removed the client's copies first).
+    pub strip_on_skip: bool,
     /// Shared-data key prefix of this configuration's cache table.
     pub cache_namespace: String,
 }
@@ -291,6 +297,7 @@ impl ConfigSpec {
             fail_open: self.fail_open,
             realm: self.realm,
             skip: self.skip,
+            strip_on_skip: self.strip_on_skip,
             cache_namespace,
         })
     }
@@ -553,6 +560,7 @@ mod tests {
         assert_eq!(config.forward.plan, header("x-plan"));
         assert_eq!(config.forward.scopes, None);
         assert!(config.hide_credentials);
+        assert!(config.strip_on_skip);
         assert!(!config.fail_open);
         assert_eq!(config.realm, "wasmgate");
         assert!(config.cache_namespace.starts_with("wasmgate.api_key.v1."));
@@ -568,7 +576,8 @@ mod tests {
               "cache": {"slots": 64.0, "ttl": "5m", "negative_ttl": "30s", "max_stale": "0s", "error_backoff": "0s"},
               "forward": {"plan": null, "scopes": "x-scopes", "tenant_id": "x-tenant"},
               "hide_credentials": false, "fail_open": true, "realm": "orders api",
-              "skip": [{"exact": "/health"}, {"prefix": "/public/", "methods": ["GET"]}]
+              "skip": [{"exact": "/health"}, {"prefix": "/public/", "methods": ["GET"]}],
+              "strip_on_skip": false
             }"#,
         )
         .unwrap();
@@ -592,6 +601,7 @@ mod tests {
         assert!(config.skips("GET", "/public/x?y"));
         assert!(!config.skips("POST", "/public/x"));
         assert!(!config.skips("GET", "/private"));
+        assert!(!config.strip_on_skip);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::claims::{self, header_value};
 use crate::config::{JwtConfig, Provider};
 use crate::error::AuthError;
 use crate::extract::{RequestHeaders, TokenLocation};
+use crate::host_verifier::HostVerifier;
 use crate::jwks::Jwk;
 use crate::jwks_cache::{KeyLookup, Keyring, UnknownKid};
 use crate::rules::{is_cors_preflight, Requirement, RouteInput};
@@ -106,11 +107,14 @@ pub struct RequestInfo<'a> {
 }
 
 /// Everything a check may consult or update: the VM's keys, the shared store behind
-/// them, the token cache, and the time.
+/// them, the token cache, the host's signature check, and the time.
 pub struct Context<'a> {
     pub keyring: &'a mut Keyring,
     pub store: &'a dyn SharedStore,
     pub cache: &'a mut TokenCache,
+    /// The host's signature check ([`NoHostVerifier`](crate::host_verifier::NoHostVerifier)
+    /// where there is none).
+    pub host: &'a dyn HostVerifier,
     pub now: u64,
 }
 
@@ -286,10 +290,9 @@ impl Authenticator {
         if fitting.is_empty() {
             return Outcome::Deny(AuthError::KeyMismatch);
         }
-        let Some(signer) = fitting
-            .iter()
-            .find(|jwk| verifier::verify(alg, &jwk.key, parsed.signing_input, &parsed.signature))
-        else {
+        let Some(signer) = fitting.iter().find(|jwk| {
+            verifier::verify_jwk(cx.host, alg, jwk, parsed.signing_input, &parsed.signature)
+        }) else {
             return Outcome::Deny(AuthError::BadSignature);
         };
 

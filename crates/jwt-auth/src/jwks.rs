@@ -9,6 +9,7 @@
 //! that are not JWS signature algorithms. Symmetric (`oct`) keys are accepted only
 //! where the caller allows them (an inline JWKS with HMAC opted in).
 
+use crate::host_verifier::HostKey;
 use crate::token::Alg;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -58,6 +59,9 @@ pub struct Jwk {
     /// algorithm only.
     pub alg: Option<Alg>,
     pub key: PublicKey,
+    /// The key as the host's signature check takes it (RSA and EC keys), built once
+    /// here rather than on every token.
+    pub host_key: Option<HostKey>,
 }
 
 /// The usable keys of one JWKS document.
@@ -245,7 +249,13 @@ fn parse_key(entry: &Map<String, Value>, allow_hmac: bool) -> Result<Option<Jwk>
             return Err(format!("\"alg\" {alg} does not fit a {kty} key"));
         }
     }
-    Ok(Some(Jwk { kid, alg, key }))
+    let host_key = HostKey::of(&key);
+    Ok(Some(Jwk {
+        kid,
+        alg,
+        key,
+        host_key,
+    }))
 }
 
 fn text_member<'a>(entry: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {

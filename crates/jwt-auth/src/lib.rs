@@ -6,7 +6,8 @@
 //! * [`extract`]: where a provider's token is found (headers, query parameters, cookies);
 //! * [`token`]: the compact JWS form, its header (`alg`, `kid`, `crit`) and claims;
 //! * [`jwks`]: strict JWKS parsing into a [`KeySet`];
-//! * [`verifier`]: signature checks with `ring`;
+//! * [`verifier`]: signature checks, by the host where it can ([`host_verifier`]: Envoy's
+//!   own crypto through a foreign function), else in the VM with `ring`;
 //! * [`claims`]: `exp`/`nbf`/`iat`, issuer, audience, lifetime, scopes, claim-to-header;
 //! * [`jwks_cache`]: the JWKS cache policy shared by all VMs through a
 //!   [`SharedStore`](wasmgate_shared_store::SharedStore): one fetch per refresh, backoff,
@@ -25,6 +26,7 @@ pub mod claims;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod host_verifier;
 pub mod jwks;
 pub mod jwks_cache;
 pub mod rules;

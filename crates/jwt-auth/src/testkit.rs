@@ -2,6 +2,7 @@
 //! run (none is stored in the repository), tokens are signed with `ring` so tests can
 //! build any header, including malicious ones.
 
+use crate::jwks::{Jwk, KeySet};
 use crate::token::Alg;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -22,6 +23,12 @@ pub struct Keys {
 pub fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(Keys::generate)
+}
+
+/// `jwk` as parsed from a JWKS holding only it (HMAC secrets allowed).
+pub fn parse_jwk(jwk: Value) -> Jwk {
+    let set = KeySet::parse(json!({"keys": [jwk]}).to_string().as_bytes(), true).unwrap();
+    set.keys()[0].clone()
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -63,11 +63,15 @@ impl ApiKeyRequest {
         let state = Rc::clone(&self.state);
         let config = &state.config;
         let path = headers.text(":path").unwrap_or_default();
+        let skipped = config.skips(headers.get(":method").unwrap_or_default(), &path);
         // Whatever happens next, the upstream never sees an identity header the client
-        // wrote: strip them first (the snapshot is read by now, so only the ones the
-        // request has cost a host call).
-        apply(config.forward.strip_edits(), headers);
-        if config.skips(headers.get(":method").unwrap_or_default(), &path) {
+        // wrote: strip them first (on skipped routes unless an earlier filter owns them
+        // there, `strip_on_skip: false`). The snapshot is read by now, so only the ones
+        // the request has cost a host call.
+        if !skipped || config.strip_on_skip {
+            apply(config.forward.strip_edits(), headers);
+        }
+        if skipped {
             state.metrics.skipped.increment();
             return Action::Continue;
         }

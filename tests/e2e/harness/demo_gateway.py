@@ -1,13 +1,22 @@
 """The demo gateway as `make run` starts it: envoy-config/gateway.yaml in front of its
 demo services, every fixed port of the file mapped to one chosen at run time.
 
-`DEMO_SERVICES` is the one list of what gateway.yaml routes to: the compose tests
-check docker-compose.yml against it, and starting fails if gateway.yaml names a port
-the list does not map (a new cluster needs its service here).
+`DEMO_SERVICES` (the echo instances the routes lead to) and `CALLOUT_SERVICES` (the
+JWKS issuer and the key store the auth filters ask) are the one list of what
+gateway.yaml talks to: the compose tests check docker-compose.yml against them, and
+starting fails if gateway.yaml names a port they do not map (a new cluster needs its
+service here).
+
+Tokens for the gateway are minted here with PyJWT (`DemoGateway.token`), signed by a
+key the JWKS issuer publishes; API keys are made with the key store's own CLI
+(`DemoGateway.keys.create`).
 """
 
 import json
 
+from .jwt import KeyDir, claims_for
+from .keystore import KeyStore
+from .paths import tool_path
 from .shipped import load_shipped
 from .stack import Stack
 from .wait import wait_for
@@ -29,17 +38,38 @@ DEMO_SERVICES = {
     4318: ("otel-collector", "otel-collector"),
 }
 
+# Shipped port → the server behind an auth filter's callout cluster.
+CALLOUT_SERVICES = {
+    18090: "jwks",      # `wasmgate-demo jwks`: the JWT filter's JWKS
+    18091: "keystore",  # `wasmgate-keystore serve`: the API-key filter's key store
+}
+
+# What gateway.yaml's JWT filter accepts.
+TOKEN_ISSUER = "https://issuer.wasmgate.test"
+TOKEN_AUDIENCE = "wasmgate-gateway"
+SIGNING_KEY = "demo-es256"
+
 
 class DemoGateway(Stack):
     """Starts the demo services, then Envoy (`envoy`) on the shipped gateway.yaml."""
 
     envoy = None
+    signing_keys = None  # KeyDir: the keys the JWKS issuer publishes
+    keys = None          # KeyStore: the key store's CLI and counters
 
     def start(self):
         try:
             ports = {port: 0 for port in GATEWAY_PORTS.values()}
             for port, (service, instance) in DEMO_SERVICES.items():
                 ports[port] = self.start_echo(service, instance).port
+            self.signing_keys = KeyDir(self.workdir / "jwks-keys")
+            self.signing_keys.add(SIGNING_KEY, "ES256")
+            jwks = self.start_server("jwks", [tool_path("demo"), "jwks", "--keys",
+                                              self.signing_keys.path])
+            store = f"file:{self.workdir / 'keys.json'}"
+            self.keys = KeyStore(store, self.start_server(
+                "keystore", [tool_path("keystore"), "--store", store, "serve"]))
+            ports[18090], ports[18091] = jwks.port, self.keys.service.port
             # Access log lines reach stdout within 250 ms (Envoy's default is 10 s).
             self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports,
                                           extra_args=["--file-flush-interval-msec", "250"])
@@ -48,6 +78,10 @@ class DemoGateway(Stack):
             # unhealthy and Envoy balances in panic mode. Tests start from a healthy
             # gateway.
             wait_for(self.all_healthy, 30, "every demo service to pass its health checks")
+            # The JWT filter fetches the JWKS on its first tick; a request before that
+            # would wait for it (up to max_wait). Tests start with the keys in place.
+            wait_for(lambda: self.envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success"),
+                     30, "the JWT filter's first JWKS fetch")
         except BaseException:
             self.stop()
             raise
@@ -62,6 +96,18 @@ class DemoGateway(Stack):
                 if self.envoy.stat(prefix + "healthy") != self.envoy.stat(prefix + "total"):
                     return False
         return True
+
+    def token(self, sub: str = "alice", tenant: str = "acme", scope: str = "orders:read",
+              **claims) -> str:
+        """A token the gateway accepts (ES256, the issuer's published key); `claims`
+        override or add (`lifetime=-60` for an expired one, `aud=...`)."""
+        claims = {"iss": TOKEN_ISSUER, "aud": TOKEN_AUDIENCE, **claims}
+        return self.signing_keys.mint(SIGNING_KEY, claims_for(sub=sub, tenant=tenant, scope=scope,
+                                                              **claims))
+
+    def bearer(self, **token_claims) -> dict:
+        """`Authorization: Bearer <token(**token_claims)>` as a header dict."""
+        return {"authorization": f"Bearer {self.token(**token_claims)}"}
 
     def url(self, path: str = "/", tls: bool = False) -> str:
         if tls:

@@ -12,7 +12,9 @@ here find them offline, for every WasmPlugin found under istio/:
   (`PLUGIN_ROLES`), as istiod orders them;
 - `check_clusters`: every Istio cluster name in a pluginConfig
   (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry (and a
-  DestinationRule subset), and fields named `cluster` hold such names.
+  DestinationRule subset), and fields named `cluster` hold such names;
+- `check_agreement`: each pluginConfig is the configuration the same filter has in
+  envoy-config/gateway.yaml, but for the fields `DEPLOYMENT_SPECIFIC` names.
 
 That a pluginConfig, serialised as istiod does, is accepted by the filter's own parser
 is proven in real Envoy by the delivery emulation (test_istio_delivery.py).
@@ -65,6 +67,30 @@ PLUGIN_ROLES = {
         "AUTHZ", ("headers", "jwt", "api-key"),
         "keys its buckets by the identity and plan the auth filters set, so it runs "
         "after authentication (AUTHZ: after Istio's authn, before its RBAC)"),
+}
+
+#: Where a WasmPlugin's pluginConfig may differ from its filter's configuration in
+#: envoy-config/gateway.yaml (the shipped Envoy gateway), by module: field path ->
+#: why. Everything else must be equal, so a rule or limit changed in one place only
+#: fails `check_agreement`.
+DEPLOYMENT_SPECIFIC = {
+    "headers": {
+        ("response_cleanup",): "an Istio gateway writes its own `server` after the "
+                               "filters ran, so it is not in the Istio list",
+    },
+    "jwt": {
+        ("providers", "idp", "issuer"): "the mesh's IdP instead of the demo issuer",
+        ("providers", "idp", "jwks", "remote", "cluster"): "Istio's cluster of the IdP's "
+                                                           "ServiceEntry",
+        ("providers", "idp", "jwks", "remote", "authority"): "the IdP's host",
+    },
+    "api-key": {
+        ("store", "cluster"): "Istio's cluster of the key store's ServiceEntry",
+        ("store", "authority"): "the key store's host",
+        ("pepper_env",): "keys hashed with a pepper from the proxy's environment; the "
+                         "demo gateway keeps plain SHA-256",
+    },
+    "rate-limit": {},
 }
 
 ISTIO_CLUSTER = re.compile(r"^(inbound|outbound)\|(\d+)\|([^|]*)\|([^|]+)$")
@@ -255,3 +281,57 @@ def _strings(node, path=""):
                 yield child, path.rsplit(".", 1)[-1], value
             else:
                 yield from _strings(value, child)
+
+
+def check_agreement(plugins: list, gateway_configs: dict) -> list:
+    """`gateway_configs`: {module: JSON config of that filter in gateway.yaml}."""
+    problems = []
+    for plugin in plugins:
+        module = module_of(plugin.doc["spec"]["url"])
+        if module not in gateway_configs:
+            problems.append(f"{plugin.label}: envoy-config/gateway.yaml has no {module} filter "
+                            f"to agree with")
+            continue
+        allowed = DEPLOYMENT_SPECIFIC.get(module, {})
+        ours = _without(plugin.doc["spec"].get("pluginConfig") or {}, allowed)
+        theirs = _without(gateway_configs[module], allowed)
+        for path in _differences(ours, theirs):
+            problems.append(f"{plugin.label}: pluginConfig.{path} differs from "
+                            f"envoy-config/gateway.yaml (allowed to differ: "
+                            f"{', '.join('.'.join(p) for p in allowed) or 'nothing'})")
+    return problems
+
+
+def _without(config, paths):
+    """A deep copy of `config` without the fields at `paths`."""
+    config = json.loads(json.dumps(config))
+    for path in paths:
+        node = config
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return config
+
+
+def _differences(a, b, path=""):
+    """Paths (dotted) where two JSON values differ; numbers compare by value, as a
+    filter reads them (Istio sends every number as a double)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            child = f"{path}.{key}" if path else key
+            if key not in a or key not in b:
+                yield child
+            else:
+                yield from _differences(a[key], b[key], child)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            yield from _differences(x, y, f"{path}[{i}]")
+    elif not _same_value(a, b):
+        yield path or "(the whole config)"
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):  # True == 1 in Python, not in JSON
+        return type(a) is type(b) and a == b
+    return a == b  # 5 == 5.0

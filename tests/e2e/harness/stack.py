@@ -9,9 +9,10 @@ from .shipped import load_shipped, shipped_ports
 
 
 class Stack:
-    """Echo instances and Envoys started from shipped configs; `stop()` stops them all.
+    """Demo servers and Envoys started from shipped configs; `stop()` stops them all.
 
-    `instances[name]` is the `Service` of one demo instance, `envoys[name]` one Envoy.
+    `instances[name]` is the `Service` of one demo server (an echo instance, the JWKS
+    issuer, the key store), `envoys[name]` one Envoy.
     """
 
     def __init__(self, workdir, certs_dir):
@@ -22,10 +23,13 @@ class Stack:
 
     def start_echo(self, service: str, instance: str = None) -> Service:
         instance = instance or service
-        self.instances[instance] = Service(
-            [tool_path("demo"), "echo", "--name", service, "--instance", instance],
-            instance, self.workdir).start()
-        return self.instances[instance]
+        return self.start_server(
+            instance, [tool_path("demo"), "echo", "--name", service, "--instance", instance])
+
+    def start_server(self, name: str, argv: list) -> Service:
+        """One of the project's servers (it prints its address), as `instances[name]`."""
+        self.instances[name] = Service(argv, name, self.workdir).start()
+        return self.instances[name]
 
     def start_envoy(self, name: str, shipped_config: str, ports: dict, **envoy_kwargs) -> Envoy:
         """Envoy on `shipped_config` with `ports` mapped and the demo certificates of

@@ -1,6 +1,6 @@
 //! The echo upstream: answers with the request it received, so a test can assert
 //! exactly what Envoy forwarded. It is a demo and test fixture, not a web server to
-//! build on: one thread per request, no limits beyond the ones below.
+//! build on (the server is `wasmgate-fixture-http`: a thread per connection).
 //!
 //! Response body:
 //! `{"service", "instance", "method", "path", "query", "headers": {name: [values]}, "body"}`
@@ -25,13 +25,12 @@
 use clap::Args;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response, Server};
+use wasmgate_fixture_http::{Reply, Request, Response, Server};
 
-const MAX_ECHOED_BODY: u64 = 64 * 1024;
+const MAX_ECHOED_BODY: usize = 64 * 1024;
 /// The health endpoint the demo gateway checks; a broken instance (`/__echo/fail`)
 /// still answers it with 200.
 const HEALTH_PATH: &str = "/healthz";
@@ -57,7 +56,7 @@ pub struct EchoArgs {
     fail_status: Option<u16>,
 }
 
-/// What every request thread of one echo server shares.
+/// What every connection thread of one echo server shares.
 struct EchoState {
     name: String,
     instance: String,
@@ -70,31 +69,22 @@ struct EchoState {
 }
 
 pub fn serve(args: EchoArgs) -> Result<(), String> {
-    let server =
-        Server::http(&args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let address = server
-        .server_addr()
-        .to_ip()
-        .ok_or("the echo server is not on an IP socket")?;
-    println!("listening on http://{address}");
-    let state = Arc::new(EchoState {
+    let server = Server::bind(&args.listen)?;
+    server.announce();
+    let state = EchoState {
         instance: args.instance.unwrap_or_else(|| args.name.clone()),
         name: args.name,
         served: AtomicU64::new(0),
         failing_with: AtomicU16::new(args.fail_status.unwrap_or(0)),
         attempts: Mutex::new(HashMap::new()),
-    });
-    for request in server.incoming_requests() {
-        let state = Arc::clone(&state);
-        std::thread::spawn(move || answer(request, &state));
-    }
+    };
+    server.serve(move |request| answer(request, &state));
     Ok(())
 }
 
-fn answer(mut request: Request, state: &EchoState) {
-    if request.url().starts_with("/__echo/") {
-        control(request, state);
-        return;
+fn answer(request: &Request, state: &EchoState) -> Reply {
+    if request.path().starts_with("/__echo/") {
+        return control(request, state).into();
     }
     state.served.fetch_add(1, Ordering::SeqCst);
 
@@ -102,18 +92,23 @@ fn answer(mut request: Request, state: &EchoState) {
     let mut status = 200;
     let mut delay_ms = 0;
     let mut fail_first = 0;
-    let mut request_id = String::new();
+    let mut request_id = "";
     let mut extra_headers = Vec::new();
-    for header in request.headers() {
-        let key = header.field.as_str().as_str().to_ascii_lowercase();
-        let value = header.value.as_str().to_owned();
-        match key.as_str() {
-            "x-echo-status" => status = value.trim().parse().unwrap_or(200),
+    for (name, value) in &request.headers {
+        match name.as_str() {
+            "x-echo-status" => {
+                status = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|s| (200..600).contains(s))
+                    .unwrap_or(200)
+            }
             "x-echo-delay-ms" => {
                 delay_ms = value.trim().parse::<u64>().unwrap_or(0).min(MAX_DELAY_MS)
             }
             "x-echo-fail-first" => fail_first = value.trim().parse::<u32>().unwrap_or(0),
-            "x-request-id" => request_id = value.clone(),
+            "x-request-id" => request_id = value,
             "x-echo-response-header" => {
                 if let Some((n, v)) = value.split_once('=') {
                     extra_headers.push((n.trim().to_owned(), v.trim().to_owned()));
@@ -122,49 +117,37 @@ fn answer(mut request: Request, state: &EchoState) {
             _ => {}
         }
         if let Value::Array(values) = headers
-            .entry(key)
+            .entry(name.clone())
             .or_insert_with(|| Value::Array(Vec::new()))
         {
-            values.push(Value::String(value));
+            values.push(Value::String(value.clone()));
         }
     }
-    if fail_first > 0 && state.attempt(&request_id) <= fail_first {
+    if fail_first > 0 && state.attempt(request_id) <= fail_first {
         status = 503;
     }
     let failing_with = state.failing_with.load(Ordering::SeqCst);
-    if failing_with != 0 && request.url().split('?').next() != Some(HEALTH_PATH) {
+    if failing_with != 0 && request.path() != HEALTH_PATH {
         status = failing_with;
     }
 
-    let mut body = Vec::new();
-    let _ = request
-        .as_reader()
-        .take(MAX_ECHOED_BODY)
-        .read_to_end(&mut body);
-    let (path, query) = match request.url().split_once('?') {
-        Some((path, query)) => (path.to_owned(), query.to_owned()),
-        None => (request.url().to_owned(), String::new()),
-    };
+    let body = &request.body[..request.body.len().min(MAX_ECHOED_BODY)];
     let echoed = json!({
         "service": state.name,
         "instance": state.instance,
-        "method": request.method().as_str(),
-        "path": path,
-        "query": query,
+        "method": request.method,
+        "path": request.path(),
+        "query": request.query(),
         "headers": headers,
-        "body": String::from_utf8_lossy(&body),
+        "body": String::from_utf8_lossy(body),
     });
 
     if delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(delay_ms));
     }
-    let mut response = json_response(echoed.to_string(), status);
-    for (n, v) in extra_headers {
-        if let Ok(header) = Header::from_bytes(n.as_bytes(), v.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    let _ = request.respond(response);
+    let mut response = Response::json(status, echoed.to_string());
+    response.headers.extend(extra_headers);
+    response.into()
 }
 
 impl EchoState {
@@ -185,18 +168,11 @@ impl EchoState {
     }
 }
 
-fn control(mut request: Request, state: &EchoState) {
-    let path = request
-        .url()
-        .split('?')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let (status, body) = match (request.method(), path.as_str()) {
-        (Method::Get, "/__echo/stats") => (200, stats(state)),
-        (Method::Put, "/__echo/fail") => {
-            let mut text = String::new();
-            let _ = request.as_reader().take(16).read_to_string(&mut text);
+fn control(request: &Request, state: &EchoState) -> Response {
+    let (status, body) = match (request.method.as_str(), request.path()) {
+        ("GET", "/__echo/stats") => (200, stats(state)),
+        ("PUT", "/__echo/fail") => {
+            let text = String::from_utf8_lossy(&request.body);
             match text.trim().parse::<u16>() {
                 Ok(code) if (100..600).contains(&code) => {
                     state.failing_with.store(code, Ordering::SeqCst);
@@ -208,7 +184,7 @@ fn control(mut request: Request, state: &EchoState) {
                 ),
             }
         }
-        (Method::Delete, "/__echo/fail") => {
+        ("DELETE", "/__echo/fail") => {
             state.failing_with.store(0, Ordering::SeqCst);
             (200, stats(state))
         }
@@ -217,7 +193,7 @@ fn control(mut request: Request, state: &EchoState) {
             json!({"error": "control endpoints: GET /__echo/stats, PUT|DELETE /__echo/fail"}),
         ),
     };
-    let _ = request.respond(json_response(body.to_string(), status));
+    Response::json(status, body.to_string())
 }
 
 fn stats(state: &EchoState) -> Value {
@@ -226,12 +202,4 @@ fn stats(state: &EchoState) -> Value {
         "requests": state.served.load(Ordering::SeqCst),
         "failing_with": (failing_with != 0).then_some(failing_with),
     })
-}
-
-fn json_response(body: String, status: u16) -> Response<std::io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_string(body).with_status_code(status);
-    if let Ok(header) = Header::from_bytes(&b"content-type"[..], &b"application/json"[..]) {
-        response.add_header(header);
-    }
-    response
 }

@@ -12,22 +12,17 @@
 //!   replaces the JWKS with raw text (a broken document); `cache_control` adds that
 //!   header. The admin paths are never affected.
 //!
-//! A plain HTTP/1.1 server over `std::net`, one thread per connection, one request per
-//! connection (`connection: close`): it must be able to drop a connection mid-request,
-//! which a full server library would not let it do.
+//! Served by `wasmgate-fixture-http` (keep-alive; `down` hangs up mid-request).
 
 use crate::signing_keys;
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
+use wasmgate_fixture_http::{Reply, Request, Response, Server};
 
-const MAX_REQUEST_HEAD: usize = 16 * 1024;
-const MAX_REQUEST_BODY: usize = 64 * 1024;
 const MAX_DELAY_MS: u64 = 60_000;
 
 #[derive(Args)]
@@ -80,12 +75,6 @@ struct State {
     served: u64,
 }
 
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
 pub fn serve(args: JwksArgs) -> Result<(), String> {
     let has_keys = std::fs::read_dir(&args.keys)
         .map(|entries| {
@@ -97,41 +86,18 @@ pub fn serve(args: JwksArgs) -> Result<(), String> {
     if !has_keys {
         signing_keys::generate_es256(&args.keys, "demo-es256")?;
     }
-    let listener = TcpListener::bind(&args.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let address = listener
-        .local_addr()
-        .map_err(|e| format!("no local address: {e}"))?;
-    println!("listening on http://{address}");
-    let state = Arc::new(Mutex::new(State::default()));
-    let keys = Arc::new(args.keys);
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let state = Arc::clone(&state);
-        let keys = Arc::clone(&keys);
-        std::thread::spawn(move || {
-            let _ = handle(stream, &state, &keys);
-        });
-    }
+    let server = Server::bind(&args.listen)?;
+    server.announce();
+    let state = Mutex::new(State::default());
+    let keys = args.keys;
+    server.serve(move |request| answer(request, &state, &keys));
     Ok(())
 }
 
-fn handle(mut stream: TcpStream, state: &Mutex<State>, keys: &Path) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let Some(request) = read_request(&stream)? else {
-        return Ok(());
-    };
-    if let Some(admin) = request.path.strip_prefix("/__jwks/") {
-        let (status, body) = admin_answer(admin, &request, state);
-        return respond(
-            &mut stream,
-            status,
-            "application/json",
-            None,
-            body.as_bytes(),
-        );
+fn answer(request: &Request, state: &Mutex<State>, keys: &Path) -> Reply {
+    if let Some(admin) = request.path().strip_prefix("/__jwks/") {
+        let (status, body) = admin_answer(admin, request, state);
+        return Response::json(status, body).into();
     }
 
     let mode = {
@@ -143,24 +109,26 @@ fn handle(mut stream: TcpStream, state: &Mutex<State>, keys: &Path) -> Result<()
         std::thread::sleep(Duration::from_millis(mode.delay_ms.min(MAX_DELAY_MS)));
     }
     if mode.down {
-        // Drop the connection without a word, like a server that went away.
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        return Ok(());
+        return Reply::Hangup;
     }
     let body = match &mode.body {
-        Some(raw) => raw.clone().into_bytes(),
-        None => jwks_document(keys)?.into_bytes(),
+        Some(raw) => raw.clone(),
+        None => match jwks_document(keys) {
+            Ok(document) => document,
+            Err(err) => {
+                eprintln!("wasmgate-demo: {err}");
+                return Response::json(500, json!({"error": err}).to_string()).into();
+            }
+        },
     };
     if mode.status == 200 {
         lock(state).served += 1;
     }
-    respond(
-        &mut stream,
-        mode.status,
-        "application/json",
-        mode.cache_control.as_deref(),
-        &body,
-    )
+    let mut response = Response::json(mode.status, body);
+    if let Some(value) = mode.cache_control {
+        response = response.header("cache-control", value);
+    }
+    response.into()
 }
 
 fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, String) {
@@ -210,77 +178,4 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn read_request(stream: &TcpStream) -> Result<Option<Request>, String> {
-    let mut reader = BufReader::new(stream);
-    let mut head_bytes = 0usize;
-    let mut content_length = 0usize;
-    let mut first = String::new();
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Ok(None);
-        }
-        head_bytes += line.len();
-        if head_bytes > MAX_REQUEST_HEAD {
-            return Err("request head too large".into());
-        }
-        let line = line.trim_end();
-        if first.is_empty() {
-            first = line.to_owned();
-            continue;
-        }
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                content_length = value.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut parts = first.split(' ');
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default();
-    let path = target.split('?').next().unwrap_or_default().to_owned();
-    let mut body = vec![0; content_length.min(MAX_REQUEST_BODY)];
-    reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-    Ok(Some(Request { method, path, body }))
-}
-
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    cache_control: Option<&str>,
-    body: &[u8],
-) -> Result<(), String> {
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
-        reason(status),
-        body.len()
-    );
-    if let Some(value) = cache_control {
-        head.push_str(&format!("cache-control: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body))
-        .and_then(|()| stream.flush())
-        .map_err(|e| e.to_string())
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
 }

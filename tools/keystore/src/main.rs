@@ -10,7 +10,6 @@
 
 mod backend;
 mod file_backend;
-mod http;
 mod keys;
 mod redis_backend;
 mod server;

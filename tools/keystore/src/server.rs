@@ -6,13 +6,11 @@
 //! `GET /__keystore/health` says whether the backend answers.
 
 use crate::backend::{unix_now, KeyBackend};
-use crate::http::{self, Reply, RequestHead};
 use clap::Args;
 use serde_json::json;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use wasmgate_api_key_auth::KeyHash;
+use wasmgate_fixture_http::{Request, Response, Server};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -84,17 +82,15 @@ pub fn serve(backend: Box<dyn KeyBackend>, args: ServeArgs) -> Result<(), String
             args.path_prefix
         ));
     }
-    let (listener, address) = http::bind(&args.listen)?;
-    println!("listening on http://{address}");
-    let _ = std::io::stdout().flush();
+    let server = Server::bind(&args.listen)?;
+    server.announce();
     let stats = Stats::default();
-    let handler = move |head: &RequestHead| answer(head, backend.as_ref(), &stats, &prefix);
-    http::serve(listener, Arc::new(handler));
+    server.serve(move |request| answer(request, backend.as_ref(), &stats, &prefix).into());
     Ok(())
 }
 
-fn answer(head: &RequestHead, backend: &dyn KeyBackend, stats: &Stats, prefix: &str) -> Reply {
-    let route = route(&head.method, &head.target, prefix);
+fn answer(request: &Request, backend: &dyn KeyBackend, stats: &Stats, prefix: &str) -> Response {
+    let route = route(&request.method, &request.target, prefix);
     if matches!(route, Route::Lookup(_) | Route::BadHash) {
         stats.lookups.fetch_add(1, Ordering::SeqCst);
     }
@@ -129,7 +125,8 @@ fn answer(head: &RequestHead, backend: &dyn KeyBackend, stats: &Stats, prefix: &
         Route::NotFound => (404, error("not_found", "no such path")),
         Route::MethodNotAllowed => (405, error("method_not_allowed", "use GET")),
     };
-    Reply { status, body }
+    // A lookup answer is only ever cached by the filter, under its own TTLs.
+    Response::json(status, body).header("cache-control", "no-store")
 }
 
 fn error(code: &str, message: &str) -> String {

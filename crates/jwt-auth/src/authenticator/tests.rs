@@ -2,6 +2,7 @@
 //! JWKS cache with an in-memory store), verification, claims, scopes, caching.
 
 use super::*;
+use crate::host_verifier::NoHostVerifier;
 use crate::jwks_cache::{FetchOrder, FetchReport, FetchResponse};
 use crate::testkit::{self, Keys};
 use crate::token::Alg;
@@ -83,6 +84,7 @@ impl Vm {
             keyring: &mut self.keyring,
             store,
             cache: &mut self.cache,
+            host: &NoHostVerifier,
             now,
         };
         self.auth.start(&info, &mut cx)
@@ -93,6 +95,7 @@ impl Vm {
             keyring: &mut self.keyring,
             store,
             cache: &mut self.cache,
+            host: &NoHostVerifier,
             now,
         };
         self.auth.check(attempt, &mut cx)
