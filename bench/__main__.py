@@ -14,9 +14,10 @@ from .scenarios import REGISTRY
 
 MODES = {
     # rounds; whole seconds (wrk takes no fractions) of a run, the warm-up, a memory run
-    # and a callout run; whether to compare upstreams; bare again every N scenarios
-    "full": (5, 10, 3, 5, 3, True, 5),
-    "quick": (2, 1, 1, 1, 1, False, 0),
+    # and a callout run; whether to compare upstreams; bare again every N scenarios;
+    # memory pass concurrencies besides 1; callout pass concurrencies
+    "full": (5, 10, 3, 5, 3, True, 5, "2", "1,2,4"),
+    "quick": (2, 1, 1, 1, 1, False, 0, "", "1"),
 }
 
 
@@ -42,11 +43,13 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1)")
     parser.add_argument("--upstream", choices=("nginx", "envoy"), default="nginx",
                         help="the upstream behind every scenario (nginx)")
-    parser.add_argument("--memory-concurrency", default="2",
-                        help="concurrencies of the memory pass besides 1 (\"2\"; \"\": none)")
+    parser.add_argument("--memory-concurrency",
+                        help="concurrencies of the memory pass besides 1 (full: \"2\"; "
+                             "quick and \"\": none)")
     parser.add_argument("--memory-seconds", type=_seconds, help="load during a memory run")
-    parser.add_argument("--callout-concurrency", default="1,2,4",
-                        help="concurrencies of the callout-count pass (\"1,2,4\")")
+    parser.add_argument("--callout-concurrency",
+                        help="concurrencies of the callout-count pass (full: \"1,2,4\"; "
+                             "quick: \"1\")")
     parser.add_argument("--callout-seconds", type=_seconds, help="load during a callout run")
     parser.add_argument("--compare-upstreams", action=argparse.BooleanOptionalAction,
                         help="also run bare and the wasm floor against both upstreams "
@@ -74,7 +77,8 @@ def _ints(text: str) -> tuple:
 
 def settings_from(args) -> Settings:
     mode = "quick" if args.quick else "full"
-    rounds, seconds, warmup, memory_s, callout_s, compare, bare_every = MODES[mode]
+    (rounds, seconds, warmup, memory_s, callout_s, compare, bare_every, memory_c,
+     callout_c) = MODES[mode]
     custom = any(v is not None for v in (args.rounds, args.seconds, args.warmup)) or args.only
     only = tuple(n for n in args.only.split(",") if n)
     return Settings(
@@ -85,9 +89,11 @@ def settings_from(args) -> Settings:
         connections=args.connections,
         threads=args.threads,
         upstream=args.upstream,
-        memory_concurrency=tuple(c for c in _ints(args.memory_concurrency) if c != 1),
+        memory_concurrency=tuple(c for c in _ints(args.memory_concurrency if args.memory_concurrency
+                                                  is not None else memory_c) if c != 1),
         memory_seconds=args.memory_seconds or memory_s,
-        callout_concurrency=_ints(args.callout_concurrency),
+        callout_concurrency=_ints(args.callout_concurrency if args.callout_concurrency is not None
+                                  else callout_c),
         callout_seconds=args.callout_seconds or callout_s,
         compare_upstreams=(compare and not custom if args.compare_upstreams is None
                            else args.compare_upstreams),

@@ -350,10 +350,13 @@ class Bench:
         envoy = self.launch(scenario, concurrency, self.upstream, result)
         if envoy is None:
             return
+        # A quick run only checks that the harness works: a flood does not run to its end.
+        if scenario.seconds and self.settings.mode != "quick":
+            seconds = scenario.seconds
         try:
             if before:
                 before(envoy)
-            sample = self.load_once(envoy, scenario, scenario.seconds or seconds,
+            sample = self.load_once(envoy, scenario, seconds,
                                     f"{scenario.name}-{purpose}-c{concurrency}")
             if after:
                 after(envoy, sample)

@@ -7,14 +7,17 @@ stage paused going on through the later stages once released, and the combined
 configuration's own refusals. The chain tests run against both deployments: the
 combined module must answer as the chained separate filters do."""
 
+import json
+import re
 import threading
 
 import pytest
 import requests
 
-from harness import Seen, wait_for, wasm_path
+from harness import ROOT, Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
-from harness.jwt import KeyDir, plugin_config, provider, remote_jwks, start_jwks
+from harness.jwt import (AUDIENCE, ISSUER, KeyDir, plugin_config, provider, remote_jwks,
+                         start_jwks)
 
 HEADERS = {
     "strip_inbound": ["x-user-id", "x-tenant-id", "x-api-key-id", "x-plan"],
@@ -154,3 +157,31 @@ def test_a_combined_configuration_is_refused_as_a_whole(refused_envoy, echo, con
     lines = [line for line in log.splitlines() if "invalid plugin configuration" in line]
     assert len(lines) == 1, log[-3000:]
     assert problem in lines[0], lines[0]
+
+
+def readme_example() -> dict:
+    """The JSON block of the README's combined-module section."""
+    section = (ROOT / "README.md").read_text().split("## Combined module", 1)[1]
+    return json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+
+
+def test_the_readme_example_works_as_documented(start_envoy, start_service, echo, keys):
+    jwks = start_jwks(start_service, keys)
+    config = readme_example()
+    idp = config["jwt"]["providers"]["idp"]
+    idp["issuer"], idp["audiences"] = ISSUER, [AUDIENCE]  # the test issuer's tokens
+    filters = [wasm_filter(wasm_path("combined"), config, name="combined")]
+    envoy = start_envoy(bootstrap(
+        [http_listener("main", filters, [route("/", "upstream", name="default")],
+                       hcm_extra={"server_header_transformation": "PASS_THROUGH"})],
+        [cluster("upstream", echo.host, echo.port), cluster("idp", jwks.host, jwks.port)]))
+    health = requests.get(envoy.url("/health"), headers={"x-user-id": "admin"}, timeout=20)
+    assert health.status_code == 200
+    assert Seen(health).header("x-user-id") is None
+    assert Seen(health).header("x-gateway") == "wasmgate"
+    assert "server" not in health.headers
+    assert get(envoy).status_code == 401
+    resp = get(envoy, keys.mint("k1", sub="dave"))
+    assert resp.status_code == 200, resp.text
+    assert Seen(resp).header("x-user-id") == "dave"
+    assert resp.headers["x-ratelimit-limit"] == "600"
