@@ -331,7 +331,7 @@ impl RootContext for ApiKeyRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(self.new_request(context_id)?))
+        wasmgate_host::Unconfigured::or_refusal(FILTER, self.new_request(context_id))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -49,6 +49,33 @@ impl CombinedRoot {
     fn runs(&self, stage: Stage) -> bool {
         self.running.contains(&stage)
     }
+
+    /// A new request's stages: one context from each running stage. A running stage
+    /// that cannot make its context (it has no configuration) fails the request
+    /// rather than letting it skip the stage.
+    fn new_stages(&self, context_id: u32) -> Option<Stages> {
+        let headers = if self.runs(Stage::Headers) {
+            Some(self.headers.new_request()?)
+        } else {
+            None
+        };
+        let jwt = if self.runs(Stage::Jwt) {
+            Some(self.jwt.new_request(context_id)?)
+        } else {
+            None
+        };
+        let api_key = if self.runs(Stage::ApiKey) {
+            Some(self.api_key.new_request(context_id)?)
+        } else {
+            None
+        };
+        let rate_limit = if self.runs(Stage::RateLimit) {
+            Some(self.rate_limit.new_request()?)
+        } else {
+            None
+        };
+        Some(Stages::new(headers, jwt, api_key, rate_limit))
+    }
 }
 
 /// What the JWT and API-key stages do with a request they let through after it
@@ -128,34 +155,10 @@ impl RootContext for CombinedRoot {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // A running stage that cannot make its context (it has no configuration) fails
-        // the request rather than letting it skip the stage.
-        let headers = if self.runs(Stage::Headers) {
-            Some(self.headers.new_request()?)
-        } else {
-            None
-        };
-        let jwt = if self.runs(Stage::Jwt) {
-            Some(self.jwt.new_request(context_id)?)
-        } else {
-            None
-        };
-        let api_key = if self.runs(Stage::ApiKey) {
-            Some(self.api_key.new_request(context_id)?)
-        } else {
-            None
-        };
-        let rate_limit = if self.runs(Stage::RateLimit) {
-            Some(self.rate_limit.new_request()?)
-        } else {
-            None
-        };
-        let stages = Stages::new(headers, jwt, api_key, rate_limit);
-        Some(Box::new(CombinedRequest::new(
-            context_id,
-            stages,
-            Rc::clone(&self.paused),
-        )))
+        let request = self
+            .new_stages(context_id)
+            .map(|stages| CombinedRequest::new(context_id, stages, Rc::clone(&self.paused)));
+        wasmgate_host::Unconfigured::or_refusal(FILTER, request)
     }
 
     fn get_type(&self) -> Option<ContextType> {

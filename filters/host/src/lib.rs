@@ -7,7 +7,8 @@
 //! data ([`HostStore`]), HTTP callouts and waking the requests that waited for them
 //! ([`Callout`], [`resume_request`]), the request's headers read in one host call
 //! ([`HeaderSnapshot`]), and what lets a filter run as a stage of the combined module
-//! ([`Continuation`], [`TickDemand`]). Everything that decides anything lives in the
+//! ([`Continuation`], [`TickDemand`]), and the context a request gets should a filter
+//! have no configuration in place ([`Unconfigured`]). Everything that decides anything lives in the
 //! logic crates.
 
 mod callout;
@@ -15,12 +16,14 @@ mod header_snapshot;
 mod metrics;
 mod stage;
 mod store;
+mod unconfigured;
 
 pub use callout::{respond_to_request, resume_request, Callout, CalloutResponse};
 pub use header_snapshot::HeaderSnapshot;
 pub use metrics::{Counter, Gauge, Histogram};
 pub use stage::{Continuation, TickDemand, TickPeriods};
 pub use store::HostStore;
+pub use unconfigured::Unconfigured;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MapType};

@@ -101,7 +101,7 @@ impl RootContext for RateLimitRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(self.new_request()?))
+        wasmgate_host::Unconfigured::or_refusal(FILTER, self.new_request())
     }
 
     fn get_type(&self) -> Option<ContextType> {
