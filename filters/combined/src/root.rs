@@ -9,15 +9,11 @@ use std::rc::Rc;
 use wasmgate_api_key::ApiKeyRoot;
 use wasmgate_combined_config::{CombinedConfig, Stage};
 use wasmgate_headers::HeadersRoot;
-use wasmgate_host::{Continuation, TickPeriods};
+use wasmgate_host::{Continuation, TickDemand, TickPeriods};
 use wasmgate_jwt::JwtRoot;
 use wasmgate_rate_limit::RateLimitRoot;
 
 pub const FILTER: &str = "wasmgate-combined";
-
-/// The JWT stage ticks at its own pace (a little early is fine: the root's tick
-/// follows the shortest period any stage wants, and timers are not exact).
-const JWT_TICK_MS: u64 = wasmgate_jwt::TICK.as_millis() as u64 * 9 / 10;
 
 pub struct CombinedRoot {
     headers: HeadersRoot,
@@ -28,21 +24,27 @@ pub struct CombinedRoot {
     /// takes no new request; its root stays, to finish requests it holds.
     running: Vec<Stage>,
     paused: Paused,
-    jwt_ticked_at: u64,
+    /// The JWT and API-key stages' shares of the root's tick: each ticks when its own
+    /// period is due.
+    jwt_tick: TickDemand,
+    api_key_tick: TickDemand,
 }
 
 impl CombinedRoot {
     pub fn new(context_id: u32) -> Self {
         let paused = Paused::default();
         let ticks = Rc::new(TickPeriods::default());
+        let jwt_tick = ticks.demand();
+        let api_key_tick = ticks.demand();
         Self {
             headers: HeadersRoot::default(),
-            jwt: JwtRoot::stage(context_id, continuation(&paused), ticks.demand()),
-            api_key: ApiKeyRoot::stage(context_id, continuation(&paused), ticks.demand()),
+            jwt: JwtRoot::stage(context_id, continuation(&paused), jwt_tick.clone()),
+            api_key: ApiKeyRoot::stage(context_id, continuation(&paused), api_key_tick.clone()),
             rate_limit: RateLimitRoot::default(),
             running: Vec::new(),
             paused,
-            jwt_ticked_at: 0,
+            jwt_tick,
+            api_key_tick,
         }
     }
 
@@ -83,15 +85,14 @@ impl CombinedRoot {
 /// resumes it.
 fn continuation(paused: &Paused) -> Continuation {
     let paused = Rc::clone(paused);
+    let resume = Continuation::resume_in_envoy();
     Continuation::new(move |context_id| {
         let Some(stages) = paused.borrow_mut().remove(&context_id) else {
             return; // gone meanwhile
         };
         let action = stages.borrow_mut().go_on();
         if action == Action::Continue {
-            if let Err(status) = wasmgate_host::resume_request(context_id) {
-                log::debug!("{FILTER}: cannot resume request {context_id}: {status:?}");
-            }
+            resume.resume(context_id);
         } else {
             paused.borrow_mut().insert(context_id, stages);
         }
@@ -147,11 +148,12 @@ impl RootContext for CombinedRoot {
 
     fn on_tick(&mut self) {
         let now = wasmgate_host::now_millis();
-        if now.saturating_sub(self.jwt_ticked_at) >= JWT_TICK_MS {
-            self.jwt_ticked_at = now;
+        if self.jwt_tick.due(now) {
             self.jwt.on_tick();
         }
-        self.api_key.on_tick();
+        if self.api_key_tick.due(now) {
+            self.api_key.on_tick();
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -52,6 +52,8 @@ impl fmt::Debug for Continuation {
 #[derive(Debug, Default)]
 pub struct TickPeriods {
     wanted: RefCell<Vec<Option<Duration>>>,
+    /// When each part last had its tick (milliseconds), for [`TickDemand::due`].
+    ticked_at: RefCell<Vec<u64>>,
     current: Cell<Option<Duration>>,
 }
 
@@ -60,6 +62,7 @@ impl TickPeriods {
     pub fn demand(self: &Rc<Self>) -> TickDemand {
         let mut wanted = self.wanted.borrow_mut();
         wanted.push(None);
+        self.ticked_at.borrow_mut().push(0);
         TickDemand {
             periods: Rc::clone(self),
             index: wanted.len() - 1,
@@ -97,6 +100,70 @@ impl TickDemand {
                 log::warn!("cannot set the tick period: {status:?}");
             }
             self.periods.current.set(shortest);
+        }
+    }
+
+    /// Whether this part's tick is due at `now_ms`, in a root whose tick several parts
+    /// share (it ticks at the shortest period wanted, so a part that wants a longer one
+    /// skips ticks). Due when the part wants ticks and its period has passed since its
+    /// last one, less a tenth (at least 1 ms: timers are not exact); a due tick counts
+    /// as had.
+    pub fn due(&self, now_ms: u64) -> bool {
+        let wanted = self
+            .periods
+            .wanted
+            .borrow()
+            .get(self.index)
+            .copied()
+            .flatten();
+        let Some(period) = wanted else {
+            return false;
+        };
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let slack_ms = (period_ms / 10).max(1);
+        let mut ticked_at = self.periods.ticked_at.borrow_mut();
+        let Some(last) = ticked_at.get_mut(self.index) else {
+            return false;
+        };
+        if now_ms.saturating_sub(*last) < period_ms.saturating_sub(slack_ms) {
+            return false;
+        }
+        *last = now_ms;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A demand wanting `period` (set directly: `want` also tells the host).
+    fn wanting(periods: &Rc<TickPeriods>, period: Option<Duration>) -> TickDemand {
+        let demand = periods.demand();
+        periods.wanted.borrow_mut()[demand.index] = period;
+        demand
+    }
+
+    #[test]
+    fn a_part_ticks_at_its_own_period_within_a_tenth() {
+        let periods = Rc::new(TickPeriods::default());
+        let slow = wanting(&periods, Some(Duration::from_millis(100)));
+        assert!(slow.due(1_000), "the first tick is due");
+        assert!(!slow.due(1_050));
+        assert!(!slow.due(1_089));
+        assert!(slow.due(1_090), "a tick a little early still counts");
+        assert!(!slow.due(1_100), "counted from the tick it had");
+        assert!(slow.due(1_190));
+    }
+
+    #[test]
+    fn a_short_period_is_due_on_every_tick_and_none_never() {
+        let periods = Rc::new(TickPeriods::default());
+        let fast = wanting(&periods, Some(Duration::from_millis(1)));
+        let idle = wanting(&periods, None);
+        for now in [1_000, 1_000, 1_001, 1_003] {
+            assert!(fast.due(now), "{now}");
+            assert!(!idle.due(now), "{now}");
         }
     }
 }
