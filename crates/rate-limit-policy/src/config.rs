@@ -143,7 +143,8 @@ impl PolicySpec {
                 )
                 .within(&at));
             };
-            let rule = spec.compile(None).map_err(|e| e.within(&at))?;
+            let mut rule = spec.compile(None).map_err(|e| e.within(&at))?;
+            rule.shadow |= self.shadow;
             if !names.insert(rule.name.clone()) {
                 return Err(ConfigError::new(
                     "name",
@@ -163,9 +164,10 @@ impl PolicySpec {
                     )
                     .within("default"));
                 }
-                let rule = spec
+                let mut rule = spec
                     .compile(Some("default"))
                     .map_err(|e| e.within("default"))?;
+                rule.shadow |= self.shadow;
                 if !names.insert(rule.name.clone()) {
                     return Err(ConfigError::new(
                         "name",
@@ -189,7 +191,6 @@ impl PolicySpec {
                 reset_format: self.reset_format,
                 ietf_headers: self.ietf_headers,
             },
-            shadow: self.shadow,
             digests: DigestMemo::default(),
         })
     }
@@ -307,6 +308,7 @@ impl RuleSpec {
         }
         Ok(Rule {
             default_overflow: overflow_digest(&name, "", &limits),
+            rule_endpoint: format!("rule={name}"),
             name,
             endpoint: self.endpoint,
             default_plan: limits,

@@ -66,12 +66,14 @@ pub struct Rule {
     /// Part of every bucket key of this rule: renaming a rule starts its buckets afresh.
     pub name: String,
     pub endpoint: Endpoint,
+    /// The endpoint part of the bucket keys when it is the rule (`rule=<name>`).
+    pub rule_endpoint: String,
     /// The limits for a request whose plan is absent or not listed.
     pub default_plan: LimitSet,
     /// The overflow bucket of those limits (worked out once).
     pub default_overflow: Digest,
     pub plans: Vec<Plan>,
-    /// Count and report, never refuse.
+    /// Count and report, never refuse (this rule's or the whole policy's `shadow`).
     pub shadow: bool,
 }
 
@@ -83,7 +85,6 @@ pub struct RateLimitPolicy {
     plan_header: HeaderName,
     rules: RouteTable<Rule>,
     answers: Answers,
-    shadow: bool,
     /// Bucket digests of recent clients: SHA-256 runs once per client, not per request.
     digests: DigestMemo,
 }
@@ -163,20 +164,18 @@ impl RateLimitPolicy {
             .map_or(("", &rule.default_plan, rule.default_overflow), |p| {
                 (p.name.as_str(), &p.limits, p.overflow)
             });
-        let endpoint = match rule.endpoint {
-            Endpoint::Rule => format!("rule={}", rule.name),
+        let route_endpoint = match rule.endpoint {
+            Endpoint::Rule => None,
             Endpoint::Route => view
                 .route_name()
                 .filter(|name| !name.is_empty())
-                .map_or_else(
-                    || format!("rule={}", rule.name),
-                    |name| format!("route={name}"),
-                ),
+                .map(|name| format!("route={name}")),
         };
+        let endpoint = route_endpoint.as_deref().unwrap_or(&rule.rule_endpoint);
         let identity = identify(&self.identity, view);
         let digest = self
             .digests
-            .get_or_insert([&rule.name, plan, &endpoint, &identity], || {
+            .get_or_insert([&rule.name, plan, endpoint, &identity], || {
                 bucket_digest(&[
                     b"bucket",
                     rule.name.as_bytes(),
@@ -189,7 +188,7 @@ impl RateLimitPolicy {
         let outcome = self.table.take(store, &digest, &overflow, limits, now_ms);
         let verdict = match outcome.verdict {
             TableVerdict::Taken(levels) => Verdict::Allowed(self.answers.admitted(limits, &levels)),
-            TableVerdict::Short(levels, _) if self.shadow || rule.shadow => {
+            TableVerdict::Short(levels, _) if rule.shadow => {
                 Verdict::ShadowLimited(self.answers.admitted(limits, &levels))
             }
             TableVerdict::Short(levels, shortfall) => {
