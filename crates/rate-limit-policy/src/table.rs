@@ -15,6 +15,7 @@
 //! This module does not parse configuration, identify clients or speak HTTP.
 
 use crate::bucket::{Levels, LimitSet, Shortfall};
+use std::fmt::Write as _;
 use wasmgate_shared_store::{Cas, SetError, SharedStore};
 
 /// Write attempts per request before giving up on a slot that keeps changing under us.
@@ -180,8 +181,12 @@ impl BucketTable {
     }
 
     fn overflow_key(&self, digest: &Digest) -> String {
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}overflow.{hex}", self.prefix)
+        let mut key = format!("{}overflow.", self.prefix);
+        for byte in &digest[..8] {
+            // Writing to a String cannot fail.
+            let _ = write!(key, "{byte:02x}");
+        }
+        key
     }
 
     fn start(&self, digest: &Digest) -> u32 {
