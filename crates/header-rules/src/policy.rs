@@ -194,10 +194,6 @@ impl RequestView for Stripped<'_> {
         self.view.property(path)
     }
 
-    fn has_header(&self, name: &str) -> bool {
-        !self.names.iter().any(|n| n.as_str() == name) && self.view.has_header(name)
-    }
-
     // The request id is Envoy's, whatever `strip_inbound` says.
     fn request_id(&self) -> Option<String> {
         self.view.request_id()

@@ -13,7 +13,7 @@ use crate::extract::{RequestHeaders, TokenLocation};
 use crate::host_verifier::HostVerifier;
 use crate::jwks::Jwk;
 use crate::jwks_cache::{KeyLookup, Keyring, UnknownKid};
-use crate::rules::{is_cors_preflight, Requirement, RouteInput};
+use crate::rules::Requirement;
 use crate::token;
 use crate::token_cache::{TokenCache, UNBOUNDED_TOKEN_TTL};
 use crate::verifier;
@@ -134,23 +134,10 @@ impl Authenticator {
     }
 
     pub fn start(&self, request: &RequestInfo<'_>, cx: &mut Context<'_>) -> Outcome {
-        // Read the CORS headers only when they can matter (two header reads saved on
-        // every other request).
-        let preflight = self.config.rules.bypass_cors_preflight
-            && request.method == "OPTIONS"
-            && is_cors_preflight(
-                request.method,
-                request.headers.header("origin").as_deref(),
-                request
-                    .headers
-                    .header("access-control-request-method")
-                    .as_deref(),
-            );
-        let requirement = self.config.rules.select(&RouteInput {
-            method: request.method,
-            path: request.path,
-            is_cors_preflight: preflight,
-        });
+        let requirement = self
+            .config
+            .rules
+            .select(request.method, request.path, request.headers);
         let (providers, allow_missing, required_scopes) = match requirement {
             Requirement::Public => return Outcome::Allow(Grant::anonymous()),
             Requirement::Token {
@@ -257,34 +244,33 @@ impl Authenticator {
             KeyLookup::Pending => return self.wait(attempt, cx),
             KeyLookup::Unavailable => return Outcome::Deny(AuthError::KeysUnavailable),
         };
-        let candidates: Vec<&Jwk> = match &parsed.header.kid {
-            Some(kid) => {
-                let with_kid: Vec<&Jwk> = keys.with_kid(kid).collect();
-                if with_kid.is_empty() {
-                    // Once a refetch made for this request has landed, a still-unknown
-                    // kid is refused rather than waited for again.
-                    if attempt.refetch_from.is_some_and(|from| from != seq) {
-                        return Outcome::Deny(AuthError::UnknownKey);
-                    }
-                    return match cx
-                        .keyring
-                        .unknown_kid(attempt.provider, cx.store, cx.now, seq)
-                    {
-                        // Strictly newer keys each time: this recursion is short.
-                        UnknownKid::NewerKeys => self.check(attempt, cx),
-                        UnknownKid::Wait => {
-                            attempt.refetch_from.get_or_insert(seq);
-                            self.wait(attempt, cx)
-                        }
-                        UnknownKid::Refused => Outcome::Deny(AuthError::UnknownKey),
-                    };
+        if let Some(kid) = &parsed.header.kid {
+            if !keys.has_kid(kid) {
+                // Once a refetch made for this request has landed, a still-unknown
+                // kid is refused rather than waited for again.
+                if attempt.refetch_from.is_some_and(|from| from != seq) {
+                    return Outcome::Deny(AuthError::UnknownKey);
                 }
-                with_kid
+                return match cx
+                    .keyring
+                    .unknown_kid(attempt.provider, cx.store, cx.now, seq)
+                {
+                    // Strictly newer keys each time: this recursion is short.
+                    UnknownKid::NewerKeys => self.check(attempt, cx),
+                    UnknownKid::Wait => {
+                        attempt.refetch_from.get_or_insert(seq);
+                        self.wait(attempt, cx)
+                    }
+                    UnknownKid::Refused => Outcome::Deny(AuthError::UnknownKey),
+                };
             }
-            None => keys.keys().iter().collect(),
-        };
-        let fitting: Vec<&Jwk> = candidates
-            .into_iter()
+        }
+        // The keys with the token's `kid` (every key when it names none) that take `alg`.
+        let kid = parsed.header.kid.as_deref();
+        let fitting: Vec<&Jwk> = keys
+            .keys()
+            .iter()
+            .filter(|jwk| kid.is_none_or(|kid| jwk.kid.as_deref() == Some(kid)))
             .filter(|jwk| verifier::jwk_accepts(jwk, alg))
             .collect();
         if fitting.is_empty() {
@@ -323,7 +309,7 @@ impl Authenticator {
     }
 
     /// The answer for an attempt whose wait ran out.
-    pub fn give_up(&self, _attempt: Attempt) -> AuthError {
+    pub fn give_up(&self) -> AuthError {
         AuthError::KeysUnavailable
     }
 

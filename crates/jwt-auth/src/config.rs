@@ -70,6 +70,7 @@ impl JwtConfig {
         JwtConfig::try_from(raw)
     }
 
+    #[cfg(test)]
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name == name)
     }
@@ -240,7 +241,7 @@ impl TryFrom<RawConfig> for JwtConfig {
                 "the default applies where no rule matched: it takes no match",
             ));
         }
-        let fallback = build_requirement(raw.default, &names).map_err(|e| e.within("default"))?;
+        let default = build_requirement(raw.default, &names).map_err(|e| e.within("default"))?;
 
         check_realm(&raw.realm).map_err(|p| ConfigError::new("realm", p))?;
         if !(512..=65_536).contains(&raw.max_token_bytes) {
@@ -265,7 +266,8 @@ impl TryFrom<RawConfig> for JwtConfig {
         Ok(JwtConfig {
             providers,
             rules: Rules {
-                table: RouteTable::new(rules, Some(fallback)),
+                table: RouteTable::new(rules, None),
+                default,
                 bypass_cors_preflight: raw.bypass_cors_preflight,
             },
             realm: raw.realm,
@@ -341,26 +343,18 @@ fn build_provider(name: String, raw: RawProvider) -> Result<Provider, ConfigErro
             KeySource::Remote(build_remote(remote).map_err(|e| e.within("jwks.remote"))?)
         }
         (None, Some(inline)) => {
-            let doc = match inline {
-                Value::Object(doc) => doc,
-                Value::String(text) => match serde_json::from_str::<Value>(&text) {
-                    Ok(Value::Object(doc)) => doc,
-                    _ => {
-                        return Err(ConfigError::new(
-                            "jwks.inline",
-                            "the string is not a JSON object",
-                        ))
-                    }
-                },
+            let set = match &inline {
+                Value::Object(doc) => KeySet::from_json(doc, hmac),
+                // The same checks as a fetched document, size cap included.
+                Value::String(text) => KeySet::parse(text.as_bytes(), hmac),
                 _ => {
                     return Err(ConfigError::new(
                         "jwks.inline",
                         "expected a JWKS object (or a string holding one)",
                     ))
                 }
-            };
-            let set = KeySet::from_json(&doc, hmac)
-                .map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
+            }
+            .map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
             KeySource::Inline(set)
         }
         _ => {

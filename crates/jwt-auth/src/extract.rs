@@ -22,13 +22,6 @@ pub trait RequestHeaders {
     fn header(&self, name: &str) -> Option<String>;
 }
 
-/// A token found in the request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub token: String,
-    pub location: TokenLocation,
-}
-
 impl TokenLocation {
     /// The default: `Authorization: Bearer <token>`.
     pub fn bearer() -> Self {

@@ -99,6 +99,7 @@ impl HostKey {
         Some(HostKey(spki))
     }
 
+    #[cfg(test)]
     pub fn der(&self) -> &[u8] {
         &self.0
     }

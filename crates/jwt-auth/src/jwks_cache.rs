@@ -230,13 +230,7 @@ impl JwksCache {
 
     /// Reads `.state` and, when another VM published newer keys, `.keys`.
     fn sync(&mut self, store: &dyn SharedStore) {
-        let Some((bytes, cas)) = store.get(&self.state_key) else {
-            self.shared = FetchState::default();
-            self.shared_cas = None;
-            return;
-        };
-        self.shared = serde_json::from_slice(&bytes).unwrap_or_default();
-        self.shared_cas = Some(cas);
+        (self.shared, self.shared_cas) = self.read_state(store);
         if self.shared.seq > self.seq {
             if let Some((record, _)) = store.get(&self.keys_key) {
                 if let Some((seq, refresh_at, set)) = parse_keys_record(&record) {
@@ -310,7 +304,9 @@ impl JwksCache {
         UnknownKid::Refused
     }
 
-    fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<(u64, bool)> {
+    /// Takes the fetch lease when a fetch is due (or forced) and nobody holds it;
+    /// `Some(forced)` when this VM must now fetch.
+    fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<bool> {
         self.sync(store);
         if let Some(until) = self.in_flight_until {
             if now < until {
@@ -345,7 +341,7 @@ impl JwksCache {
                 self.in_flight_until = Some(next.lease_until);
                 self.want_refetch = false;
                 self.shared = next;
-                Some((self.shared.lease_until, forced && !due))
+                Some(forced && !due)
             }
             Err(SetError::CasMismatch | SetError::Refused) => None,
         }
@@ -547,7 +543,7 @@ impl Keyring {
         let mut orders = Vec::new();
         for (index, provider) in self.providers.iter_mut().enumerate() {
             if let ProviderKeys::Remote(cache) = provider {
-                if let Some((_, forced)) = cache.poll(store, now) {
+                if let Some(forced) = cache.poll(store, now) {
                     orders.push(FetchOrder {
                         provider: index,
                         cluster: cache.remote.cluster.clone(),
@@ -575,13 +571,5 @@ impl Keyring {
             Some(ProviderKeys::Remote(cache)) => Some(cache.on_response(store, now, response)),
             _ => None,
         }
-    }
-
-    /// Whether some remote provider has no usable keys yet (the glue ticks faster
-    /// then).
-    pub fn loading(&self) -> bool {
-        self.providers
-            .iter()
-            .any(|p| matches!(p, ProviderKeys::Remote(cache) if cache.keys.is_none()))
     }
 }

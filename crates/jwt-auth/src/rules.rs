@@ -1,6 +1,7 @@
 //! Which requirement applies to a request: the first matching rule, else the
 //! configured `default`; CORS preflights may bypass authentication altogether.
 
+use crate::extract::RequestHeaders;
 use wasmgate_config::RouteTable;
 
 /// What a route requires.
@@ -19,36 +20,33 @@ pub enum Requirement {
     },
 }
 
-/// The route table plus the CORS switch.
+/// The route table, the requirement where no rule matches, and the CORS switch.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// The configured rules (the table has no fallback: `default` is that).
     pub table: RouteTable<Requirement>,
+    /// The configuration's required `default`.
+    pub default: Requirement,
     pub bypass_cors_preflight: bool,
 }
 
-/// The request line and the headers a CORS preflight is recognised by.
-pub struct RouteInput<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub is_cors_preflight: bool,
-}
-
 impl Rules {
-    pub fn select(&self, input: &RouteInput<'_>) -> &Requirement {
-        if self.bypass_cors_preflight && input.is_cors_preflight {
+    /// The requirement for a request: `Public` for a CORS preflight when those
+    /// bypass authentication, else the first matching rule's, else `default`.
+    pub fn select(&self, method: &str, path: &str, headers: &dyn RequestHeaders) -> &Requirement {
+        if self.bypass_cors_preflight && is_cors_preflight(method, headers) {
             return &Requirement::Public;
         }
-        // `default` is required by the configuration, so the fallback always exists;
-        // `Public` here would only be reached by a table built without one in tests.
-        self.table
-            .select(input.method, input.path)
-            .unwrap_or(&Requirement::Public)
+        self.table.select(method, path).unwrap_or(&self.default)
     }
 }
 
-/// A preflight is `OPTIONS` with `Origin` and `Access-Control-Request-Method`.
-pub fn is_cors_preflight(method: &str, origin: Option<&str>, request_method: Option<&str>) -> bool {
-    method == "OPTIONS" && origin.is_some() && request_method.is_some()
+/// A preflight is `OPTIONS` with `Origin` and `Access-Control-Request-Method`. The
+/// headers are read only for an `OPTIONS` request.
+fn is_cors_preflight(method: &str, headers: &dyn RequestHeaders) -> bool {
+    method == "OPTIONS"
+        && headers.header("origin").is_some()
+        && headers.header("access-control-request-method").is_some()
 }
 
 #[cfg(test)]
@@ -64,30 +62,49 @@ mod tests {
         }
     }
 
+    /// `Origin` and `Access-Control-Request-Method`, when given.
+    struct Headers(Option<&'static str>, Option<&'static str>);
+
+    impl RequestHeaders for Headers {
+        fn header(&self, name: &str) -> Option<String> {
+            match name {
+                "origin" => self.0,
+                "access-control-request-method" => self.1,
+                _ => None,
+            }
+            .map(str::to_owned)
+        }
+    }
+
+    /// A preflight's headers, or none.
+    fn cors(preflight: bool) -> Headers {
+        if preflight {
+            Headers(Some("https://a"), Some("POST"))
+        } else {
+            Headers(None, None)
+        }
+    }
+
     #[test]
     fn first_rule_then_default_and_cors_bypass() {
         let rules = Rules {
             table: RouteTable::new(
                 vec![(RouteMatch::prefix("/public"), Requirement::Public)],
-                Some(token(vec![0])),
+                None,
             ),
+            default: token(vec![0]),
             bypass_cors_preflight: true,
         };
-        let input = |method, path, cors| RouteInput {
-            method,
-            path,
-            is_cors_preflight: cors,
-        };
         assert_eq!(
-            rules.select(&input("GET", "/public/x", false)),
+            rules.select("GET", "/public/x", &cors(false)),
             &Requirement::Public
         );
         assert_eq!(
-            rules.select(&input("GET", "/orders", false)),
+            rules.select("GET", "/orders", &cors(false)),
             &token(vec![0])
         );
         assert_eq!(
-            rules.select(&input("OPTIONS", "/orders", true)),
+            rules.select("OPTIONS", "/orders", &cors(true)),
             &Requirement::Public
         );
         let strict = Rules {
@@ -95,7 +112,7 @@ mod tests {
             ..rules
         };
         assert_eq!(
-            strict.select(&input("OPTIONS", "/orders", true)),
+            strict.select("OPTIONS", "/orders", &cors(true)),
             &token(vec![0])
         );
     }
@@ -104,11 +121,16 @@ mod tests {
     fn preflight_needs_both_headers() {
         assert!(is_cors_preflight(
             "OPTIONS",
-            Some("https://a"),
-            Some("POST")
+            &Headers(Some("https://a"), Some("POST"))
         ));
-        assert!(!is_cors_preflight("OPTIONS", Some("https://a"), None));
-        assert!(!is_cors_preflight("OPTIONS", None, Some("POST")));
-        assert!(!is_cors_preflight("GET", Some("https://a"), Some("POST")));
+        assert!(!is_cors_preflight(
+            "OPTIONS",
+            &Headers(Some("https://a"), None)
+        ));
+        assert!(!is_cors_preflight("OPTIONS", &Headers(None, Some("POST"))));
+        assert!(!is_cors_preflight(
+            "GET",
+            &Headers(Some("https://a"), Some("POST"))
+        ));
     }
 }

@@ -313,9 +313,9 @@ impl JwtRoot {
         let mut still_waiting = Vec::new();
         for waiter in waiting {
             let outcome = if now >= waiter.attempt.deadline() {
-                Outcome::Deny(waiter.shared.auth.give_up(waiter.attempt.clone()))
+                Outcome::Deny(waiter.shared.auth.give_up())
             } else {
-                waiter.shared.check(waiter.attempt.clone(), now)
+                waiter.shared.check(waiter.attempt, now)
             };
             if let Outcome::Wait(attempt) = outcome {
                 still_waiting.push(Waiter { attempt, ..waiter });
