@@ -21,7 +21,8 @@
 //! seen moments ago) reads no shared data and parses no JSON: that read is a host call
 //! that copies the slot into the VM, the dearest kind. Nothing is trusted longer than
 //! the table would trust it: the answer is the one the table holds, until the same
-//! moment. The memo is bounded (emptied when full).
+//! moment. The memo is bounded (emptied when full), and shares its answers: a hit hands
+//! out the same `Rc`, copying nothing.
 //!
 //! Times are Unix milliseconds passed in by the caller; nothing here reads a clock.
 
@@ -30,6 +31,7 @@ use crate::record::{KeyRecord, StoreAnswer};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::Rc;
 use wasmgate_shared_store::{Cas, SetError, SharedStore};
 
 /// Reads and CAS writes before a caller gives up on coordinating and just proceeds.
@@ -58,9 +60,9 @@ pub struct CachePolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
     /// The store's answer, within its TTL.
-    Fresh(StoreAnswer),
+    Fresh(Rc<StoreAnswer>),
     /// An answer past its TTL, served because the store is failing.
-    Stale(StoreAnswer),
+    Stale(Rc<StoreAnswer>),
     /// The store is failing and nothing usable is cached.
     Unavailable,
     /// Another worker is asking the store; wait for the answer to appear.
@@ -119,7 +121,7 @@ pub struct KeyCache<S> {
     policy: CachePolicy,
     filled: Cell<u64>,
     /// Fresh answers this VM has seen, until they stop being fresh (Unix ms).
-    recent: RefCell<HashMap<KeyHash, (StoreAnswer, u64)>>,
+    recent: RefCell<HashMap<KeyHash, (Rc<StoreAnswer>, u64)>>,
 }
 
 impl<S: SharedStore> KeyCache<S> {
@@ -133,6 +135,7 @@ impl<S: SharedStore> KeyCache<S> {
         }
     }
 
+    #[cfg(test)]
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -168,10 +171,10 @@ impl<S: SharedStore> KeyCache<S> {
     }
 
     /// A fresh answer this VM has seen for `hash`, if it is still fresh.
-    fn recent(&self, hash: &KeyHash, now: u64) -> Option<StoreAnswer> {
+    fn recent(&self, hash: &KeyHash, now: u64) -> Option<Rc<StoreAnswer>> {
         let recent = self.recent.borrow();
         let (answer, until) = recent.get(hash)?;
-        (now < *until).then(|| answer.clone())
+        (now < *until).then(|| Rc::clone(answer))
     }
 
     /// The table's fresh answer, remembered in this VM until it stops being fresh.
@@ -181,8 +184,9 @@ impl<S: SharedStore> KeyCache<S> {
             recent.clear();
         }
         let until = answer.fetched_at.saturating_add(self.ttl(answer));
-        recent.insert(*hash, (answer.to_answer(), until));
-        Lookup::Fresh(answer.to_answer())
+        let shared = Rc::new(answer.to_answer());
+        recent.insert(*hash, (Rc::clone(&shared), until));
+        Lookup::Fresh(shared)
     }
 
     /// Decides what a request for `hash` does, claiming the slot when it must fetch.
@@ -229,8 +233,9 @@ impl<S: SharedStore> KeyCache<S> {
         Lookup::Fetch
     }
 
-    /// Stores the store's answer. Does not evict another key's lookup in flight.
-    pub fn complete(&self, hash: &KeyHash, answer: &StoreAnswer, now: u64) {
+    /// Stores the store's answer, and returns it as `Fresh` (shared with this VM's
+    /// memo). Does not evict another key's lookup in flight.
+    pub fn complete(&self, hash: &KeyHash, answer: &StoreAnswer, now: u64) -> Lookup {
         let hex = hash.to_hex();
         let record = match answer {
             StoreAnswer::Found(record) => Some(record.clone()),
@@ -242,12 +247,12 @@ impl<S: SharedStore> KeyCache<S> {
         };
         // This VM has the answer from the store itself, whether or not the table
         // takes it.
-        self.fresh_answer(hash, &cached);
+        let fresh = self.fresh_answer(hash, &cached);
         for _ in 0..CAS_ATTEMPTS {
             let (slot, cas) = self.read(hash);
             if let Slot::Entry(other) = &slot {
                 if other.hash != hex && other.lookup_until.is_some_and(|until| now < until) {
-                    return;
+                    break;
                 }
             }
             let entry = SlotEntry {
@@ -258,9 +263,10 @@ impl<S: SharedStore> KeyCache<S> {
             };
             match self.write(hash, &entry, &slot, cas) {
                 Err(SetError::CasMismatch) => continue,
-                Ok(()) | Err(SetError::Refused) => return,
+                Ok(()) | Err(SetError::Refused) => break,
             }
         }
+        fresh
     }
 
     /// Records a failed lookup (back-off) and says what to answer instead.
@@ -300,7 +306,9 @@ impl<S: SharedStore> KeyCache<S> {
         let hex = hash.to_hex();
         match self.read(hash) {
             (Slot::Entry(entry), _) if entry.hash == hex => match &entry.answer {
-                Some(answer) if self.fresh(answer, now) => Lookup::Fresh(answer.to_answer()),
+                Some(answer) if self.fresh(answer, now) => {
+                    Lookup::Fresh(Rc::new(answer.to_answer()))
+                }
                 answer => self.fallback(answer.as_ref(), now),
             },
             _ => Lookup::Unavailable,
@@ -326,7 +334,7 @@ impl<S: SharedStore> KeyCache<S> {
                     < a.fetched_at
                         .saturating_add(self.ttl(a) + self.policy.max_stale_ms) =>
             {
-                Lookup::Stale(a.to_answer())
+                Lookup::Stale(Rc::new(a.to_answer()))
             }
             _ => Lookup::Unavailable,
         }
@@ -433,8 +441,8 @@ mod tests {
         assert_eq!(c.begin(&h, 1_001), Lookup::Wait);
         c.complete(&h, &found("acme"), 1_050);
         // ...and then reads the answer.
-        assert_eq!(c.begin(&h, 1_051), Lookup::Fresh(found("acme")));
-        assert_eq!(c.begin(&h, 61_049), Lookup::Fresh(found("acme")));
+        assert_eq!(c.begin(&h, 1_051), Lookup::Fresh(found("acme").into()));
+        assert_eq!(c.begin(&h, 61_049), Lookup::Fresh(found("acme").into()));
         // At the TTL the next request claims a refresh; the rest wait for it.
         assert_eq!(c.begin(&h, 61_050), Lookup::Fetch);
         assert_eq!(c.begin(&h, 61_051), Lookup::Wait);
@@ -446,7 +454,10 @@ mod tests {
         let h = hash("nobody");
         assert_eq!(c.begin(&h, 0), Lookup::Fetch);
         c.complete(&h, &StoreAnswer::NotFound, 0);
-        assert_eq!(c.begin(&h, 9_999), Lookup::Fresh(StoreAnswer::NotFound));
+        assert_eq!(
+            c.begin(&h, 9_999),
+            Lookup::Fresh(StoreAnswer::NotFound.into())
+        );
         assert_eq!(c.begin(&h, 10_000), Lookup::Fetch);
     }
 
@@ -467,13 +478,13 @@ mod tests {
         c.complete(&h, &found("acme"), 0);
         // TTL over, store down: the refresh fails and the old answer is served.
         assert_eq!(c.begin(&h, 60_000), Lookup::Fetch);
-        assert_eq!(c.fail(&h, 60_010), Lookup::Stale(found("acme")));
+        assert_eq!(c.fail(&h, 60_010), Lookup::Stale(found("acme").into()));
         // During the back-off nobody asks the store again.
-        assert_eq!(c.begin(&h, 60_500), Lookup::Stale(found("acme")));
-        assert_eq!(c.usable(&h, 60_500), Lookup::Stale(found("acme")));
+        assert_eq!(c.begin(&h, 60_500), Lookup::Stale(found("acme").into()));
+        assert_eq!(c.usable(&h, 60_500), Lookup::Stale(found("acme").into()));
         // After it, one request tries again.
         assert_eq!(c.begin(&h, 61_010), Lookup::Fetch);
-        assert_eq!(c.fail(&h, 61_020), Lookup::Stale(found("acme")));
+        assert_eq!(c.fail(&h, 61_020), Lookup::Stale(found("acme").into()));
         // Beyond ttl + max_stale the answer is too old to use.
         assert_eq!(c.begin(&h, 359_999), Lookup::Fetch);
         assert_eq!(c.fail(&h, 360_000), Lookup::Unavailable);
@@ -481,7 +492,7 @@ mod tests {
         // The store comes back.
         assert_eq!(c.begin(&h, 361_000), Lookup::Fetch);
         c.complete(&h, &found("acme"), 361_000);
-        assert_eq!(c.begin(&h, 361_001), Lookup::Fresh(found("acme")));
+        assert_eq!(c.begin(&h, 361_001), Lookup::Fresh(found("acme").into()));
     }
 
     #[test]
@@ -500,7 +511,7 @@ mod tests {
         let h = hash("a");
         c.begin(&h, 0);
         c.complete(&h, &found("acme"), 10);
-        assert_eq!(c.fail(&h, 20), Lookup::Fresh(found("acme")));
+        assert_eq!(c.fail(&h, 20), Lookup::Fresh(found("acme").into()));
     }
 
     /// Another worker of the same Envoy: the same table, none of this VM's memo.
@@ -519,18 +530,18 @@ mod tests {
         // ...and does not overwrite a's marker.
         assert_eq!(worker(&c).begin(&a, 3), Lookup::Wait);
         c.complete(&a, &found("a"), 4);
-        assert_eq!(worker(&c).begin(&a, 5), Lookup::Fresh(found("a")));
+        assert_eq!(worker(&c).begin(&a, 5), Lookup::Fresh(found("a").into()));
         // Once a's answer is in, b evicts it (newest wins), and the full hash keeps
         // a from reading b's answer.
         assert_eq!(worker(&c).begin(&b, 6), Lookup::Fetch);
         worker(&c).complete(&b, &found("b"), 7);
-        assert_eq!(worker(&c).begin(&b, 8), Lookup::Fresh(found("b")));
+        assert_eq!(worker(&c).begin(&b, 8), Lookup::Fresh(found("b").into()));
         assert_eq!(worker(&c).begin(&a, 9), Lookup::Fetch);
         // A failure for a key that lost its slot has nothing stale to offer.
         assert_eq!(worker(&c).fail(&b, 10), Lookup::Unavailable);
         // The VM that looked a up still trusts its fresh answer until the TTL: the one
         // the table gave out, no longer than the table would have.
-        assert_eq!(c.begin(&a, 11), Lookup::Fresh(found("a")));
+        assert_eq!(c.begin(&a, 11), Lookup::Fresh(found("a").into()));
         assert_eq!(c.begin(&a, 60_004), Lookup::Fetch);
     }
 
@@ -543,14 +554,14 @@ mod tests {
         // The table is emptied behind the VM's back: its memo still answers, and
         // only until the answer's TTL.
         c.store().set(&c.slot_key(&h), b"", None).unwrap();
-        assert_eq!(c.begin(&h, 60_009), Lookup::Fresh(found("acme")));
+        assert_eq!(c.begin(&h, 60_009), Lookup::Fresh(found("acme").into()));
         assert_eq!(c.begin(&h, 60_010), Lookup::Fetch);
         // Answers read from the table are remembered too.
         let other = worker(&c);
         c.complete(&h, &found("acme"), 70_000);
-        assert_eq!(other.begin(&h, 70_001), Lookup::Fresh(found("acme")));
+        assert_eq!(other.begin(&h, 70_001), Lookup::Fresh(found("acme").into()));
         c.store().set(&c.slot_key(&h), b"", None).unwrap();
-        assert_eq!(other.begin(&h, 70_002), Lookup::Fresh(found("acme")));
+        assert_eq!(other.begin(&h, 70_002), Lookup::Fresh(found("acme").into()));
     }
 
     #[test]
@@ -582,7 +593,7 @@ mod tests {
             "the answer could not be written"
         );
         // The VM that asked the store has its answer all the same.
-        assert_eq!(c.begin(&h, 3), Lookup::Fresh(found("acme")));
+        assert_eq!(c.begin(&h, 3), Lookup::Fresh(found("acme").into()));
     }
 
     #[test]
@@ -610,7 +621,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.begin(&h, 0), Lookup::Fetch);
         c.complete(&h, &StoreAnswer::NotFound, 1);
-        assert_eq!(c.begin(&h, 2), Lookup::Fresh(StoreAnswer::NotFound));
+        assert_eq!(c.begin(&h, 2), Lookup::Fresh(StoreAnswer::NotFound.into()));
         assert_eq!(c.take_filled(), 0, "the slot was not empty");
     }
 }

@@ -2,15 +2,14 @@
 
 use crate::cache::CachePolicy;
 use crate::credential::{is_unreserved, KeyFormat, KeySources, RequestEdit};
-use crate::hash::{KeyHash, KeyHasher};
+use crate::hash::{KeyHash, KeyHasher, PepperError};
 use crate::record::KeyRecord;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::time::Duration;
 use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch};
 
-/// Shortest pepper accepted: shorter ones are guessable, which defeats their purpose.
-pub const MIN_PEPPER_LEN: usize = 16;
 /// Most cache slots: every slot is a shared-data key created at start-up in every VM.
 pub const MAX_SLOTS: u32 = 262_144;
 /// How long past the lookup timeout a claimed lookup and a waiting request are still
@@ -200,24 +199,28 @@ impl ForwardHeaders {
 
     /// Removes client-sent copies: run on every request, whatever its outcome, so an
     /// upstream never sees an identity header the gateway did not set.
-    pub fn strip_edits(&self) -> Vec<RequestEdit> {
-        self.names().cloned().map(RequestEdit::Remove).collect()
+    pub fn strip_edits(&self) -> impl Iterator<Item = RequestEdit<'_>> {
+        self.names().map(|name| RequestEdit::Remove(name.as_str()))
     }
 
     /// The identity of an allowed key, as header edits.
-    pub fn identity_edits(&self, record: &KeyRecord) -> Vec<RequestEdit> {
-        let scopes = record.scopes.join(" ");
+    pub fn identity_edits<'a>(&'a self, record: &'a KeyRecord) -> Vec<RequestEdit<'a>> {
+        // Joined only when the header is on (it is off by default).
+        let scopes = self
+            .scopes
+            .as_ref()
+            .map(|name| (name, record.scopes.join(" ")))
+            .filter(|(_, joined)| !joined.is_empty())
+            .map(|(name, joined)| (name, Cow::Owned(joined)));
         [
             (&self.tenant_id, Some(record.tenant_id.as_str())),
             (&self.key_id, Some(record.key_id.as_str())),
             (&self.plan, record.plan.as_deref()),
-            (
-                &self.scopes,
-                Some(scopes.as_str()).filter(|s| !s.is_empty()),
-            ),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some(RequestEdit::Set(name.clone()?, value?.to_owned())))
+        .filter_map(|(name, value)| Some((name.as_ref()?, Cow::Borrowed(value?))))
+        .chain(scopes)
+        .map(|(name, value)| RequestEdit::Set(name.as_str(), value))
         .collect()
     }
 }
@@ -440,27 +443,15 @@ fn millis(duration: Duration) -> u64 {
 }
 
 fn pepper(name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KeyHasher, ConfigError> {
-    if name.is_empty() {
-        return Err(ConfigError::new(
-            "",
-            "names an environment variable; it may not be empty",
-        ));
-    }
-    let value = env(name).unwrap_or_default();
-    if value.is_empty() {
-        return Err(ConfigError::new(
-            "",
-            format!("environment variable {name} is not set in the Wasm VM (add it to vm_config.environment_variables)"),
-        ));
-    }
-    if value.len() < MIN_PEPPER_LEN {
-        return Err(ConfigError::new(
-            "",
-            format!("the pepper in {name} is shorter than {MIN_PEPPER_LEN} bytes"),
-        ));
-    }
-    Ok(KeyHasher::HmacSha256 {
-        pepper: value.into_bytes(),
+    KeyHasher::from_pepper_env(name, env).map_err(|err| {
+        let problem = match err {
+            // Where the filter reads it from, and how to put it there.
+            PepperError::Unset { .. } => {
+                format!("{err} in the Wasm VM (add it to vm_config.environment_variables)")
+            }
+            _ => err.to_string(),
+        };
+        ConfigError::new("", problem)
     })
 }
 
@@ -770,14 +761,11 @@ mod tests {
         assert_eq!(
             config.forward.identity_edits(&record),
             vec![
-                RequestEdit::Set(HeaderName::new("x-tenant-id").unwrap(), "acme".into()),
-                RequestEdit::Set(HeaderName::new("x-api-key-id").unwrap(), "key_1".into()),
-                RequestEdit::Set(
-                    HeaderName::new("x-scopes").unwrap(),
-                    "a:read b:write".into()
-                ),
+                RequestEdit::Set("x-tenant-id", "acme".into()),
+                RequestEdit::Set("x-api-key-id", "key_1".into()),
+                RequestEdit::Set("x-scopes", "a:read b:write".into()),
             ]
         );
-        assert_eq!(config.forward.strip_edits().len(), 4);
+        assert_eq!(config.forward.strip_edits().count(), 4);
     }
 }

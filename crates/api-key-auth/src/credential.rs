@@ -5,6 +5,7 @@
 //! `Authorization: Bearer`, then the query parameter. The first one present decides:
 //! a malformed key there is refused even if a later source holds a good one.
 
+use std::borrow::Cow;
 use std::fmt;
 use wasmgate_config::HeaderName;
 
@@ -64,11 +65,12 @@ pub enum Presented {
     Key(PresentedKey),
 }
 
-/// A change to the request headers (`:path` included).
+/// A change to the request headers (`:path` included). Names are borrowed from the
+/// configuration (or are fixed), values from the record when they can be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestEdit {
-    Remove(HeaderName),
-    Set(HeaderName, String),
+pub enum RequestEdit<'a> {
+    Remove(&'a str),
+    Set(&'a str, Cow<'a, str>),
 }
 
 /// The request as the key sources read it: a header getter and the `:path`.
@@ -129,23 +131,21 @@ impl KeySources {
         format: &KeyFormat,
         header: HeaderLookup,
         path: &str,
-    ) -> Vec<RequestEdit> {
+    ) -> Vec<RequestEdit<'_>> {
         let mut edits: Vec<RequestEdit> = self
             .headers
             .iter()
-            .map(|name| RequestEdit::Remove(name.clone()))
+            .map(|name| RequestEdit::Remove(name.as_str()))
             .collect();
         if self.bearer_key(format, header).is_some() {
-            if let Ok(name) = HeaderName::new("authorization") {
-                edits.push(RequestEdit::Remove(name));
-            }
+            edits.push(RequestEdit::Remove("authorization"));
         }
-        if let Some(param) = &self.query {
-            if let (Some(stripped), Ok(name)) =
-                (without_query_param(path, param), HeaderName::new(":path"))
-            {
-                edits.push(RequestEdit::Set(name, stripped));
-            }
+        if let Some(stripped) = self
+            .query
+            .as_deref()
+            .and_then(|param| without_query_param(path, param))
+        {
+            edits.push(RequestEdit::Set(":path", stripped.into()));
         }
         edits
     }
@@ -351,9 +351,9 @@ mod tests {
         assert_eq!(
             edits,
             vec![
-                RequestEdit::Remove(HeaderName::new("x-api-key").unwrap()),
-                RequestEdit::Remove(HeaderName::new("authorization").unwrap()),
-                RequestEdit::Set(HeaderName::new(":path").unwrap(), "/a?x=1&y".into()),
+                RequestEdit::Remove("x-api-key"),
+                RequestEdit::Remove("authorization"),
+                RequestEdit::Set(":path", "/a?x=1&y".into()),
             ]
         );
         // A JWT in Authorization and a path without the parameter are left alone.
@@ -362,8 +362,8 @@ mod tests {
         assert_eq!(
             edits,
             vec![
-                RequestEdit::Remove(HeaderName::new("x-api-key").unwrap()),
-                RequestEdit::Set(HeaderName::new(":path").unwrap(), "/b".into()),
+                RequestEdit::Remove("x-api-key"),
+                RequestEdit::Set(":path", "/b".into()),
             ]
         );
         assert_eq!(s.hiding_edits(&format(), &|_| None, "/c?q=1").len(), 1);

@@ -47,10 +47,11 @@ pub struct Reply {
     pub body: String,
 }
 
-/// The outcome for a request whose key was looked up (or could not be).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Allow(KeyRecord),
+/// The outcome for a request whose key was looked up (or could not be). An allowed
+/// key's record is borrowed from the answer it was judged on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<'a> {
+    Allow(&'a KeyRecord),
     /// The store is unavailable and `fail_open` lets the request through, anonymous.
     FailOpen,
     Deny(Denial),
@@ -58,7 +59,7 @@ pub enum Verdict {
 
 impl ApiKeyConfig {
     /// Judges the store's answer at `now_ms` (Unix milliseconds).
-    pub fn judge(&self, answer: &StoreAnswer, now_ms: u64) -> Verdict {
+    pub fn judge<'a>(&self, answer: &'a StoreAnswer, now_ms: u64) -> Verdict<'a> {
         match answer {
             StoreAnswer::NotFound => Verdict::Deny(Denial::UnknownKey),
             StoreAnswer::Found(record) if record.status != KeyStatus::Active => {
@@ -67,12 +68,12 @@ impl ApiKeyConfig {
             StoreAnswer::Found(record) if record.expired_at(now_ms / 1000) => {
                 Verdict::Deny(Denial::ExpiredKey)
             }
-            StoreAnswer::Found(record) => Verdict::Allow(record.clone()),
+            StoreAnswer::Found(record) => Verdict::Allow(record),
         }
     }
 
     /// The verdict when the store cannot be asked and nothing usable is cached.
-    pub fn unavailable(&self) -> Verdict {
+    pub fn unavailable(&self) -> Verdict<'static> {
         if self.fail_open {
             Verdict::FailOpen
         } else {

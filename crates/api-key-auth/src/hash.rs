@@ -7,11 +7,15 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+/// Shortest pepper accepted: shorter ones are guessable, which defeats their purpose.
+pub const MIN_PEPPER_LEN: usize = 16;
+
 /// The 32-byte hash of an API key. Written as 64 lower-case hex digits on the wire.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyHash([u8; 32]);
 
 impl KeyHash {
+    #[cfg(test)]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -28,10 +32,6 @@ impl KeyHash {
 
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
     }
 
     /// The first eight bytes as a number: the cache uses it to pick a slot.
@@ -57,7 +57,52 @@ pub enum KeyHasher {
     HmacSha256 { pepper: Vec<u8> },
 }
 
+/// Why the pepper named by a `pepper_env` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PepperError {
+    /// The variable's name is empty.
+    NoName,
+    /// The variable is not set, or empty.
+    Unset { name: String },
+    /// The pepper is shorter than `MIN_PEPPER_LEN` bytes.
+    TooShort { name: String },
+}
+
+impl fmt::Display for PepperError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoName => f.write_str("names an environment variable; it may not be empty"),
+            Self::Unset { name } => write!(f, "environment variable {name} is not set"),
+            Self::TooShort { name } => write!(
+                f,
+                "the pepper in {name} is shorter than {MIN_PEPPER_LEN} bytes: a pepper holds at least {MIN_PEPPER_LEN} bytes of secret"
+            ),
+        }
+    }
+}
+
 impl KeyHasher {
+    /// HMAC-SHA-256 keyed with the pepper in environment variable `name`, read through
+    /// `env`. The one rule for the filter and the key store, which must agree on it.
+    pub fn from_pepper_env(
+        name: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, PepperError> {
+        if name.is_empty() {
+            return Err(PepperError::NoName);
+        }
+        let pepper = env(name).unwrap_or_default();
+        if pepper.is_empty() {
+            return Err(PepperError::Unset { name: name.into() });
+        }
+        if pepper.len() < MIN_PEPPER_LEN {
+            return Err(PepperError::TooShort { name: name.into() });
+        }
+        Ok(Self::HmacSha256 {
+            pepper: pepper.into_bytes(),
+        })
+    }
+
     pub fn hash(&self, key: &str) -> KeyHash {
         match self {
             Self::Sha256 => KeyHash(Sha256::digest(key.as_bytes()).into()),

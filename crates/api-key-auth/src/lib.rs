@@ -21,11 +21,11 @@ pub mod record;
 pub mod timestamp;
 
 pub use cache::{CachePolicy, KeyCache, Lookup};
-pub use config::{ApiKeyConfig, ForwardHeaders, StoreSettings, LOOKUP_GRACE, MAX_SLOTS};
+pub use config::{ApiKeyConfig, ForwardHeaders, StoreSettings};
 pub use credential::{
     HeaderLookup, KeyFormat, KeySources, Malformation, Presented, PresentedKey, RequestEdit,
 };
 pub use decision::{Denial, Reply, Verdict};
-pub use hash::{KeyHash, KeyHasher};
-pub use pending::{Answered, PendingLookups, DISPATCH_TICK, POLL_TICK};
+pub use hash::{KeyHash, KeyHasher, PepperError};
+pub use pending::{Answered, PendingLookups};
 pub use record::{KeyRecord, KeyStatus, StoreAnswer, StoreError};

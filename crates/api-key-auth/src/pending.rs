@@ -170,6 +170,7 @@ impl PendingLookups {
         }
     }
 
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiters.len()
     }

@@ -46,7 +46,7 @@ impl ApiKeyRequest {
         }
     }
 
-    fn finish_now(&self, verdict: &Verdict, headers: &mut HeaderSnapshot) -> Action {
+    fn finish_now(&self, verdict: &Verdict<'_>, headers: &mut HeaderSnapshot) -> Action {
         match finish(&self.state, verdict, headers) {
             Finish::Continue => Action::Continue,
             Finish::Respond(reply) => {
@@ -156,7 +156,7 @@ pub enum Finish {
 /// Applies a verdict to the request that is the effective context: identity headers
 /// and hidden credentials for a pass, the reply for a refusal. Counts it. `headers` is
 /// the request's snapshot (a fresh one when the root finishes a request that waited).
-pub fn finish(state: &FilterState, verdict: &Verdict, headers: &mut HeaderSnapshot) -> Finish {
+pub fn finish(state: &FilterState, verdict: &Verdict<'_>, headers: &mut HeaderSnapshot) -> Finish {
     let config = &state.config;
     match verdict {
         Verdict::Allow(record) => {
@@ -207,11 +207,11 @@ fn hide_credentials(state: &FilterState, headers: &mut HeaderSnapshot) {
 
 /// Applies edits through the snapshot: removing a header the request does not have
 /// costs no host call.
-fn apply(edits: Vec<RequestEdit>, headers: &mut HeaderSnapshot) {
+fn apply<'a>(edits: impl IntoIterator<Item = RequestEdit<'a>>, headers: &mut HeaderSnapshot) {
     for edit in edits {
         let result = match &edit {
-            RequestEdit::Remove(name) => headers.remove(name.as_str()),
-            RequestEdit::Set(name, value) => headers.set(name.as_str(), value),
+            RequestEdit::Remove(name) => headers.remove(name),
+            RequestEdit::Set(name, value) => headers.set(name, value),
         };
         if let Err(status) = result {
             log::warn!("{FILTER}: could not apply {edit:?}: {status:?}");

@@ -99,7 +99,7 @@ impl FilterState {
     }
 
     /// The verdict for a settled lookup, or `None` while it is still open.
-    pub fn verdict(&self, lookup: &Lookup, now: u64) -> Option<Verdict> {
+    pub fn verdict<'a>(&self, lookup: &'a Lookup, now: u64) -> Option<Verdict<'a>> {
         match lookup {
             Lookup::Fresh(answer) | Lookup::Stale(answer) => Some(self.config.judge(answer, now)),
             Lookup::Unavailable => Some(self.config.unavailable()),
@@ -183,10 +183,7 @@ impl FilterState {
         let hash = answered.hash;
         let outcome =
             match read_lookup_response(response.status, &response.body, response.truncated) {
-                Ok(answer) => {
-                    self.cache.complete(&hash, &answer, now);
-                    Lookup::Fresh(answer)
-                }
+                Ok(answer) => self.cache.complete(&hash, &answer, now),
                 Err(error) => {
                     log::warn!("{FILTER}: key store lookup failed: {error:?} ({hash:?})");
                     self.metrics.store_error(&error);
@@ -218,7 +215,7 @@ impl FilterState {
 
     /// Finishes a paused request from the root, then makes the root the effective
     /// context again, so that later host calls (a callout above all) stay the root's.
-    fn wake(&self, context_id: u32, verdict: &Verdict) {
+    fn wake(&self, context_id: u32, verdict: &Verdict<'_>) {
         // A request that is gone cannot be made effective; nothing to do then.
         if hostcalls::set_effective_context(context_id).is_ok() {
             match request::finish(self, verdict, &mut HeaderSnapshot::request()) {

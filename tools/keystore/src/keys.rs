@@ -11,9 +11,6 @@ use serde_json::json;
 use wasmgate_api_key_auth::timestamp::{format_rfc3339, parse_rfc3339};
 use wasmgate_api_key_auth::{KeyHasher, KeyRecord, KeyStatus};
 
-/// Shortest pepper accepted, as in the filter.
-const MIN_PEPPER_LEN: usize = 16;
-
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create a key; prints it once.
@@ -94,21 +91,13 @@ fn create(backend: &dyn KeyBackend, args: CreateArgs) -> Result<(), String> {
     };
     let hasher = match &args.pepper_env {
         None => KeyHasher::Sha256,
-        Some(name) => {
-            let pepper = std::env::var(name).unwrap_or_default();
-            if pepper.len() < MIN_PEPPER_LEN {
-                return Err(format!(
-                    "environment variable {name} must hold a pepper of at least {MIN_PEPPER_LEN} bytes"
-                ));
-            }
-            KeyHasher::HmacSha256 {
-                pepper: pepper.into_bytes(),
-            }
-        }
+        // The filter's own rule, so both sides accept the same peppers.
+        Some(name) => KeyHasher::from_pepper_env(name, &|var| std::env::var(var).ok())
+            .map_err(|err| format!("--pepper-env: {err}"))?,
     };
     let prefix = if args.test { "sk_test_" } else { "sk_live_" };
     let key = format!("{prefix}{}", URL_SAFE_NO_PAD.encode(random_bytes::<32>()?));
-    let key_id = format!("key_{}", hex_string(&random_bytes::<8>()?));
+    let key_id = format!("key_{}", hex::encode(random_bytes::<8>()?));
     let record = KeyRecord {
         key_id: key_id.clone(),
         tenant_id: args.tenant,
@@ -142,10 +131,6 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
     let mut bytes = [0u8; N];
     getrandom::getrandom(&mut bytes).map_err(|e| format!("no randomness from the OS: {e}"))?;
     Ok(bytes)
-}
-
-fn hex_string(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn status(key: &StoredKey, now: u64) -> &'static str {

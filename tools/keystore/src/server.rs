@@ -32,8 +32,8 @@ enum Route {
     MethodNotAllowed,
 }
 
-fn route(method: &str, url: &str, prefix: &str) -> Route {
-    let path = url.split('?').next().unwrap_or_default();
+fn route(request: &Request, prefix: &str) -> Route {
+    let path = request.path();
     let target = match path {
         "/__keystore/stats" => Route::Stats,
         "/__keystore/health" => Route::Health,
@@ -45,7 +45,7 @@ fn route(method: &str, url: &str, prefix: &str) -> Route {
             None => Route::NotFound,
         },
     };
-    if method != "GET" && target != Route::NotFound {
+    if request.method != "GET" && target != Route::NotFound {
         return Route::MethodNotAllowed;
     }
     target
@@ -90,7 +90,7 @@ pub fn serve(backend: Box<dyn KeyBackend>, args: ServeArgs) -> Result<(), String
 }
 
 fn answer(request: &Request, backend: &dyn KeyBackend, stats: &Stats, prefix: &str) -> Response {
-    let route = route(&request.method, &request.target, prefix);
+    let route = route(request, prefix);
     if matches!(route, Route::Lookup(_) | Route::BadHash) {
         stats.lookups.fetch_add(1, Ordering::SeqCst);
     }
@@ -137,10 +137,19 @@ fn error(code: &str, message: &str) -> String {
 mod tests {
     use super::*;
 
+    fn request(method: &str, target: &str) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
     #[test]
     fn routes() {
         let hex = "ab".repeat(32);
-        let get = |url: &str| route("GET", url, "/v1/keys");
+        let get = |url: &str| route(&request("GET", url), "/v1/keys");
         assert_eq!(
             get(&format!("/v1/keys/{hex}")),
             Route::Lookup(KeyHash::from_hex(&hex).unwrap())
@@ -163,7 +172,7 @@ mod tests {
         assert_eq!(get("/__keystore/stats"), Route::Stats);
         assert_eq!(get("/__keystore/health"), Route::Health);
         assert_eq!(
-            route("POST", &format!("/v1/keys/{hex}"), "/v1/keys"),
+            route(&request("POST", &format!("/v1/keys/{hex}")), "/v1/keys"),
             Route::MethodNotAllowed
         );
     }
