@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import time
 from collections import Counter
 
@@ -309,6 +310,53 @@ def test_api_routes_need_a_valid_token_and_orders_their_scope(gateway):
     placed = requests.post(orders, json={"sku": "lamp"}, headers=writer, timeout=TIMEOUT)
     assert placed.status_code == 200
     assert Seen(placed).header("x-scopes") == "orders:read orders:write"
+
+
+def _send(gateway, method: str, path: str, token: str, http2: bool = False):
+    """`method` sent verbatim (HTTP/1.1 with http.client, HTTP/2 with curl, prior
+    knowledge on the plain listener); (status, the upstream's echo or None)."""
+    auth = {"authorization": f"Bearer {token}"}
+    if http2:
+        out = subprocess.run(
+            ["curl", "-sS", "--http2-prior-knowledge", "-X", method, "-H",
+             f"authorization: Bearer {token}", "-o", "-", "-w", "\n%{http_code}",
+             gateway.url(path)], capture_output=True, text=True, timeout=TIMEOUT, check=True)
+        body, status = out.stdout.rsplit("\n", 1)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.envoy.port(), timeout=TIMEOUT)
+        conn.request(method, path, headers=auth)
+        resp = conn.getresponse()
+        body, status = resp.read().decode(), resp.status
+        conn.close()
+    echo = json.loads(body) if body.startswith('{"body"') else None
+    return int(status), echo
+
+
+def test_the_write_scope_guards_every_method_that_is_not_a_read(gateway):
+    """Reads are an allow-list (GET, HEAD, OPTIONS need orders:read); every other method,
+    whatever its spelling, needs orders:write. Envoy 1.40 passes the methods below to the
+    filters (over HTTP/1.1 its codec answers 400 itself to lowercase and unknown verbs)."""
+    path = "/api/v2/orders/7"
+    reader = gateway.token(sub="method-reader", scope="orders:read")
+    writer = gateway.token(sub="method-writer", scope="orders:read orders:write")
+    for method in ("GET", "HEAD", "OPTIONS"):
+        status, _ = _send(gateway, method, path, reader)
+        assert status == 200, method
+    writes = [(m, False) for m in ("POST", "PUT", "PATCH", "DELETE", "MERGE", "PROPPATCH",
+                                   "PURGE", "SEARCH", "REPORT", "TRACE")]
+    # Over HTTP/2 Envoy forwards any spelling: a lowercase `get` is not GET to the
+    # filter (the upstream may read it as one), so it needs the write scope too.
+    writes += [(m, True) for m in ("post", "Post", "get", "delete", "options", "FOO")]
+    for method, http2 in writes:
+        status, echo = _send(gateway, method, path, reader, http2)
+        assert (status, echo) == (403, None), (method, http2)
+        # With orders:write the request reaches the orders service as sent.
+        status, echo = _send(gateway, method, path, writer, http2)
+        assert status == 200 and echo["method"] == method, (method, http2)
+        assert echo["headers"]["x-scopes"] == ["orders:read orders:write"], (method, http2)
+    # HTTP/1.1 lowercase or unknown verbs never reach a filter: Envoy's codec refuses them.
+    for method in ("post", "FOO"):
+        assert _send(gateway, method, path, reader)[0] == 400, method
 
 
 def test_partner_route_needs_an_api_key_and_forwards_its_tenant_and_plan(gateway):
