@@ -267,3 +267,50 @@ fn a_request_that_left_is_never_woken_and_its_entries_do_not_pile_up() {
     assert!(matches!(finished[..], [(9_999, Outcome::Allow(_))]));
     assert!(list.is_empty());
 }
+
+/// Not a test: what one tick costs with many requests waiting, natively, the way the
+/// filter used to do it (every waiting attempt checked again: hash, parse, key lookup)
+/// and with the wait list. Prints; asserts only that both kept every request waiting.
+/// `cargo test -p wasmgate-jwt-auth --release -- --ignored --nocapture tick_cost`
+#[test]
+#[ignore = "measurement; run it by hand in --release"]
+fn tick_cost() {
+    use std::time::Instant;
+    for waiters in [1_000u32, 10_000] {
+        let store = MemoryStore::new();
+        let mut vm = fetching_vm(&store);
+        let mut list = WaitList::new(waiters as usize);
+        let mut attempts = Vec::new();
+        for id in 0..waiters {
+            let Outcome::Wait(attempt) =
+                vm.start(&store, &bearer("/x", &token(id as usize, "p256")), NOW)
+            else {
+                panic!("no wait");
+            };
+            attempts.push(attempt.clone());
+            let view = vm.keyring.view(attempt.provider(), NOW);
+            list.admit(id, attempt, view, NOW).unwrap();
+        }
+        let ticks = 20u64;
+        let started = Instant::now();
+        for n in 1..=ticks {
+            let now = NOW + n * TICK;
+            vm.keyring.poll(&store, now);
+            attempts = attempts
+                .into_iter()
+                .map(|attempt| match vm.check(&store, attempt, now) {
+                    Outcome::Wait(attempt) => attempt,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+        }
+        let before = started.elapsed() / ticks as u32;
+        let started = Instant::now();
+        for n in 1..=ticks {
+            assert!(tick(&mut list, &mut vm, &store, NOW + n * TICK).is_empty());
+        }
+        let after = started.elapsed() / ticks as u32;
+        assert_eq!(list.len(), waiters as usize);
+        println!("{waiters} waiting: a tick took {before:?} re-checking each, {after:?} with the wait list");
+    }
+}
