@@ -162,8 +162,9 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
 /// A claim as a header value: strings as they are, numbers and booleans as JSON,
 /// arrays of those joined with single spaces. Objects, nulls, values with control
-/// characters and values over 8 KiB give `None`: nothing is forwarded rather than a
-/// mangled value.
+/// characters, values over 8 KiB and arrays with an item containing whitespace give
+/// `None`: nothing is forwarded rather than a mangled value (`["orders:read admin"]`
+/// joined would read as two scopes to a service that splits on spaces).
 pub fn header_value(value: &Value) -> Option<String> {
     let scalar = |value: &Value| match value {
         Value::String(text) => Some(text.clone()),
@@ -174,7 +175,7 @@ pub fn header_value(value: &Value) -> Option<String> {
     let text = match value {
         Value::Array(items) => {
             let parts: Vec<String> = items.iter().filter_map(scalar).collect();
-            if parts.is_empty() {
+            if parts.is_empty() || parts.iter().any(|part| part.contains(char::is_whitespace)) {
                 return None;
             }
             parts.join(" ")
@@ -369,6 +370,10 @@ mod tests {
         assert_eq!(header_value(&json!(42)), Some("42".into()));
         assert_eq!(header_value(&json!(true)), Some("true".into()));
         assert_eq!(header_value(&json!(["a", "b", 3])), Some("a b 3".into()));
+        // An item with a space would split into two for a service that splits on spaces.
+        assert_eq!(header_value(&json!(["orders:read admin"])), None);
+        assert_eq!(header_value(&json!(["a", "b\tc"])), None);
+        assert_eq!(header_value(&json!("a b")), Some("a b".into()));
         assert_eq!(header_value(&json!({"a": 1})), None);
         assert_eq!(header_value(&json!(null)), None);
         assert_eq!(header_value(&json!([])), None);

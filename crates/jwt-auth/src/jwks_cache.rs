@@ -368,7 +368,9 @@ impl JwksCache {
         }
         let mut next = shared.clone();
         next.lease_holder = self.holder;
-        next.lease_until = now + self.policy().fetch_timeout + LEASE_MARGIN;
+        next.lease_until = now
+            .saturating_add(self.policy().fetch_timeout)
+            .saturating_add(LEASE_MARGIN);
         if forced && !due {
             next.refetched_at = now;
         }
@@ -405,7 +407,7 @@ impl JwksCache {
                 let ttl = self
                     .policy()
                     .time_to_live(response.cache_control.as_deref());
-                let refresh_at = now + ttl;
+                let refresh_at = now.saturating_add(ttl);
                 let count = set.len();
                 let seq = self.publish(store, now, refresh_at, &response.body);
                 self.install(seq, refresh_at, set);
@@ -458,7 +460,7 @@ impl JwksCache {
         for _ in 0..CAS_ATTEMPTS {
             let (mut state, cas) = self.read_state(store);
             state.failures = state.failures.saturating_add(1);
-            state.retry_at = now + self.policy().backoff(state.failures);
+            state.retry_at = now.saturating_add(self.policy().backoff(state.failures));
             if state.lease_holder == self.holder {
                 state.lease_holder = 0;
                 state.lease_until = 0;
