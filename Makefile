@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,14 @@ oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<f
 
 istio-pin: oci ## Rewrite the sha256/version pins in istio/wasmplugins/ from the build.
 	@python3 scripts/istio-pin.py --digests $(BUILD)/oci/digests.json --istio istio
+
+# `make push REGISTRY=registry.example.com/wasmgate`: skopeo's credentials (`skopeo login`
+# or REGISTRY_AUTH_FILE); PUSH_TLS_VERIFY=false for a plain-http or self-signed registry.
+REGISTRY        ?=
+PUSH_TLS_VERIFY ?= true
+push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each digest against the build.
+	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
+	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
 
 test: build lint unit e2e ## Everything: lint, unit tests, end-to-end tests in real Envoy.
 
