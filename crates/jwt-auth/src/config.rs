@@ -186,7 +186,7 @@ struct RawRemote {
     max_wait: Option<Duration>,
 }
 
-/// Defaults of `jwks.remote` (documented in the README).
+/// Defaults of `jwks.remote` (documented in docs/filters/jwt.md).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_MIN_CACHE_DURATION: Duration = Duration::from_secs(30);
