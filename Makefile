@@ -69,7 +69,7 @@ lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 
 docs: ## Check the docs: relative links and anchors, and every marked example against its filter's parser.
 	python3 scripts/check-links.py
-	$(CARGO) test -q -p wasmgate-combined-config --test docs_examples
+	$(CARGO) test -q -p wasmgate-combined-config --test docs
 
 # Benchmarks (BENCHMARKS.md; bench/): never part of `make test`. QUICK=1: a short run
 # written to build/bench/BENCHMARKS-quick.md. BENCH_ARGS: more options (`--help`).

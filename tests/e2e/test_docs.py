@@ -2,7 +2,7 @@
 the link checker `make docs` runs (scripts/check-links.py) catches broken links.
 
 The filter pages' example configurations are parsed by the filters' own parsers in
-`crates/combined-config/tests/docs_examples.rs`, and run in Envoy by the filters' tests
+`crates/combined-config/tests/docs.rs`, and run in Envoy by the filters' tests
 (`test_*_documented_example_*`)."""
 
 import subprocess

@@ -3,7 +3,7 @@ exactly what a reader copies.
 
 A block is marked by an HTML comment on the line before its fence:
 `<!-- example: jwt -->` before a full filter configuration (```json, on the filter's
-page under docs/filters/; the Rust test `crates/combined-config/tests/docs_examples.rs`
+page under docs/filters/; the Rust test `crates/combined-config/tests/docs.rs`
 parses every one), `<!-- quickstart: envoy -->` before a snippet of the landing page.
 """
 
