@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from harness import Seen, wait_for
 from harness.certs import spiffe_id
+from harness.http2 import http2_request
 from harness.mesh import Mesh
 
 TIMEOUT = 10
@@ -73,11 +74,59 @@ def test_checkout_creates_an_order_and_order_service_sees_its_spiffe_id(mesh):
     assert seen.header("x-caller-spiffe-id") == spiffe_id("checkout-service")
 
 
-def test_only_checkout_may_post_orders_other_identities_may_do_the_rest(mesh, demo_certs):
+# The same request spelt as a client, a proxy or an app framework may spell it: each
+# is "write to the orders" to some app, so each must be refused to any identity but
+# checkout-service, with HTTP/1.1 and HTTP/2 alike.
+WRITE_SPELLINGS = [
+    ("POST", "/api/orders"),
+    ("POST", "/api/orders/"),              # trailing slash
+    ("POST", "/api/orders;jsessionid=x"),  # path parameter (servlet containers drop it)
+    ("POST", "/api;x=1/orders"),           # ... on any segment
+    ("POST", "//api//orders"),             # double slashes
+    ("POST", "/api/./orders"),             # dot segment
+    ("POST", "/api%2Forders"),             # escaped slash
+    ("POST", "/api%2forders/"),
+    ("POST", "/API/orders"),               # case-insensitive routers
+    ("POST", "/api/orders?source=report"),
+    ("PUT", "/api/orders/17"),
+    ("PATCH", "/api/orders/17"),
+    ("DELETE", "/api/orders/17"),
+]
+READS = [("GET", "/api/orders/17"), ("HEAD", "/api/orders"), ("OPTIONS", "/api/orders")]
+
+
+def mesh_tls(certs, service):
+    """A client TLS context holding `service`'s mesh identity."""
+    return tls_context(certs / "mesh-ca.crt", mesh_cert(certs, service))
+
+
+def send(protocol, port, context, method, path, headers=None, body=None):
+    """(status or "reset", text) of one request to a sidecar's mTLS port."""
+    if protocol == "h2":
+        answer = http2_request(port, method, path, headers, (body or "").encode(), context=context)
+        return ("reset" if answer.status is None else answer.status), answer.body.decode()
+    context.set_alpn_protocols(["http/1.1"])  # http2_request asks for h2 on the same context
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=TIMEOUT)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("host", "order-service")
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.putheader("content-length", str(len(body or "")))
+        conn.endheaders((body or "").encode())
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("protocol", ["http/1.1", "h2"])
+def test_only_checkout_may_change_orders_however_the_request_is_spelt(mesh, demo_certs, protocol):
     order_inbound = mesh.port("order-service", "inbound")
-    reporting = tls_context(demo_certs / "mesh-ca.crt", mesh_cert(demo_certs, "reporting-service"))
+    reporting = mesh_tls(demo_certs, "reporting-service")
+    sidecar = mesh.sidecars["order-service"]
     denied_stat = "http.inbound.rbac.denied"
-    denied_before = mesh.sidecars["order-service"].stat(denied_stat)
+    denied_before = sidecar.stat(denied_stat)
     served_before = app_requests(mesh, "order-service")
 
     status, text, server_sans = call_inbound(order_inbound, reporting, "POST", "/api/orders",
@@ -85,21 +134,61 @@ def test_only_checkout_may_post_orders_other_identities_may_do_the_rest(mesh, de
     assert status == 403, text
     # The caller checked who answered: order-service's own identity.
     assert ("URI", spiffe_id("order-service")) in server_sans
-    # The same path spelt differently is the same path: a query string is not part of
-    # it, dot segments and double slashes are normalised before the policy looks.
-    for path in ("/api/orders?source=report", "/api/./orders", "//api//orders"):
-        status, text, _ = call_inbound(order_inbound, reporting, "POST", path, {})
-        assert status == 403, (path, text)
-    assert mesh.sidecars["order-service"].stat(denied_stat) == denied_before + 4
+    for method, path in WRITE_SPELLINGS:
+        assert send(protocol, order_inbound, reporting, method, path, body="{}")[0] == 403, \
+            (method, path)
+    denied = 1 + len(WRITE_SPELLINGS)
+    if protocol == "h2":
+        # HTTP/2 carries the method as written: `post` is not a read either.
+        assert send(protocol, order_inbound, reporting, "post", "/api/orders", body="{}")[0] == 403
+        denied += 1
+    else:
+        # HTTP/1.1 with a lower-case method does not get past Envoy's parser.
+        assert send(protocol, order_inbound, reporting, "post", "/api/orders", body="{}")[0] == 400
+    assert sidecar.stat(denied_stat) == denied_before + denied
     assert app_requests(mesh, "order-service") == served_before  # none of them got through
 
-    # The policy denies that one thing: reading (or anything else) stays open to every
-    # workload of the mesh, and the service sees who called.
-    for method, path in (("GET", "/api/orders/17"), ("PUT", "/api/orders/17")):
-        status, text, _ = call_inbound(order_inbound, reporting, method, path,
-                                       {} if method == "PUT" else None)
+    # Reading stays open to every workload of the mesh, and the service sees who called.
+    for method, path in READS:
+        status, text = send(protocol, order_inbound, reporting, method, path)
         assert status == 200, (method, path, text)
-        assert json.loads(text)["headers"]["x-caller-spiffe-id"] == [spiffe_id("reporting-service")]
+        if method == "GET":
+            assert json.loads(text)["headers"]["x-caller-spiffe-id"] == [spiffe_id("reporting-service")]
+    assert app_requests(mesh, "order-service") == served_before + len(READS)
+
+
+def test_checkout_may_change_orders_and_the_app_sees_the_normalised_path(mesh):
+    for method, path, seen_path in (("PUT", "/api/orders/17", "/api/orders/17"),
+                                    ("DELETE", "/api/orders/17", "/api/orders/17"),
+                                    ("POST", "/api//orders", "/api/orders"),
+                                    ("POST", "/api/orders%2F18", "/api/orders/18")):
+        resp = requests.request(method, outbound(mesh, path), json={}, timeout=TIMEOUT)
+        assert resp.status_code == 200, (method, path, resp.text)
+        seen = Seen(resp)
+        assert (seen.method, seen.path) == (method, seen_path)
+        assert seen.header("x-caller-spiffe-id") == spiffe_id("checkout-service")
+
+
+def test_headers_with_underscores_are_refused_by_every_sidecar(mesh, demo_certs):
+    """x_caller_spiffe_id would pass the header filter (it strips x-caller-spiffe-id)
+    and reach the app, where CGI-style stacks read it as X-Caller-Spiffe-Id."""
+    spoofed = {"x_caller_spiffe_id": spiffe_id("checkout-service")}
+    reporting = mesh_tls(demo_certs, "reporting-service")
+    served_before = {service: app_requests(mesh, service) for service in ("order-service", "checkout-service")}
+    for service in ("order-service", "checkout-service"):
+        port = mesh.port(service, "inbound")
+        assert send("http/1.1", port, reporting, "GET", "/api/orders/17", spoofed)[0] == 400
+        # HTTP/2: the stream is reset, no answer at all.
+        assert send("h2", port, reporting, "GET", "/api/orders/17", spoofed)[0] == "reset"
+    # The app's own outbound calls too: the sidecar does not carry them on.
+    resp = requests.get(outbound(mesh, "/api/orders/17"), headers=spoofed, timeout=TIMEOUT)
+    assert resp.status_code == 400
+    assert {service: app_requests(mesh, service) for service in served_before} == served_before
+    # The same names with dashes are the verified identity's, as always.
+    status, text = send("h2", mesh.port("order-service", "inbound"), reporting, "GET",
+                        "/api/orders/17", {"x-caller-spiffe-id": spiffe_id("checkout-service")})
+    assert status == 200
+    assert json.loads(text)["headers"]["x-caller-spiffe-id"] == [spiffe_id("reporting-service")]
 
 
 def test_a_service_without_a_policy_takes_any_mesh_identity(mesh, demo_certs):
@@ -171,7 +260,8 @@ def test_a_caller_refuses_a_peer_that_is_not_the_service_it_meant(mesh):
     # A checkout sidecar whose order-service endpoint is really checkout's own inbound
     # port: a valid mesh certificate, but the wrong identity.
     miswired = mesh.start_sidecar("checkout-service", name="miswired-checkout",
-                                  ports={15301: mesh.port("checkout-service", "inbound")})
+                                  ports={15301: mesh.port("checkout-service", "inbound"),
+                                         15311: mesh.port("checkout-service", "inbound")})
     served_before = app_requests(mesh, "checkout-service")
     resp = requests.post(f"http://127.0.0.1:{miswired.port('outbound')}/api/orders", json={},
                          timeout=TIMEOUT)
