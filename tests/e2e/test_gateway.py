@@ -170,12 +170,23 @@ def test_users_are_balanced_over_two_instances(gateway):
     assert min(answered_by.values()) >= 10, answered_by
 
 
+def steer(instance, what: str, value=None):
+    """Sets (PUT with `value`) or clears (DELETE) one of an echo instance's control
+    endpoints (`fail-next`, `delay`, `hold`, `fail`): the gateway removes the x-echo-*
+    headers from client requests, so tests steer instances on their own ports."""
+    method = "DELETE" if value is None else "PUT"
+    resp = requests.request(method, instance.url(f"/__echo/{what}"), data=str(value or ""),
+                            timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+
+
 def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     stats = ["cluster.products.upstream_rq_retry", "cluster.products.upstream_rq_retry_success"]
     delta = counter_delta(gateway.envoy, stats)
-    # The products instance answers 503 to the first attempt of this request only.
-    resp = requests.get(gateway.url("/api/v2/products/1"), timeout=TIMEOUT,
-                        headers={"x-echo-fail-first": "1", **gateway.bearer()})
+    products = gateway.instances["products"]
+    # The products instance answers 503 to its next request only.
+    steer(products, "fail-next", 1)
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
     assert resp.status_code == 200
     request_id = resp.headers["x-request-id"]
     assert delta() == {stats[0]: 1, stats[1]: 1}
@@ -185,21 +196,68 @@ def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     assert entry["attempts"] == 2
 
     # A POST that failed may have been carried out: it is not replayed.
+    steer(products, "fail-next", 1)
     resp = requests.post(gateway.url("/api/v2/products"), json={"name": "lamp"}, timeout=TIMEOUT,
-                         headers={"x-echo-fail-first": "1", **gateway.bearer()})
+                         headers=gateway.bearer())
     assert resp.status_code == 503
     assert delta() == {stats[0]: 1, stats[1]: 1}
 
 
 def test_slow_upstream_hits_its_route_timeout(gateway):
     delta = counter_delta(gateway.envoy, ["cluster.products.upstream_rq_timeout"])
-    slow = {"x-echo-delay-ms": "2500", **gateway.bearer()}
-    # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
-    resp = requests.get(gateway.url("/api/v2/products/1"), headers=slow, timeout=TIMEOUT)
-    assert resp.status_code == 504
-    assert delta() == {"cluster.products.upstream_rq_timeout": 1}
-    resp = requests.get(gateway.url("/api/v2/users/1"), headers=slow, timeout=TIMEOUT)
+    slow = ["products", "users-a", "users-b"]
+    try:
+        for instance in slow:
+            steer(gateway.instances[instance], "delay", 2500)
+        # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
+        resp = requests.get(gateway.url("/api/v2/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+        assert resp.status_code == 504
+        assert delta() == {"cluster.products.upstream_rq_timeout": 1}
+        resp = requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+        assert resp.status_code == 200
+    finally:
+        for instance in slow:
+            steer(gateway.instances[instance], "delay")
+
+
+def test_clients_cannot_steer_the_demo_services(gateway):
+    """The echo's x-echo-* headers would let any client fail an instance (until outlier
+    detection ejects it), hold a thread for a minute or set response headers."""
+    steering = {"x-echo-status": "500", "x-echo-delay-ms": "60000", "x-echo-fail-first": "3",
+                "x-echo-response-header": "x-injected=1"}
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers={**steering, **gateway.bearer()},
+                        timeout=TIMEOUT)
     assert resp.status_code == 200
+    assert "x-injected" not in resp.headers
+    seen = Seen(resp)
+    assert [name for name in steering if seen.header(name) is not None] == []
+
+
+def test_the_demo_jwks_issuer_keeps_its_keys_whoever_asks(gateway):
+    """`make run` starts the issuer without --mode-endpoint: nobody can make it publish
+    keys of their own (the gateway would trust tokens they sign)."""
+    jwks = gateway.instances["jwks"]
+    forged = json.dumps({"body": json.dumps({"keys": [{"kty": "oct", "k": "AAAA"}]})})
+    resp = requests.post(jwks.url("/__jwks/mode"), data=forged, timeout=TIMEOUT)
+    assert resp.status_code == 404
+    assert "--mode-endpoint" in resp.json()["error"]
+    keys = requests.get(jwks.url("/.well-known/jwks.json"), timeout=TIMEOUT).json()["keys"]
+    assert [key["kid"] for key in keys] == ["demo-es256"]
+
+
+def test_admin_stays_on_loopback_and_metrics_have_a_listener_of_their_own(gateway):
+    assert gateway.envoy.admin_address.startswith("127.0.0.1:")
+    stats = f"http://127.0.0.1:{gateway.envoy.port('stats')}"
+    requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+    metrics = requests.get(f"{stats}/stats/prometheus", timeout=TIMEOUT)
+    assert metrics.status_code == 200
+    assert 'envoy_cluster_upstream_rq_completed{envoy_cluster_name="users"}' in metrics.text
+    # Nothing else of admin is reachable there.
+    for method, path in (("GET", "/clusters"), ("GET", "/config_dump"), ("POST", "/quitquitquit"),
+                         ("POST", "/runtime_modify?x=1"), ("POST", "/stats/prometheus"),
+                         ("GET", "/stats/prometheus/../../clusters")):
+        assert requests.request(method, f"{stats}{path}", timeout=TIMEOUT).status_code == 404, path
+    assert gateway.envoy.alive()
 
 
 def test_access_log_is_one_json_line_per_request(gateway):
