@@ -59,12 +59,18 @@ class DemoGateway(Stack):
     signing_keys = None  # KeyDir: the keys the JWKS issuer publishes
     keys = None          # KeyStore: the key store's CLI and counters
 
+    def __init__(self, workdir, certs_dir, upstreams: dict = None):
+        """`upstreams`: {instance: port} of servers a test runs in place of some demo
+        services (they must answer `GET /healthz`)."""
+        super().__init__(workdir, certs_dir)
+        self.upstreams = upstreams or {}
+
     def start(self):
         try:
             ports = {port: 0 for port in GATEWAY_PORTS.values()}
             ports[GATEWAY_PORTS["admin"]] = free_ports(1)[0]
             for port, (service, instance) in DEMO_SERVICES.items():
-                ports[port] = self.start_echo(service, instance).port
+                ports[port] = self.upstreams.get(instance) or self.start_echo(service, instance).port
             self.signing_keys = KeyDir(self.workdir / "jwks-keys")
             self.signing_keys.add(SIGNING_KEY, "ES256")
             jwks = self.start_server("jwks", [tool_path("demo"), "jwks", "--keys",
