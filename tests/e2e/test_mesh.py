@@ -8,6 +8,7 @@ import datetime
 import http.client
 import json
 import ssl
+import time
 
 import pytest
 import requests
@@ -17,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from harness import Seen, wait_for
-from harness.certs import spiffe_id
+from harness.certs import (certificate_file, make_demo_certs, renew_demo_certs,
+                           served_certificate, spiffe_id)
 from harness.http2 import http2_request
 from harness.mesh import Mesh
 
@@ -268,3 +270,124 @@ def test_a_caller_refuses_a_peer_that_is_not_the_service_it_meant(mesh):
     assert resp.status_code == 503
     assert miswired.stat("cluster.order-service.ssl.fail_verify_san") >= 1
     assert app_requests(mesh, "checkout-service") == served_before
+
+
+def ejected_hosts(envoy, cluster: str) -> set:
+    """Ports of the hosts of `cluster` that outlier detection has ejected, from admin."""
+    for status in json.loads(envoy.admin("/clusters?format=json"))["cluster_statuses"]:
+        if status["name"] == cluster:
+            return {host["address"]["socket_address"]["port_value"]
+                    for host in status.get("host_statuses", [])
+                    if host.get("health_status", {}).get("failed_outlier_check")}
+    raise AssertionError(f"no cluster {cluster}")
+
+
+def fail(instance, status=None):
+    """Makes an echo app answer `status` to everything (None: heals it)."""
+    resp = requests.request("PUT" if status else "DELETE", instance.url("/__echo/fail"),
+                            data=str(status or ""), timeout=TIMEOUT)
+    assert resp.status_code == 200
+
+
+def test_a_failing_replica_is_ejected_for_30s_and_never_both(tmp_path, demo_certs, on_failure):
+    """checkout-service's sidecar ejects an order-service replica as the DestinationRule
+    says: 5 consecutive 5xx, at most 50% of the replicas, 30 s, swept every 10 s.
+    Waits out the ejection: about 40 s."""
+    mesh = Mesh(tmp_path, demo_certs).start()
+    on_failure(mesh.logs)
+    sidecar = mesh.sidecars["checkout-service"]
+    detector = "cluster.order-service.outlier_detection."
+    first, second = mesh.instances["order-service"], mesh.instances["order-service-2"]
+    second_port = mesh.port("order-service-2", "inbound")
+    try:
+        with requests.Session() as session:
+            def order():
+                resp = session.get(outbound(mesh, "/api/orders/7"), timeout=TIMEOUT)
+                return resp.status_code, Seen(resp).instance
+
+            # Both replicas take traffic.
+            assert {order() for _ in range(4)} == {(200, "order-service"), (200, "order-service-2")}
+            # The second replica breaks. Round robin keeps sending it every other
+            # request (the sidecar does not retry): the 5th 500 in a row ejects it.
+            fail(second, 500)
+            not_yet_ejected_at = time.monotonic()
+            failures = 0
+            for _ in range(20):
+                status, instance = order()
+                failures += status == 500
+                polled_at = time.monotonic()
+                if sidecar.stat(detector + "ejections_enforced_consecutive_5xx"):
+                    break
+                not_yet_ejected_at = polled_at
+            assert sidecar.stat(detector + "ejections_enforced_consecutive_5xx") == 1
+            assert ejected_hosts(sidecar, "order-service") == {second_port}
+            assert 5 <= failures <= 8  # a few more while the main thread ejects it
+            assert {order() for _ in range(6)} == {(200, "order-service")}
+
+            # The first replica breaks as well: ejecting it would leave none, so it
+            # stays (its 500s reach the caller) and the detector counts the ejection
+            # it did not make.
+            fail(first, 500)
+            assert {order() for _ in range(6)} == {(500, "order-service")}
+            assert sidecar.stat(detector + "ejections_overflow") >= 1
+            assert ejected_hosts(sidecar, "order-service") == {second_port}
+
+            # Both heal; the second replica is let back in when its 30 s are over (at
+            # the next sweep of the 10 s interval), not before.
+            fail(first)
+            fail(second)
+            wait_for(lambda: not ejected_hosts(sidecar, "order-service"), 60,
+                     "the second replica to be let back in", interval=0.25)
+            assert time.monotonic() - not_yet_ejected_at >= 30
+            assert {order() for _ in range(4)} == {(200, "order-service"), (200, "order-service-2")}
+    finally:
+        mesh.stop()
+
+
+def test_renewed_identities_are_used_without_a_restart_and_open_connections_go_on(
+        tmp_path, on_failure):
+    """Every sidecar reads its identity and the mesh CAs through SDS from files it
+    watches: `scripts/demo-certs.sh --renew` swaps a new set in (new CA, new
+    certificates; the CA file keeps the old CA beside the new one)."""
+    certs = make_demo_certs(tmp_path / "certs")
+    mesh = Mesh(tmp_path, certs).start()
+    on_failure(mesh.logs)
+    checkout = mesh.sidecars["checkout-service"]
+    inbound = mesh.port("order-service", "inbound")
+    old_reporting = [path.read_bytes() for path in mesh_cert(certs, "reporting-service")]
+    try:
+        old = certificate_file(certs / "mesh" / "order-service.crt")
+        assert served_certificate(inbound, mesh_tls(certs, "reporting-service")) == old
+        # checkout's sidecar holds an HTTP/2 connection to each order-service replica.
+        for _ in range(4):
+            assert requests.get(outbound(mesh, "/api/orders/1"), timeout=TIMEOUT).status_code == 200
+        connections = checkout.stat("cluster.order-service.upstream_cx_total")
+
+        renew_demo_certs(certs)
+        new = certificate_file(certs / "mesh" / "order-service.crt")
+        assert new != old
+        wait_for(lambda: served_certificate(inbound, mesh_tls(certs, "reporting-service")) == new,
+                 10, "order-service's new certificate")
+        # The connections opened before carry on: no new one was needed.
+        for _ in range(4):
+            resp = requests.get(outbound(mesh, "/api/orders/1"), timeout=TIMEOUT)
+            assert resp.status_code == 200
+            assert Seen(resp).header("x-caller-spiffe-id") == spiffe_id("checkout-service")
+        assert checkout.stat("cluster.order-service.upstream_cx_total") == connections
+        # A workload still on its old certificate is trusted (the CA file holds both
+        # CAs) until it has loaded its new one; the new one is trusted too.
+        old_files = tmp_path / "old-reporting"
+        old_files.mkdir()
+        (old_files / "crt").write_bytes(old_reporting[0])
+        (old_files / "key").write_bytes(old_reporting[1])
+        for cert in ((old_files / "crt", old_files / "key"), mesh_cert(certs, "reporting-service")):
+            status, text, _ = call_inbound(inbound, tls_context(certs / "mesh-ca.crt", cert),
+                                           "GET", "/api/orders/1")
+            assert status == 200, text
+        for replica in ("order-service", "order-service-2", "checkout-service"):
+            sidecar = mesh.sidecars[replica]
+            assert sidecar.stat("listener.inbound.server_ssl_socket_factory.ssl_context_update_by_sds") >= 1
+            assert sidecar.stat("sds.default.key_rotation_failed") == 0
+        assert checkout.stat("cluster.order-service.client_ssl_socket_factory.ssl_context_update_by_sds") >= 1
+    finally:
+        mesh.stop()
