@@ -445,16 +445,6 @@ def test_a_spoofed_identity_never_reaches_a_service_even_beside_a_valid_token(ga
     assert buckets() == {"wasmcustom.wasmgate.rate_limit.slots_in_use": 1}
 
 
-def ejected_hosts(envoy, cluster: str) -> set:
-    """Ports of the hosts of `cluster` that outlier detection has ejected, from admin."""
-    for status in json.loads(envoy.admin("/clusters?format=json"))["cluster_statuses"]:
-        if status["name"] == cluster:
-            return {host["address"]["socket_address"]["port_value"]
-                    for host in status.get("host_statuses", [])
-                    if host.get("health_status", {}).get("failed_outlier_check")}
-    raise AssertionError(f"no cluster {cluster}")
-
-
 def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, demo_certs,
                                                                        on_failure):
     """gateway.yaml's outlier detection, every number of it: 5 consecutive 5xx eject an
@@ -482,7 +472,7 @@ def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, 
                     break
                 not_yet_ejected_at = polled_at
             assert envoy.stat(detector + "ejections_enforced_consecutive_5xx") == 1
-            assert ejected_hosts(envoy, "users") == {users_b.port}
+            assert envoy.ejected_hosts("users") == {users_b.port}
             # The 500s the broken instance gave (all of them retried, hence `retry.`):
             # the 5th consecutive one trips the detector. The ejection is carried out
             # on Envoy's main thread, so on a busy machine a few more requests may
@@ -506,13 +496,13 @@ def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, 
                 assert (resp.status_code, Seen(resp).instance) == (500, "users-a")
             assert envoy.stat(detector + "ejections_overflow") >= 1
             assert envoy.stat(detector + "ejections_active") == 1
-            assert ejected_hosts(envoy, "users") == {users_b.port}
+            assert envoy.ejected_hosts("users") == {users_b.port}
 
             # Both heal. users-b comes back when its 30 s are over, at the detector's
             # next sweep (every 10 s), never sooner.
             steer(users_a, "fail")
             steer(users_b, "fail")
-            wait_for(lambda: not ejected_hosts(envoy, "users"), 60, "users-b to be let back in",
+            wait_for(lambda: not envoy.ejected_hosts("users"), 60, "users-b to be let back in",
                      interval=0.25)
             assert time.monotonic() - not_yet_ejected_at >= 30
             assert envoy.stat(detector + "ejections_active") == 0

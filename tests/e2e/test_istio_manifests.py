@@ -18,7 +18,7 @@ from harness.istio_checks import (
     check_pins, https_variants, install_manifests, load_manifests, merge_patch, module_of,
     shipped_manifests, wasm_plugins,
 )
-from harness.shipped import shipped_plugin_configs
+from harness.shipped import shipped_plugin_configs, shipped_typed_configs
 from harness.istio_crd import CrdCatalog, GoUrl
 
 UPSTREAM = ROOT / "tests" / "istio" / "upstream-testdata"
@@ -259,20 +259,7 @@ def test_broken_install_overlay_is_refused(manifest):
 
 
 def _connection_managers(path: str) -> list:
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("@type", "").endswith("HttpConnectionManager"):
-                found.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load((ROOT / path).read_text()))
-    return found
+    return shipped_typed_configs(path, "HttpConnectionManager")
 
 
 def _of_kind(kind: str) -> list:

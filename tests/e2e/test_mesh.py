@@ -272,16 +272,6 @@ def test_a_caller_refuses_a_peer_that_is_not_the_service_it_meant(mesh):
     assert app_requests(mesh, "checkout-service") == served_before
 
 
-def ejected_hosts(envoy, cluster: str) -> set:
-    """Ports of the hosts of `cluster` that outlier detection has ejected, from admin."""
-    for status in json.loads(envoy.admin("/clusters?format=json"))["cluster_statuses"]:
-        if status["name"] == cluster:
-            return {host["address"]["socket_address"]["port_value"]
-                    for host in status.get("host_statuses", [])
-                    if host.get("health_status", {}).get("failed_outlier_check")}
-    raise AssertionError(f"no cluster {cluster}")
-
-
 def fail(instance, status=None):
     """Makes an echo app answer `status` to everything (None: heals it)."""
     resp = requests.request("PUT" if status else "DELETE", instance.url("/__echo/fail"),
@@ -320,7 +310,7 @@ def test_a_failing_replica_is_ejected_for_30s_and_never_both(tmp_path, demo_cert
                     break
                 not_yet_ejected_at = polled_at
             assert sidecar.stat(detector + "ejections_enforced_consecutive_5xx") == 1
-            assert ejected_hosts(sidecar, "order-service") == {second_port}
+            assert sidecar.ejected_hosts("order-service") == {second_port}
             assert 5 <= failures <= 8  # a few more while the main thread ejects it
             assert {order() for _ in range(6)} == {(200, "order-service")}
 
@@ -330,13 +320,13 @@ def test_a_failing_replica_is_ejected_for_30s_and_never_both(tmp_path, demo_cert
             fail(first, 500)
             assert {order() for _ in range(6)} == {(500, "order-service")}
             assert sidecar.stat(detector + "ejections_overflow") >= 1
-            assert ejected_hosts(sidecar, "order-service") == {second_port}
+            assert sidecar.ejected_hosts("order-service") == {second_port}
 
             # Both heal; the second replica is let back in when its 30 s are over (at
             # the next sweep of the 10 s interval), not before.
             fail(first)
             fail(second)
-            wait_for(lambda: not ejected_hosts(sidecar, "order-service"), 60,
+            wait_for(lambda: not sidecar.ejected_hosts("order-service"), 60,
                      "the second replica to be let back in", interval=0.25)
             assert time.monotonic() - not_yet_ejected_at >= 30
             assert {order() for _ in range(4)} == {(200, "order-service"), (200, "order-service-2")}
