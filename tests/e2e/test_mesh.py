@@ -1,8 +1,9 @@
 """The east-west mesh (envoy-config/mesh/) in real Envoy: checkout-service and
-order-service, each an echo app behind its own sidecar, talking mutual TLS with SPIFFE
-identities from the demo mesh CA, order-service guarded by the RBAC form of its
-AuthorizationPolicy. A third identity, reporting-service, is a test client holding its
-mesh certificate."""
+order-service (two replicas), each an echo app behind its own sidecar, talking mutual
+TLS with SPIFFE identities from the demo mesh CA (read through SDS from files),
+order-service guarded by the RBAC form of its AuthorizationPolicy, checkout's sidecar
+ejecting a failing replica as the DestinationRule says. A third identity,
+reporting-service, is a test client holding its mesh certificate."""
 
 import datetime
 import http.client
