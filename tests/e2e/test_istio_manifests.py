@@ -6,6 +6,7 @@ adding a filter is adding its manifest."""
 
 import copy
 import json
+import re
 import subprocess
 
 import jsonschema
@@ -285,26 +286,35 @@ def test_envoy_mesh_configs_are_what_the_istio_mesh_settings_make():
         assert merge_patch(hcm, merged) == hcm, (path, hcm["stat_prefix"])
 
 
+def _rbac_policy(rule: dict) -> dict:
+    """One AuthorizationPolicy rule as istiod writes it into Envoy's RBAC, for the forms
+    istio/mesh/ uses: notPrincipals; notMethods; a `when` on a header's presence."""
+    (source,) = rule["from"]
+    assert set(source) == {"source"} and set(source["source"]) == {"notPrincipals"}
+    permissions = []
+    for operation in rule.get("to", []):
+        assert set(operation) == {"operation"} and set(operation["operation"]) == {"notMethods"}
+        permissions.append({"not_rule": {"or_rules": {"rules": [
+            {"header": {"name": ":method", "string_match": {"exact": method}}}
+            for method in operation["operation"]["notMethods"]]}}})
+    for condition in rule.get("when", []):
+        header = re.fullmatch(r"request\.headers\[(.+)\]", condition["key"])
+        assert header and condition["values"] == ["*"], condition
+        permissions.append({"header": {"name": header.group(1), "present_match": True}})
+    assert len(permissions) == 1, rule  # one condition per rule, as shipped
+    return {"permissions": permissions,
+            "principals": [{"not_id": {"authenticated": {"principal_name": {"exact": f"spiffe://{p}"}}}}
+                           for p in source["source"]["notPrincipals"]]}
+
+
 def test_envoy_mesh_rbac_is_the_authorization_policy_as_istiod_writes_it():
     """envoy-config/mesh/order-service.yaml's RBAC filter is the translation of the
-    AuthorizationPolicy for the forms it uses (notPrincipals, notMethods)."""
+    AuthorizationPolicy (one RBAC policy per rule, named as istiod names them)."""
     (policy,) = _of_kind("AuthorizationPolicy")
-    (rule,) = policy["spec"]["rules"]
-    (source,) = rule["from"]
-    (operation,) = rule["to"]
-    assert set(source) == {"source"} and set(source["source"]) == {"notPrincipals"}
-    assert set(operation) == {"operation"} and set(operation["operation"]) == {"notMethods"}
-    expected = {
-        "action": policy["spec"]["action"],
-        "policies": {policy["metadata"]["name"]: {
-            "permissions": [{"not_rule": {"or_rules": {"rules": [
-                {"header": {"name": ":method", "string_match": {"exact": method}}}
-                for method in operation["operation"]["notMethods"]]}}}],
-            "principals": [{"not_id": {"authenticated": {"principal_name": {
-                "exact": f"spiffe://{principal}"}}}}
-                for principal in source["source"]["notPrincipals"]],
-        }},
-    }
+    meta = policy["metadata"]
+    expected = {"action": policy["spec"]["action"],
+                "policies": {f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule[{i}]": _rbac_policy(rule)
+                             for i, rule in enumerate(policy["spec"]["rules"])}}
     config = yaml.safe_load((ROOT / MESH_CONFIGS[0]).read_text())
     (rbac,) = [f["typed_config"] for hcm in _connection_managers(MESH_CONFIGS[0])
                for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]

@@ -151,6 +151,12 @@ def test_only_checkout_may_change_orders_however_the_request_is_spelt(mesh, demo
     assert sidecar.stat(denied_stat) == denied_before + denied
     assert app_requests(mesh, "order-service") == served_before  # none of them got through
 
+    # A read that asks the app to treat it as a write is not a read.
+    for header in ("x-http-method-override", "x-http-method", "x-method-override"):
+        assert send(protocol, order_inbound, reporting, "GET", "/api/orders", {header: "POST"})[0] == 403
+    denied += 3
+    assert sidecar.stat(denied_stat) == denied_before + denied
+
     # Reading stays open to every workload of the mesh, and the service sees who called.
     for method, path in READS:
         status, text = send(protocol, order_inbound, reporting, method, path)
