@@ -175,8 +175,8 @@ def test_users_are_balanced_over_two_instances(gateway):
 
 def steer(instance, what: str, value=None):
     """Sets (PUT with `value`) or clears (DELETE) one of an echo instance's control
-    endpoints (`fail-next`, `delay`, `hold`, `fail`): the gateway removes the x-echo-*
-    headers from client requests, so tests steer instances on their own ports."""
+    endpoints (`fail-next`, `delay`, `fail`): the gateway removes the x-echo-* headers
+    from client requests, so tests steer instances on their own ports."""
     method = "DELETE" if value is None else "PUT"
     resp = requests.request(method, instance.url(f"/__echo/{what}"), data=str(value or ""),
                             timeout=TIMEOUT)

@@ -28,22 +28,20 @@
 //!   503 (a transient failure a retry recovers from).
 //! - `PUT /__echo/delay` with milliseconds as the body (`3000`): every request waits
 //!   that long before its answer (at most 60 s); `DELETE /__echo/delay` stops it.
-//! - `PUT /__echo/hold`: every request waits until `DELETE /__echo/hold` (at most
-//!   60 s), so a test can hold many requests open at once and release them together.
 
 use clap::Args;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 use wasmgate_fixture_http::{Reply, Request, Response, Server};
 
 const MAX_ECHOED_BODY: usize = 64 * 1024;
 /// The health endpoint the demo gateway checks; a broken instance (`/__echo/fail`)
 /// still answers it with 200.
 const HEALTH_PATH: &str = "/healthz";
-/// The longest a request waits: for `x-echo-delay-ms`, `/__echo/delay`, `/__echo/hold`.
+/// The longest a request waits: for `x-echo-delay-ms` and `/__echo/delay`.
 const MAX_DELAY_MS: u64 = 60_000;
 /// Request ids remembered for `x-echo-fail-first`; the table is emptied when full
 /// (a forgotten id only means one more failure than asked for, in a test fixture).
@@ -80,9 +78,6 @@ struct EchoState {
     fail_next: AtomicU32,
     /// How long every request waits (`/__echo/delay`).
     delay_ms: AtomicU64,
-    /// True while requests are held (`/__echo/hold`); the condvar wakes them.
-    held: Mutex<bool>,
-    released: Condvar,
 }
 
 pub fn serve(args: EchoArgs) -> Result<(), String> {
@@ -96,8 +91,6 @@ pub fn serve(args: EchoArgs) -> Result<(), String> {
         attempts: Mutex::new(HashMap::new()),
         fail_next: AtomicU32::new(0),
         delay_ms: AtomicU64::new(0),
-        held: Mutex::new(false),
-        released: Condvar::new(),
     };
     server.serve(move |request| answer(request, &state));
     Ok(())
@@ -156,7 +149,6 @@ fn answer(request: &Request, state: &EchoState) -> Reply {
             status = 503;
         }
         delay_ms = delay_ms.max(state.delay_ms.load(Ordering::SeqCst));
-        state.wait_while_held();
     }
 
     let body = &request.body[..request.body.len().min(MAX_ECHOED_BODY)];
@@ -184,33 +176,6 @@ impl EchoState {
         self.fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
-    }
-
-    /// Waits while `/__echo/hold` is on, at most `MAX_DELAY_MS`.
-    fn wait_while_held(&self) {
-        let deadline = Instant::now() + Duration::from_millis(MAX_DELAY_MS);
-        let mut held = self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while *held {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            held = match self.released.wait_timeout(held, left) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-    }
-
-    fn set_held(&self, on: bool) {
-        *self
-            .held
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = on;
-        self.released.notify_all();
     }
 
     /// Counts one more attempt of the request `id` and returns the count (1 = first).
@@ -272,18 +237,10 @@ fn control(request: &Request, state: &EchoState) -> Response {
             state.delay_ms.store(0, Ordering::SeqCst);
             (200, stats(state))
         }
-        ("PUT", "/__echo/hold") => {
-            state.set_held(true);
-            (200, stats(state))
-        }
-        ("DELETE", "/__echo/hold") => {
-            state.set_held(false);
-            (200, stats(state))
-        }
         _ => (
             404,
             json!({"error": "control endpoints: GET /__echo/stats, PUT|DELETE /__echo/fail, \
-                             PUT /__echo/fail-next, PUT|DELETE /__echo/delay, PUT|DELETE /__echo/hold"}),
+                             PUT /__echo/fail-next, PUT|DELETE /__echo/delay"}),
         ),
     };
     Response::json(status, body.to_string())
