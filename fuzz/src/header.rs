@@ -62,10 +62,7 @@ struct Request {
 
 impl RequestView for Request {
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+        crate::first_value(&self.headers, name)
     }
 
     fn property(&self, path: &[&str]) -> Option<String> {

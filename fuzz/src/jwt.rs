@@ -103,10 +103,7 @@ struct Request {
 
 impl RequestHeaders for Request {
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+        crate::first_value(&self.headers, name)
     }
 }
 

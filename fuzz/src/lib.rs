@@ -47,5 +47,13 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("rate_limit", rate_limit::buckets),
 ];
 
+/// The first value of header `name` in a fake request's header list.
+fn first_value(headers: &[(&str, String)], name: &str) -> Option<String> {
+    headers
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.clone())
+}
+
 #[cfg(test)]
 mod tests;

@@ -94,10 +94,7 @@ struct Request {
 
 impl RequestView for Request {
     fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
+        crate::first_value(&self.headers, name)
     }
     fn source_address(&self) -> Option<String> {
         self.address.clone()
