@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs fmt run certs clean bench bench-wasm fuzz fuzz-smoke
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,10 +60,20 @@ push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each dig
 	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
 	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
 
-test: build lint docs unit e2e ## Everything: lint, docs, unit tests, end-to-end tests in real Envoy.
+test: build lint docs unit fuzz-smoke e2e ## Everything: lint, docs, unit tests, a short fuzz run, end-to-end tests in real Envoy.
 
 unit: ## Unit tests of the host-independent crates (native, fast).
 	$(CARGO) test --workspace
+
+# Fuzzing (docs/fuzzing.md; fuzz/): cargo-fuzz builds every target once, then each runs
+# for FUZZ_S seconds from its committed seeds. `make test` runs each for FUZZ_SMOKE_S.
+FUZZ_S       ?= 60
+FUZZ_SMOKE_S ?= 4
+fuzz: setup ## Run every fuzz target for FUZZ_S seconds (default 60); findings in build/fuzz/.
+	fuzz/run.sh $(FUZZ_S)
+
+fuzz-smoke: ## Every fuzz target for FUZZ_SMOKE_S seconds (default 4): part of `make test`.
+	fuzz/run.sh $(FUZZ_SMOKE_S)
 
 e2e: ## End-to-end tests: real Envoy, real .wasm files, real HTTP.
 	@# pytest exits 5 when a -k/-m selection leaves a pass with nothing to run.

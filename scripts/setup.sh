@@ -12,6 +12,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
     rustup target add wasm32-wasip1
 fi
 
+# 1b. cargo-fuzz (`make fuzz`, and a short run in `make test`), pinned and --locked.
+#     The fuzz targets build on stable: with the sanitizer off, no nightly is needed.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+    say "installing cargo-fuzz $cargo_fuzz_version"
+    cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
+
 # 2. Debian packages: clang/llvm build ring's C code for wasm32; redis-server backs
 #    the key store; nginx and wrk serve the benchmark; openssl makes demo certificates;
 #    skopeo (an independent OCI implementation) checks the images `make oci` writes;
