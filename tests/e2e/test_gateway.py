@@ -66,8 +66,10 @@ def test_routes_reach_their_service_with_the_verified_identity_only(gateway, pat
                                                                      instances):
     spoofed = {name: "spoofed" for name in IDENTITY_HEADERS}
     credentials = with_credentials(gateway, path)
+    # An API key sent where none is checked does not travel on either.
+    stray_key = {"x-api-key": "sk_live_" + "s" * 43}
     resp = requests.get(gateway.url(path), timeout=TIMEOUT, headers={
-        **spoofed, "x-request-id": "client-chosen", **credentials["headers"]})
+        **spoofed, "x-request-id": "client-chosen", **stray_key, **credentials["headers"]})
     assert resp.status_code == 200, resp.text
     seen = Seen(resp)
     assert seen.service == service
