@@ -734,7 +734,10 @@ mod tests {
             }
         }
         assert!(served_until < bound, "served at {served_until}");
-        assert!(served_until > 5_000 + 2_000, "stale-if-error did apply past the TTL");
+        assert!(
+            served_until > 5_000 + 2_000,
+            "stale-if-error did apply past the TTL"
+        );
     }
 
     #[test]
@@ -862,7 +865,11 @@ mod tests {
         }
         // A newcomer takes the slot of a "no such key" (the older one goes first)...
         assert!(fetches(&worker(&c), &z, 2));
-        assert_eq!(worker(&c).begin(&z, 3), Lookup::Wait, "claimed in the table");
+        assert_eq!(
+            worker(&c).begin(&z, 3),
+            Lookup::Wait,
+            "claimed in the table"
+        );
         worker(&c).complete(&z, &StoreAnswer::NotFound, 4);
         assert_eq!(worker(&c).begin(&z, 5), fresh(StoreAnswer::NotFound));
         assert_eq!(worker(&c).begin(&y, 5), fresh(StoreAnswer::NotFound));

@@ -207,7 +207,9 @@ mod tests {
         assert!(!reply.headers.iter().any(|(n, _)| *n == "www-authenticate"));
         let overloaded = c.reply(Denial::Overloaded);
         assert_eq!(overloaded.status, 503);
-        assert!(overloaded.headers.contains(&("retry-after", "1".to_owned())));
+        assert!(overloaded
+            .headers
+            .contains(&("retry-after", "1".to_owned())));
         assert_eq!(overloaded.body, reply.body);
         let reasons: Vec<&str> = Denial::ALL.iter().map(|d| d.reason()).collect();
         assert_eq!(

@@ -107,7 +107,11 @@ impl LookupPermits {
 
     /// Leases live at `now`: lookups in flight in every worker.
     pub fn in_flight(&self, store: &impl SharedStore, now: u64) -> usize {
-        self.read(store).0.iter().filter(|until| **until > now).count()
+        self.read(store)
+            .0
+            .iter()
+            .filter(|until| **until > now)
+            .count()
     }
 
     fn read(&self, store: &impl SharedStore) -> (Vec<u64>, Option<Cas>) {
@@ -135,7 +139,10 @@ impl LookupPermits {
         leases: &[u64],
         cas: Option<Cas>,
     ) -> Result<(), SetError> {
-        let bytes: Vec<u8> = leases.iter().flat_map(|until| until.to_le_bytes()).collect();
+        let bytes: Vec<u8> = leases
+            .iter()
+            .flat_map(|until| until.to_le_bytes())
+            .collect();
         store.set(&self.key, &bytes, cas)
     }
 }
@@ -162,7 +169,11 @@ mod tests {
         assert_eq!(p.in_flight(&store, 4), 2);
         assert!(p.acquire(&store, 4).is_some());
         assert_eq!(p.acquire(&store, 5), None);
-        assert_eq!(store.key_count(), 1, "one shared-data key, whatever the load");
+        assert_eq!(
+            store.key_count(),
+            1,
+            "one shared-data key, whatever the load"
+        );
     }
 
     #[test]
@@ -194,7 +205,10 @@ mod tests {
     fn contention_is_retried_then_refused() {
         let (p, store) = permits(4);
         store.fail_next_sets(CAS_ATTEMPTS as u32 - 1);
-        assert!(p.acquire(&store, 0).is_some(), "retried past the lost races");
+        assert!(
+            p.acquire(&store, 0).is_some(),
+            "retried past the lost races"
+        );
         store.fail_next_sets(CAS_ATTEMPTS as u32);
         assert_eq!(p.acquire(&store, 1), None, "every race lost: refused");
         assert_eq!(p.in_flight(&store, 1), 1);

@@ -25,7 +25,6 @@ pub const MAX_SCOPES: usize = 64;
 /// The `error` member of the body of a `404` that means "no such key".
 pub const NOT_FOUND_ERROR: &str = "not_found";
 
-
 /// What the key store knows about one key. Unknown fields in the JSON are ignored, so a
 /// store may return more than the filter reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

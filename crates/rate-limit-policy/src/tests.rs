@@ -323,7 +323,9 @@ fn admitted_headers_off_leaves_admitted_responses_alone_and_still_explains_refus
     };
     assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
     assert_eq!(header(&reply.headers, "x-ratelimit-limit"), Some("2"));
-    assert!(reply.body.contains(r#""violated-policies":["per-address"]"#));
+    assert!(reply
+        .body
+        .contains(r#""violated-policies":["per-address"]"#));
     // Another address of the same /48 shares the bucket; one outside it does not.
     let neighbour = FakeRequest::get("/").with_address("[2001:db8:1:ffff::1]:1");
     let same_site = FakeRequest::get("/").with_address("[2001:db8:1:1::2]:1");
