@@ -8,7 +8,9 @@
 //! until the answer shows up in shared data. With nothing waiting, the tick is off.
 //!
 //! Every waiting request has a deadline (lookup timeout plus grace), so no request
-//! waits longer than that, whatever happens to the lookup.
+//! waits longer than that, whatever happens to the lookup. At most [`MAX_WAITING`]
+//! requests wait per worker, and a lookup holds its [`Permit`] (the Envoy-wide bound
+//! on lookups in flight) from queueing to answer.
 
 use crate::hash::KeyHash;
 use crate::permits::Permit;
