@@ -1,5 +1,5 @@
 """A key store for tests of the API-key filter under load: it serves the lookup contract
-(README "The lookup contract") from a fixed set of keys, answers each lookup after a
+(docs/keystore.md, "The lookup contract") from a fixed set of keys, answers each lookup after a
 delay, and records the most lookups it ever held at once.
 
 It is the store's own count of what reached it, independent of the filter's metrics,
