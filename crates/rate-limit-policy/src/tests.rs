@@ -536,9 +536,11 @@ fn invalid_configurations_name_the_field() {
 #[test]
 fn the_documented_example_is_a_valid_configuration() {
     let page = include_str!("../../../docs/filters/rate-limit.md");
+    // The page's main example (the pre-authentication tier's comes before it).
     let example = page
         .split("<!-- example: rate-limit -->\n```json")
-        .nth(1)
+        .skip(1)
+        .find(|rest| rest.contains("\"table\": {\"name\": \"edge\""))
         .and_then(|rest| rest.split("```").next())
         .expect("docs/filters/rate-limit.md has a marked JSON example");
     let gw = Gateway::new(example);
