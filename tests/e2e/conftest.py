@@ -14,6 +14,7 @@ from harness.deployment import KINDS, Deployment  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
 from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
 from harness.mesh import Mesh  # noqa: E402
+from harness.recording_store import recording_store  # noqa: E402,F401 (fixture)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

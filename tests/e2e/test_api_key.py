@@ -178,9 +178,14 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
     jwt = get(envoy, headers={"authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"})
     assert jwt.status_code == 401 and jwt.json()["message"] == "an API key is required"
 
-    # Skipped routes need no key, and still never carry a client-set identity.
-    seen = Seen(get(envoy, path="/health", headers={"x-tenant-id": "spoofed", "x-scopes": "admin"}))
+    # Skipped routes need no key, and still never carry a client-set identity, nor a
+    # key sent there anyway (a JWT for another filter stays).
+    seen = Seen(get(envoy, created.api_key, path=f"/health?api_key={created.api_key}",
+                    headers={"x-tenant-id": "spoofed", "x-scopes": "admin",
+                             "authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}))
     assert seen.header("x-tenant-id") is None and seen.header("x-scopes") is None
+    assert seen.header("x-api-key") is None and seen.query == ""
+    assert seen.header("authorization") == "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"
     assert envoy.stat(METRIC + "skipped") == 1
     assert keystore.lookups() == 1
 
@@ -267,6 +272,81 @@ def test_when_the_store_is_down_cached_keys_work_until_max_stale_and_new_keys_ge
     wait_until(fetched + 3.2, "the cached answer to pass max_stale")
     assert get(envoy, known.api_key).status_code == 503
     assert envoy.stat(METRIC + "denied.store_unavailable") == 2
+
+
+def test_a_revoked_key_works_at_most_ttl_plus_max_stale_while_the_store_fails(
+        deployment, start_envoy, echo, keystore, redis_server):
+    """The bound of docs/filters/api-key.md, "Revocation": a key revoked at R is refused from R +
+    store.timeout + cache.ttl + cache.max_stale on, whatever the store does."""
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
+        "store": {"timeout": "500ms"},
+        "cache": {"ttl": "1s", "max_stale": "2s", "error_backoff": "200ms"},
+    }))
+    key = keystore.create("acme", "gold")
+    assert get(envoy, key.api_key).status_code == 200
+    fetched = time.monotonic()
+    keystore.revoke(key.key_id)
+    redis_server.stop()  # and the store fails from now on
+
+    # Within the TTL the cached answer stands; past it, stale-if-error serves it...
+    assert get(envoy, key.api_key).status_code == 200
+    wait_until(fetched + 1.3, "the cached answer to pass its TTL")
+    assert get(envoy, key.api_key).status_code == 200
+    assert envoy.stat(METRIC + "cache_stale") >= 1
+    # ...until ttl + max_stale after the answer, however often it is asked meanwhile.
+    while time.monotonic() < fetched + 2.5:
+        get(envoy, key.api_key)
+        time.sleep(0.05)
+    wait_until(fetched + 3.2, "the cached answer to pass ttl + max_stale")
+    refused = get(envoy, key.api_key)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    # When the store is back, its answer decides again (this Redis keeps nothing on
+    # disk: it no longer knows the key at all).
+    redis_server.start()
+    wait_for(lambda: get(envoy, key.api_key).status_code == 401, 10, "the store's answer")
+
+
+def test_a_404_that_is_not_the_stores_is_an_error_not_an_unknown_key(deployment, start_envoy,
+                                                                     echo, recording_store):
+    """A 404 without the contract's body (a wrong path_prefix, an ingress's default
+    backend) neither refuses keys as unknown nor evicts what was cached."""
+    partner = random_key()
+    store = recording_store({partner: {"key_id": "key_1", "tenant_id": "acme",
+                                       "status": "active"}})
+    envoy = start_envoy(gateway(deployment, echo, store, {
+        "cache": {"ttl": "1s", "max_stale": "60s", "error_backoff": "200ms"}}))
+    assert get(envoy, partner).status_code == 200
+    assert get(envoy, random_key()).status_code == 401  # the contract's 404
+    fetched = time.monotonic()
+    store.misrouted = True
+    unknown = get(envoy, random_key())
+    assert unknown.status_code == 503 and "www-authenticate" not in unknown.headers
+    wait_until(fetched + 1.2, "the cached answer to pass its TTL")
+    assert Seen(get(envoy, partner)).header("x-tenant-id") == "acme"  # served stale
+    assert envoy.stat(METRIC + "store_error.invalid_response") >= 2
+    assert envoy.stat(METRIC + "denied.unknown") == 1
+
+
+def test_past_max_in_flight_a_new_key_gets_503_at_once_and_a_known_one_its_answer(
+        deployment, start_envoy, echo, recording_store):
+    known = random_key()
+    store = recording_store({known: {"key_id": "key_1", "tenant_id": "acme",
+                                     "status": "active"}}, delay=2.0)
+    envoy = start_envoy(gateway(deployment, echo, store, {
+        "store": {"timeout": "5s", "max_in_flight": 1}}))
+    assert get(envoy, known).status_code == 200  # cached from now on (2 s)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(get, envoy, random_key())  # holds the only permit for 2 s
+        wait_for(lambda: store.counts()["in_flight"] == 1, 10, "the first lookup")
+        started = time.monotonic()
+        refused = get(envoy, random_key())
+        assert time.monotonic() - started < 1.5, "answered without waiting for a permit"
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert get(envoy, known).status_code == 200
+        assert slow.result(timeout=10).status_code == 401
+    assert store.counts()["max_in_flight"] == 1
+    assert envoy.stat(METRIC + "denied.overloaded") == 1
+    assert get(envoy, random_key()).status_code == 401  # the permit is back
 
 
 def test_a_hung_store_ends_requests_at_the_timeout_with_503(deployment, start_envoy, echo,
@@ -380,7 +460,9 @@ def test_hmac_pepper_comes_from_the_environment_not_the_config(
     ({"store": {"cluster": ""}}, "store.cluster", "may not be empty"),
     ({"store": {"timeout": "soon"}}, "store.timeout", "expected a duration"),
     ({"cache": {"slots": 0}}, "cache.slots", "between 1 and"),
-    ({"cache": {"ttl": "100ms"}}, "cache.ttl", "at least 1s"),
+    ({"store": {"max_in_flight": 0}}, "store.max_in_flight", "between 1 and 1024"),
+    ({"cache": {"max_stale": "2h"}}, "cache.max_stale", "at most 1h"),
+    ({"cache": {"ttl": "100ms"}}, "cache.ttl", "between 1s and 1h"),
     ({"format": {"min_length": 60, "max_length": 50}}, "format.min_length", "larger than"),
     ({"sources": {"headers": []}}, "sources", "no key source"),
     ({"pepper_env": "WASMGATE_PEPPER_THAT_IS_NOT_SET"}, "pepper_env", "is not set in the Wasm VM"),

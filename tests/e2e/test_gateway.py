@@ -70,8 +70,10 @@ def test_routes_reach_their_service_with_the_verified_identity_only(gateway, pat
                                                                      instances):
     spoofed = {name: "spoofed" for name in IDENTITY_HEADERS}
     credentials = with_credentials(gateway, path)
+    # An API key sent where none is checked does not travel on either.
+    stray_key = {"x-api-key": "sk_live_" + "s" * 43}
     resp = requests.get(gateway.url(path), timeout=TIMEOUT, headers={
-        **spoofed, "x-request-id": "client-chosen", **credentials["headers"]})
+        **spoofed, "x-request-id": "client-chosen", **stray_key, **credentials["headers"]})
     assert resp.status_code == 200, resp.text
     seen = Seen(resp)
     assert seen.service == service
@@ -576,12 +578,15 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
     try:
         gateway.start()
         envoy = gateway.envoy
-        # Rate limits count per user and route: enough users that none is reached.
+        # Rate limits count per user and route: enough users that none is reached; and
+        # before authentication per address: enough addresses (127.0.x.y) for that.
         tokens = [gateway.bearer(sub=f"breaker-{n}") for n in range(8)]
+        addresses = [f"127.0.{1 + n // 250}.{1 + n % 250}" for n in range(2000)]
 
         def flood(count):
             return InFlight(envoy.port(), [("/api/v2/orders", tokens[n % len(tokens)])
-                                           for n in range(count)], timeout=60).start()
+                                           for n in range(count)], timeout=60,
+                            sources=addresses).start()
 
         # First the connections: batches of requests, held upstream, open connections
         # until orders-v1 has all 1024 (a flood would fill the queue faster than

@@ -26,7 +26,9 @@ import pytest
 import requests
 
 from harness import Seen, tool_path, wait_for
-from harness.istio_checks import https_variants, module_of, shipped_manifests, wasm_plugins
+from harness.istio_checks import (
+    https_variants, module_of, role_of, shipped_manifests, wasm_plugins,
+)
 from harness.istio_delivery import (
     ISTIO_1_29, ISTIO_1_30, ISTIO_VERSIONS, EmulatedProxy, IstiodEmulation, WasmPlugin,
     istiod_json,
@@ -145,6 +147,16 @@ def probe_rate_limit(envoy, callouts):
     assert int(answers[-1].headers["retry-after"]) >= 1
 
 
+def probe_pre_auth(envoy, callouts):
+    """Before authentication, every request counts against its address: admitted ones
+    carry no X-RateLimit-* of this tier (the tier after authentication sets them)."""
+    allowed = envoy.stat("wasmcustom.wasmgate.rate_limit.allowed")
+    resp = requests.get(envoy.url("/public/x"), timeout=10)
+    assert resp.status_code != 429
+    assert resp.headers.get("x-ratelimit-limit") != "1000"
+    assert envoy.stat("wasmcustom.wasmgate.rate_limit.allowed") > allowed
+
+
 def probe_counts_requests(module):
     """Default probe: a request passes through the filter, which counts it."""
     def probe(envoy, callouts):
@@ -155,17 +167,17 @@ def probe_counts_requests(module):
     return probe
 
 
-#: How to see that a delivered filter works, by module: `probe(envoy, callouts)`.
-#: Filters that call out reach the `callouts` fixtures through the clusters of
-#: istio/callouts/; the default probe only shows that the filter loaded and counted a
-#: request.
+#: How to see that a delivered filter works, by role (harness/istio_checks.py
+#: PLUGIN_ROLES): `probe(envoy, callouts)`. Filters that call out reach the `callouts`
+#: fixtures through the clusters of istio/callouts/; the default probe only shows that
+#: the filter loaded and counted a request.
 DELIVERY_PROBES = {"headers": probe_headers, "jwt": probe_jwt, "api-key": probe_api_key,
-                   "rate-limit": probe_rate_limit}
+                   "rate-limit": probe_rate_limit, "pre-auth": probe_pre_auth}
 
 
 def probe_for(doc):
-    module = module_of(doc["spec"]["url"])
-    return DELIVERY_PROBES.get(module) or probe_counts_requests(module)
+    role = role_of(doc)
+    return DELIVERY_PROBES.get(role) or probe_counts_requests(module_of(doc["spec"]["url"]))
 
 
 def ecds_stat(envoy, resource_name, stat):
@@ -425,4 +437,4 @@ def test_plugin_config_is_serialised_as_istiod_does(value, text):
 
 
 def test_probes_name_known_modules():
-    assert set(DELIVERY_PROBES) <= {module_of(d["spec"]["url"]) for d in PLUGIN_DOCS.values()}
+    assert set(DELIVERY_PROBES) <= {role_of(d) for d in PLUGIN_DOCS.values()}

@@ -36,8 +36,14 @@ struct PolicySpec {
     reset_format: ResetFormat,
     #[serde(default)]
     ietf_headers: bool,
+    #[serde(default = "yes")]
+    admitted_headers: bool,
     #[serde(default)]
     shadow: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -190,6 +196,7 @@ impl PolicySpec {
                 status,
                 reset_format: self.reset_format,
                 ietf_headers: self.ietf_headers,
+                admitted_headers: self.admitted_headers,
             },
             digests: DigestMemo::default(),
         })

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use wasmgate_api_key_auth::record::{read_lookup_response, MAX_RESPONSE_BODY};
 use wasmgate_api_key_auth::{
-    ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, StoreError, Verdict,
+    ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, Permit, StoreError, Verdict,
 };
 use wasmgate_host::{
     Callout, CalloutResponse, Continuation, Counter, Gauge, HeaderSnapshot, Histogram, HostStore,
@@ -23,7 +23,7 @@ pub struct Metrics {
     pub allowed: Counter,
     pub failed_open: Counter,
     pub skipped: Counter,
-    denied: [Counter; 6],
+    denied: [Counter; Denial::ALL.len()],
     pub cache_hit: Counter,
     pub cache_miss: Counter,
     pub cache_stale: Counter,
@@ -103,7 +103,16 @@ impl FilterState {
         match lookup {
             Lookup::Fresh(answer) | Lookup::Stale(answer) => Some(self.config.judge(answer, now)),
             Lookup::Unavailable => Some(self.config.unavailable()),
-            Lookup::Wait | Lookup::Fetch => None,
+            Lookup::Overloaded => Some(Verdict::Deny(Denial::Overloaded)),
+            Lookup::Wait | Lookup::Fetch(_) => None,
+        }
+    }
+
+    /// Queues a lookup for the root's next tick, holding `permit` until it answers
+    /// (or giving it back at once when this worker is asking already).
+    pub fn queue(&self, hash: KeyHash, permit: Permit) {
+        if !self.pending.borrow_mut().queue(hash, permit) {
+            self.cache.release(permit);
         }
     }
 
@@ -122,17 +131,15 @@ impl FilterState {
             match self.cache.begin(&hash, now) {
                 Lookup::Wait => {}
                 // The other worker's claim lapsed (or its slot was taken): ask ourselves.
-                Lookup::Fetch => {
-                    self.pending.borrow_mut().queue(hash);
-                }
+                Lookup::Fetch(permit) => self.queue(hash, permit),
                 settled => self.settle(&hash, &settled, now),
             }
         }
     }
 
     fn send_queued(&self, now: u64) {
-        let queued = self.pending.borrow().to_send();
-        for hash in queued {
+        let queued = self.pending.borrow_mut().take_queued();
+        for (hash, permit) in queued {
             let path = self.config.store.lookup_path(&hash);
             let callout = Callout {
                 cluster: &self.config.store.cluster,
@@ -153,6 +160,7 @@ impl FilterState {
                         self.config.store.cluster
                     );
                     self.pending.borrow_mut().abandon(&hash);
+                    self.cache.release(permit);
                     self.metrics.store_error(&StoreError::Dispatch);
                     let outcome = self.cache.fail(&hash, now);
                     self.settle(&hash, &outcome, now);
@@ -177,6 +185,7 @@ impl FilterState {
         let Some(answered) = self.pending.borrow_mut().answered(token) else {
             return;
         };
+        self.cache.release(answered.permit);
         self.metrics
             .lookup_ms
             .record(now.saturating_sub(answered.sent_at));
