@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint msrv fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -78,6 +78,9 @@ bench-wasm:
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
+
+msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
+	@scripts/check-rust-version.sh
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
