@@ -25,7 +25,7 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -37,6 +37,8 @@ const REJECTING_AT_ONCE: usize = 256;
 const REJECT_DEADLINE: Duration = Duration::from_secs(1);
 /// Largest request head, in bytes (a lookup's is a few hundred).
 const MAX_HEAD: usize = 64 * 1024;
+/// Connections the kernel may queue for the accept loop.
+const ACCEPT_QUEUE: u32 = 4096;
 /// After a failed accept (out of file descriptors, ...), wait this long.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -140,9 +142,7 @@ pub async fn serve(backend: Backend, args: ServeArgs) -> Result<(), String> {
     args.check()?;
     let mut signals = StopSignals::install()?;
     let files = raise_open_files_limit();
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listener = listen(&args.listen).await?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
@@ -359,6 +359,31 @@ fn reject(stream: TcpStream, permit: OwnedSemaphorePermit) {
         let _ = conn.await;
         drop(permit);
     });
+}
+
+/// Binds `address` with a long accept queue: a burst of new connections waits there
+/// for the accept loop instead of being dropped by the kernel (clients then retry their
+/// SYN only after a second). The kernel caps it at `net.core.somaxconn`.
+async fn listen(address: &str) -> Result<TcpListener, String> {
+    let fail = |e: std::io::Error| format!("cannot listen on {address}: {e}");
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(address).await.map_err(fail)? {
+        let socket = if resolved.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(fail)?;
+        socket.set_reuseaddr(true).map_err(fail)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(ACCEPT_QUEUE))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| format!("{address} resolves to no address"), fail))
 }
 
 /// Raises the soft open-files limit to the hard one (each connection is a file);
