@@ -73,7 +73,10 @@ def test_configured_only_through_the_environment_with_probes_metrics_and_json_lo
     key_hash = KeyStore.hash_of(created["api_key"])
     found = requests.get(service.url(f"/lookup/{key_hash}"), timeout=10)
     assert found.status_code == 200 and found.json()["key_id"] == created["key_id"]
-    assert status_of(service.url(f"/v1/keys/{key_hash}")) == 404  # not the configured prefix
+    # Not the configured prefix: a 404 that is not the contract's "no such key", so a
+    # filter with a wrong path_prefix sees a store error rather than unknown keys.
+    misrouted = requests.get(service.url(f"/v1/keys/{key_hash}"), timeout=10)
+    assert misrouted.status_code == 404 and misrouted.json()["error"] == "no_route"
 
     assert requests.get(service.url("/healthz"), timeout=10).json() == {"status": "ok"}
     assert requests.get(service.url("/readyz"), timeout=10).json() == {"status": "ready"}

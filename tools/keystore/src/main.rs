@@ -51,14 +51,6 @@ struct Cli {
     store: String,
     #[command(flatten)]
     redis: RedisArgs,
-    /// Log level of `serve`'s JSON logs: error, warn, info, debug.
-    #[arg(
-        long,
-        global = true,
-        env = "WASMGATE_KEYSTORE_LOG_LEVEL",
-        default_value = "info"
-    )]
-    log_level: LevelFilter,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,7 +102,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
-            init_logs(cli.log_level);
+            init_logs(args.log_level);
             run(tokio::runtime::Builder::new_multi_thread(), async {
                 let backend = open(&cli.store, &cli.redis)?;
                 server::serve(backend, args).await

@@ -1,8 +1,8 @@
 //! What each request gets: the lookup contract (`GET <prefix>/<64 hex digits>`), the
 //! probes and the metrics.
 //!
-//! * lookup: `200` with the key's record (active, revoked or expired), `404` for no
-//!   such key, `400` for a path that is not a hash, `503` when the backend cannot
+//! * lookup: `200` with the key's record (active, revoked or expired), `404` with
+//!   `{"error":"not_found"}` for no such key (any other path: `404` `no_route`), `400` for a path that is not a hash, `503` when the backend cannot
 //!   answer (in time); every answer `cache-control: no-store` (only the filter caches,
 //!   under its own TTLs);
 //! * `/healthz`: `200` while the process serves; `/readyz`: `200` when one backend
@@ -135,9 +135,12 @@ impl App {
                 .body(Full::new(Bytes::from(self.metrics.encode())))
                 .unwrap_or_default(),
             Route::Stats => json_answer(StatusCode::OK, self.metrics.stats_json()),
-            Route::NotFound => {
-                json_answer(StatusCode::NOT_FOUND, error("not_found", "no such path"))
-            }
+            // Not the contract's "no such key" (`not_found`): a filter whose path_prefix
+            // is wrong must see a store error, not every key refused as unknown.
+            Route::NotFound => json_answer(
+                StatusCode::NOT_FOUND,
+                error("no_route", "no such path: lookups are GET <prefix>/<hash>"),
+            ),
             Route::MethodNotAllowed => {
                 let mut answer = json_answer(
                     StatusCode::METHOD_NOT_ALLOWED,

@@ -62,7 +62,7 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     max_connections: usize,
-    /// Once a request's first byte arrives, its whole head must within this long.
+    /// Once a request's first byte arrives, its whole head must arrive within this long.
     #[arg(long, env = "WASMGATE_KEYSTORE_HEADER_READ_TIMEOUT", default_value = "5s",
           value_parser = parse_duration)]
     header_read_timeout: Duration,
@@ -88,6 +88,9 @@ pub struct ServeArgs {
     #[arg(long, env = "WASMGATE_KEYSTORE_LAST_USED_INTERVAL", default_value = "30s",
           value_parser = parse_duration)]
     last_used_interval: Duration,
+    /// Level of the JSON logs on stderr: error, warn, info, debug.
+    #[arg(long, env = "WASMGATE_KEYSTORE_LOG_LEVEL", default_value = "info")]
+    pub log_level: tracing_subscriber::filter::LevelFilter,
 }
 
 impl ServeArgs {
