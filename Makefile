@@ -40,10 +40,12 @@ wasm:
 	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-combined
 	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; done
 
+# The tools are built as the images build them (Cargo.toml's `service` profile): the
+# tests, `make run` and `make bench` run what docker/*.Dockerfile ships.
 tools:
 	@mkdir -p $(BUILD)/bin
-	$(CARGO) build $(addprefix -p wasmgate-,$(TOOLS))
-	@for t in $(TOOLS); do cp $(TARGET_DIR)/debug/wasmgate-$$t $(BUILD)/bin/; done
+	$(CARGO) build --profile service $(addprefix -p wasmgate-,$(TOOLS))
+	@for t in $(TOOLS); do cp $(TARGET_DIR)/service/wasmgate-$$t $(BUILD)/bin/; done
 
 # Istio (README "Istio"): one OCI image per filter, and the WasmPlugins pinned to them.
 oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<filter>/, .tar).
