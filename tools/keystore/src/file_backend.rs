@@ -217,23 +217,15 @@ mod tests {
     }
 
     fn stored(key: &str, id: &str) -> StoredKey {
-        StoredKey {
-            hash: KeyHasher::Sha256.hash(key).to_hex(),
-            record: KeyRecord {
-                key_id: id.into(),
-                tenant_id: "acme".into(),
-                plan: Some("gold".into()),
-                scopes: vec![],
-                status: KeyStatus::Active,
-                expires_at: None,
-            },
-            created_at: 100,
-            revoked_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            pepper_env: None,
-            test: false,
-        }
+        let record = KeyRecord {
+            key_id: id.into(),
+            tenant_id: "acme".into(),
+            plan: Some("gold".into()),
+            scopes: vec![],
+            status: KeyStatus::Active,
+            expires_at: None,
+        };
+        StoredKey::new(KeyHasher::Sha256.hash(key).to_hex(), record, 100)
     }
 
     fn revoke(backend: &FileBackend, key_id: &str, now: u64) -> Result<KeyChange, ChangeError> {

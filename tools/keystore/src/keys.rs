@@ -159,14 +159,9 @@ async fn create(backend: &Backend, args: CreateArgs) -> Result<(), String> {
     };
     record.check()?;
     let stored = StoredKey {
-        hash: hasher.hash(&new.secret).to_hex(),
-        record,
-        created_at: now,
-        revoked_at: None,
-        rotated_from: None,
-        rotated_to: None,
         pepper_env: args.pepper_env,
         test: args.test,
+        ..StoredKey::new(hasher.hash(&new.secret).to_hex(), record, now)
     };
     backend.insert(&stored).await.map_err(|e| e.0)?;
     print_new_key(&stored, &new.secret, None, args.json);
@@ -254,14 +249,10 @@ impl RotationPlan {
         Ok(KeyChange {
             replace: retiring,
             insert: Some(StoredKey {
-                hash: hasher.hash(&new.secret).to_hex(),
-                record,
-                created_at: self.now,
-                revoked_at: None,
                 rotated_from: Some(id.clone()),
-                rotated_to: None,
                 pepper_env,
                 test: old.test,
+                ..StoredKey::new(hasher.hash(&new.secret).to_hex(), record, self.now)
             }),
         })
     }
@@ -385,23 +376,15 @@ mod tests {
     use super::*;
 
     fn old_key() -> StoredKey {
-        StoredKey {
-            hash: KeyHasher::Sha256.hash("sk_live_old").to_hex(),
-            record: KeyRecord {
-                key_id: "key_old".into(),
-                tenant_id: "acme".into(),
-                plan: Some("gold".into()),
-                scopes: vec!["orders:read".into()],
-                status: KeyStatus::Active,
-                expires_at: Some(50_000),
-            },
-            created_at: 100,
-            revoked_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            pepper_env: None,
-            test: false,
-        }
+        let record = KeyRecord {
+            key_id: "key_old".into(),
+            tenant_id: "acme".into(),
+            plan: Some("gold".into()),
+            scopes: vec!["orders:read".into()],
+            status: KeyStatus::Active,
+            expires_at: Some(50_000),
+        };
+        StoredKey::new(KeyHasher::Sha256.hash("sk_live_old").to_hex(), record, 100)
     }
 
     fn new_key() -> NewKey {

@@ -66,6 +66,20 @@ impl KeyState {
 }
 
 impl StoredKey {
+    /// A new key as `keys create` stores it: active, no rotation, plain SHA-256, live.
+    pub fn new(hash: String, record: KeyRecord, created_at: u64) -> Self {
+        Self {
+            hash,
+            record,
+            created_at,
+            revoked_at: None,
+            rotated_from: None,
+            rotated_to: None,
+            pepper_env: None,
+            test: false,
+        }
+    }
+
     fn revoked_by(&self, now: u64) -> bool {
         self.record.status == KeyStatus::Revoked || self.revoked_at.is_some_and(|at| at <= now)
     }
@@ -257,23 +271,15 @@ mod tests {
     use super::*;
 
     fn key(expires_at: Option<u64>) -> StoredKey {
-        StoredKey {
-            hash: "ab".repeat(32),
-            record: KeyRecord {
-                key_id: "key_1".into(),
-                tenant_id: "acme".into(),
-                plan: Some("gold".into()),
-                scopes: vec![],
-                status: KeyStatus::Active,
-                expires_at,
-            },
-            created_at: 100,
-            revoked_at: None,
-            rotated_from: None,
-            rotated_to: None,
-            pepper_env: None,
-            test: false,
-        }
+        let record = KeyRecord {
+            key_id: "key_1".into(),
+            tenant_id: "acme".into(),
+            plan: Some("gold".into()),
+            scopes: vec![],
+            status: KeyStatus::Active,
+            expires_at,
+        };
+        StoredKey::new("ab".repeat(32), record, 100)
     }
 
     #[test]
