@@ -1,8 +1,8 @@
 # The key store's image: `wasmgate-keystore serve` (docs/keystore.md), listening on
-# 0.0.0.0:8091, configured through WASMGATE_KEYSTORE_* variables, as user nobody.
+# 0.0.0.0:8090, configured through WASMGATE_KEYSTORE_* variables, as user nobody.
 #
 #   docker build -f docker/keystore.Dockerfile -t wasmgate/keystore .
-#   docker run --rm -p 8091:8091 -e WASMGATE_KEYSTORE_STORE=redis://redis:6379 wasmgate/keystore
+#   docker run --rm -p 8090:8090 -e WASMGATE_KEYSTORE_STORE=redis://redis:6379 wasmgate/keystore
 #   docker run --rm -e WASMGATE_KEYSTORE_STORE=redis://redis:6379 wasmgate/keystore \
 #       keys create --tenant acme --plan gold
 #
@@ -24,9 +24,9 @@ COPY --from=build /src/target/service/wasmgate-keystore /usr/local/bin/
 RUN install -d -o 65534 -g 65534 /var/lib/wasmgate
 USER 65534:65534
 WORKDIR /var/lib/wasmgate
-ENV WASMGATE_KEYSTORE_LISTEN=0.0.0.0:8091 \
+ENV WASMGATE_KEYSTORE_LISTEN=0.0.0.0:8090 \
     WASMGATE_KEYSTORE_STORE=file:/var/lib/wasmgate/keys.json
-EXPOSE 8091
+EXPOSE 8090
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/wasmgate-keystore"]
 CMD ["serve"]

@@ -117,7 +117,7 @@ def test_the_key_store_build_steps_run_and_make_a_binary_that_serves(tmp_path):
     entrypoint = [json.loads(rest) for word, rest in final if word == "ENTRYPOINT"][0]
     command = [json.loads(rest) for word, rest in final if word == "CMD"][0]
     assert entrypoint == ["/usr/local/bin/wasmgate-keystore"] and command == ["serve"]
-    assert env["WASMGATE_KEYSTORE_LISTEN"] == "0.0.0.0:8091"
+    assert env["WASMGATE_KEYSTORE_LISTEN"] == "0.0.0.0:8090"
     env.update({"WASMGATE_KEYSTORE_LISTEN": "127.0.0.1:0",  # not a fixed port in tests
                 "WASMGATE_KEYSTORE_STORE": f"file:{tmp_path / 'keys.json'}"})
     with Service([binary, *command], "image-keystore", tmp_path, env=env) as service:
