@@ -32,7 +32,7 @@ from harness.ports import free_ports
 from harness.process import spawn, stop_process
 from harness.wait import wait_for
 
-from .cpus import cpu_seconds, pinned
+from .cpus import pinned
 from .load import Load, Rotate, run_wrk
 
 OLD_COMMIT = "2ad4e41"
@@ -79,6 +79,15 @@ class KeystoreSample:
     def as_dict(self) -> dict:
         return {**asdict(self), "rps": self.rps, "commands_per_lookup": self.commands_per_lookup,
                 "cpu_us_per_lookup": self.cpu_us_per_lookup}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User and system time of the whole process, threads that have exited included
+    (the old server's threads end with their connections; per-thread counters would
+    lose them)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def toolchain() -> str:
@@ -183,9 +192,10 @@ class KeystoreBench:
                 connections=self.settings.connections, threads=self.settings.threads,
                 cpu=self.placement.load_cpu, workdir=self.workdir, name=name)
             run(self.settings.warmup or 1, f"{server}-{load}-warmup-r{round_}")
-            commands0, cpu0 = self.commands(), cpu_seconds(pid)
+            time.sleep(0.2)  # the warm-up's connections end (and the old server's threads)
+            commands0, cpu0 = self.commands(), process_cpu_seconds(pid)
             result = run(seconds, f"{server}-{load}-r{round_}")
-            cpu1 = cpu_seconds(pid)
+            cpu1 = process_cpu_seconds(pid)
             # Last-use writes the run caused (the new server batches them) count too.
             time.sleep(1.2)
             commands1 = self.commands()
