@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs fmt run certs clean bench bench-wasm fuzz fuzz-smoke
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs fmt run certs clean bench bench-wasm fuzz fuzz-smoke
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,10 +40,12 @@ wasm:
 	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-combined
 	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; done
 
+# The tools are built as the images build them (Cargo.toml's `service` profile): the
+# tests, `make run` and `make bench` run what docker/*.Dockerfile ships.
 tools:
 	@mkdir -p $(BUILD)/bin
-	$(CARGO) build $(addprefix -p wasmgate-,$(TOOLS))
-	@for t in $(TOOLS); do cp $(TARGET_DIR)/debug/wasmgate-$$t $(BUILD)/bin/; done
+	$(CARGO) build --profile service $(addprefix -p wasmgate-,$(TOOLS))
+	@for t in $(TOOLS); do cp $(TARGET_DIR)/service/wasmgate-$$t $(BUILD)/bin/; done
 
 # Istio (docs/istio.md): one OCI image per filter, and the WasmPlugins pinned to them.
 oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<filter>/, .tar).
@@ -102,6 +104,9 @@ bench-wasm:
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
+
+msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
+	@scripts/check-rust-version.sh
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all

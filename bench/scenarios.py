@@ -17,7 +17,8 @@ from harness.paths import tool_path
 
 from . import native, wasmgate
 from .load import Distinct, Load, Rotate
-from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Fixture, Probe, Registry, Scenario
+from .scenario import (CALLOUTS, KEYSTORE, MEMORY, THROUGHPUT, Fixture, Probe, Registry,
+                       Scenario)
 from .wasmgate import HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER
 
 REGISTRY = Registry()
@@ -483,3 +484,12 @@ _amplified("api-key", "the API-key filter (cached, hide_credentials: false)",
            fixtures=(KEY_STORE,))
 _amplified("rate-limit", "the rate-limit filter", lambda ctx: ctx.wasm("rate-limit"),
            wasmgate.rate_limit_config(), load=lambda ctx: Load(headers={"x-user-id": "user-bench"}))
+
+# --- the key store on its own (no Envoy) --------------------------------------------
+
+add(Scenario(
+    "keystore",
+    "no Envoy: wrk straight at one `wasmgate-keystore serve` on Redis, against the old "
+    "server (main 2ad4e41, fixture-http): see *Key store lookups*",
+    passes=frozenset({KEYSTORE}),
+))

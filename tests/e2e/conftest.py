@@ -145,7 +145,7 @@ def mesh(shared_mesh, on_failure):
 # one core each). Run in parallel with the rest, they starve other tests' Envoys and
 # fixtures past their health-check timeouts; `make e2e` runs them on their own after
 # the parallel pass.
-SERIAL_MODULES = {"test_bench_smoke.py"}
+SERIAL_MODULES = {"test_bench_smoke.py", "test_bench_keystore.py", "test_keystore_image.py"}
 
 
 def pytest_configure(config):

@@ -359,7 +359,10 @@ fn compile_limits(specs: Vec<LimitSpec>, cost: u64) -> Result<LimitSet, ConfigEr
 impl LimitSpec {
     fn compile(self) -> Result<Limit, ConfigError> {
         let period_ms = u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX);
-        if period_ms == 0 || period_ms > MAX_PERIOD_MS || self.per.subsec_micros() % 1000 != 0 {
+        if period_ms == 0
+            || period_ms > MAX_PERIOD_MS
+            || !self.per.subsec_micros().is_multiple_of(1000)
+        {
             return Err(ConfigError::new(
                 "per",
                 "a whole number of milliseconds, from 1ms to 366d",
@@ -408,7 +411,7 @@ fn duration_text(ms: u64) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }
