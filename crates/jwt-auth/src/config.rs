@@ -920,11 +920,14 @@ mod tests {
         );
         let internal = config.provider_index("internal").unwrap();
         assert!(matches!(
-            config.rules.table.select("GET", "/maybe/x"),
+            config.rules.table.select(&wasmgate_config::RouteRequest::new("GET", "/maybe/x")),
             Some(Requirement::Token { providers, allow_missing: true, .. }) if providers[0] == internal
         ));
         assert_eq!(
-            config.rules.table.select("GET", "/public/a"),
+            config
+                .rules
+                .table
+                .select(&wasmgate_config::RouteRequest::new("GET", "/public/a")),
             Some(&Requirement::Public)
         );
     }
