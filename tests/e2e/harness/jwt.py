@@ -143,8 +143,11 @@ class JwksFixture:
 
 
 def start_jwks(start_service, keys: KeyDir, *args: str, name: str = "jwks") -> JwksFixture:
-    """`wasmgate-demo jwks`; `args` go to it (`--issuer`, `--jwks-uri`)."""
-    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path), *args], name)
+    """`wasmgate-demo jwks`; `args` go to it (`--issuer`, `--jwks-uri`). With
+    --mode-endpoint: tests steer the issuer through POST /__jwks/mode and
+    /__jwks/discovery (`mode`, `discovery_mode`)."""
+    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path),
+                             "--mode-endpoint", *args], name)
     return JwksFixture(service)
 
 

@@ -8,8 +8,9 @@
 //! * `GET /__jwks/stats`: `{"requests": N, "served": M, "discovery_requests": N,
 //!   "discovery_served": M}`, JWKS (and discovery) requests received and answered
 //!   with 200.
-//! * `POST /__jwks/mode` with a JSON body sets how JWKS requests are answered
-//!   (missing fields take their defaults):
+//! * `POST /__jwks/mode` (only with `--mode-endpoint`: it lets anyone who reaches the
+//!   server make it publish keys of their own, so it is off unless asked for) with a
+//!   JSON body sets how JWKS requests are answered (missing fields take their defaults):
 //!   `{"status": 200, "delay_ms": 0, "down": false, "cache_control": null,
 //!   "body": null}`. `down` closes the connection without an answer; `body`
 //!   replaces the JWKS with raw text (a broken document); `cache_control` adds that
@@ -45,6 +46,10 @@ pub struct JwksArgs {
     /// `<issuer>/.well-known/jwks.json`.
     #[arg(long)]
     jwks_uri: Option<String>,
+    /// Serve `POST /__jwks/mode`, which changes how JWKS requests are answered, down
+    /// to replacing the keys: for tests only. Without it the path answers 404.
+    #[arg(long)]
+    mode_endpoint: bool,
 }
 
 const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
@@ -117,9 +122,10 @@ pub fn serve(args: JwksArgs) -> Result<(), String> {
         )
     });
     let keys = args.keys;
+    let mode_endpoint = args.mode_endpoint;
     server.serve(move |request| {
         if let Some(admin) = request.path().strip_prefix("/__jwks/") {
-            let (status, body) = admin_answer(admin, request, &state);
+            let (status, body) = admin_answer(admin, request, &state, mode_endpoint);
             Response::json(status, body).into()
         } else if request.path().ends_with(DISCOVERY_SUFFIX) {
             answer(
@@ -172,7 +178,12 @@ fn answer(
     response.into()
 }
 
-fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, String) {
+fn admin_answer(
+    admin: &str,
+    request: &Request,
+    state: &Mutex<State>,
+    mode_endpoint: bool,
+) -> (u16, String) {
     match (request.method.as_str(), admin) {
         ("GET", "stats") => {
             let state = lock(state);
@@ -184,6 +195,11 @@ fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, S
                 .to_string(),
             )
         }
+        ("POST", "mode" | "discovery") if !mode_endpoint => (
+            404,
+            json!({"error": "POST /__jwks/mode and /__jwks/discovery are off: start the issuer with --mode-endpoint"})
+                .to_string(),
+        ),
         ("POST", which @ ("mode" | "discovery")) => {
             let text = if request.body.is_empty() {
                 b"{}".as_slice()
