@@ -256,6 +256,8 @@ struct JwksCache {
     in_flight_until: Option<u64>,
 }
 
+/// Why a fetch without a status failed.
+const NO_ANSWER: &str = "no answer (timeout, reset or no healthy upstream)";
 /// How many times a CAS write is retried against concurrent writers.
 const CAS_ATTEMPTS: usize = 8;
 /// Extra lease time beyond the callout timeout, so the lease never ends before the
@@ -527,9 +529,7 @@ impl JwksCache {
             (None, _) => Err(DocumentError::Broken(
                 "this provider has no discovery".to_owned(),
             )),
-            (_, None) => Err(DocumentError::Broken(
-                "no answer (timeout, reset or no healthy upstream)".to_owned(),
-            )),
+            (_, None) => Err(DocumentError::Broken(NO_ANSWER.to_owned())),
             (Some(_), Some(200)) if response.truncated => Err(DocumentError::Broken(format!(
                 "discovery document larger than {} bytes",
                 crate::discovery::MAX_DISCOVERY_BYTES
@@ -607,7 +607,7 @@ impl JwksCache {
     ) -> FetchReport {
         self.in_flight_until = None;
         let parsed = match response.status {
-            None => Err("no answer (timeout, reset or no healthy upstream)".to_owned()),
+            None => Err(NO_ANSWER.to_owned()),
             Some(200) if response.truncated => Err(format!(
                 "JWKS larger than {} bytes",
                 crate::jwks::MAX_JWKS_BYTES
@@ -828,12 +828,10 @@ impl Keyring {
         now: u64,
         response: &FetchResponse,
     ) -> Option<FetchReport> {
-        match self.providers.get_mut(provider) {
-            Some(ProviderKeys::Remote(cache)) => {
-                Some(cache.on_discovery_response(store, now, response))
-            }
-            _ => None,
-        }
+        Some(
+            self.remote(provider)?
+                .on_discovery_response(store, now, response),
+        )
     }
 
     /// The answer to a [`FetchOrder`] for a JWKS (or a failure to dispatch it, as a
@@ -845,8 +843,12 @@ impl Keyring {
         now: u64,
         response: &FetchResponse,
     ) -> Option<FetchReport> {
+        Some(self.remote(provider)?.on_response(store, now, response))
+    }
+
+    fn remote(&mut self, provider: usize) -> Option<&mut JwksCache> {
         match self.providers.get_mut(provider) {
-            Some(ProviderKeys::Remote(cache)) => Some(cache.on_response(store, now, response)),
+            Some(ProviderKeys::Remote(cache)) => Some(cache),
             _ => None,
         }
     }

@@ -45,6 +45,24 @@ fn order_for(vm: &mut Vm, store: &MemoryStore, now: u64, document: Document, at:
     );
 }
 
+/// The discovery document is due: this VM must fetch it now.
+fn document_due(vm: &mut Vm, store: &MemoryStore, now: u64) {
+    order_for(
+        vm,
+        store,
+        now,
+        Document::Discovery,
+        ["idp", "issuer.test", WELL_KNOWN],
+    );
+}
+
+fn failed_retrying_in(report: &FetchReport, delay: u64) {
+    assert!(
+        matches!(report, FetchReport::Failure { retry_in, .. } if *retry_in == delay),
+        "{report:?}"
+    );
+}
+
 fn discover(vm: &mut Vm, store: &MemoryStore, now: u64, response: &FetchResponse) -> FetchReport {
     vm.keyring
         .on_discovery_response(0, store, now, response)
@@ -84,13 +102,7 @@ fn the_document_comes_first_then_the_jwks_it_names_one_vm_fetching_for_all() {
     let waiting_a = wait(a.start(&store, &bearer("/x", &token), NOW));
     let waiting_b = wait(b.start(&store, &bearer("/x", &token), NOW));
 
-    order_for(
-        &mut a,
-        &store,
-        NOW,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut a, &store, NOW);
     no_order(&mut b, &store, NOW + 10);
     assert_eq!(
         discover(
@@ -123,13 +135,7 @@ fn the_document_comes_first_then_the_jwks_it_names_one_vm_fetching_for_all() {
     // Nothing more until the refresh (both documents: 10 minutes).
     no_order(&mut a, &store, NOW + 599_999);
     no_order(&mut b, &store, NOW + 599_999);
-    order_for(
-        &mut b,
-        &store,
-        NOW + 600_050,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut b, &store, NOW + 600_050);
     assert_eq!(store.key_count(), 2);
 }
 
@@ -147,13 +153,7 @@ fn a_document_of_another_issuer_or_pointing_elsewhere_is_refused_and_nothing_is_
     ];
     let mut delays = Vec::new();
     for answer in &refusals {
-        order_for(
-            &mut vm,
-            &store,
-            now,
-            Document::Discovery,
-            ["idp", "issuer.test", WELL_KNOWN],
-        );
+        document_due(&mut vm, &store, now);
         let report = discover(&mut vm, &store, now, answer);
         let FetchReport::Refused { retry_in, reason } = report else {
             panic!("{report:?}")
@@ -167,13 +167,7 @@ fn a_document_of_another_issuer_or_pointing_elsewhere_is_refused_and_nothing_is_
     }
     assert_eq!(delays, [1_000, 2_000, 4_000]);
     // The next retry is 8 s away, further than a request waits: 503 at once.
-    order_for(
-        &mut vm,
-        &store,
-        now,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, now);
     discover(&mut vm, &store, now, &refusals[0]);
     assert_eq!(
         deny(vm.start(&store, &bearer("/x", &token), now)),
@@ -181,13 +175,7 @@ fn a_document_of_another_issuer_or_pointing_elsewhere_is_refused_and_nothing_is_
     );
     // The issuer's own document, at last.
     now += 8_000;
-    order_for(
-        &mut vm,
-        &store,
-        now,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, now);
     let attempt = wait(vm.start(&store, &bearer("/x", &token), now));
     discover(
         &mut vm,
@@ -214,34 +202,13 @@ fn discovery_down_at_start_requests_wait_then_pass() {
     vm.keyring.create_shared_keys(&store);
     let token = sign(Alg::PS256, &claims());
     let attempt = wait(vm.start(&store, &bearer("/x", &token), NOW));
-    order_for(
-        &mut vm,
-        &store,
-        NOW,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW);
     let report = discover(&mut vm, &store, NOW, &down());
-    assert!(
-        matches!(
-            report,
-            FetchReport::Failure {
-                retry_in: 1_000,
-                ..
-            }
-        ),
-        "{report:?}"
-    );
+    failed_retrying_in(&report, 1_000);
     // The retry is within the request's wait: it keeps waiting.
     let attempt = wait(vm.check(&store, attempt, NOW + 500));
     no_order(&mut vm, &store, NOW + 999);
-    order_for(
-        &mut vm,
-        &store,
-        NOW + 1_000,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW + 1_000);
     discover(
         &mut vm,
         &store,
@@ -268,24 +235,9 @@ fn the_last_good_jwks_uri_serves_while_discovery_is_down() {
     let refresh = NOW + 600_000;
     // Both are due: the document fails, the JWKS is refreshed from where the last
     // good document said, and the document is retried on its own backoff.
-    order_for(
-        &mut vm,
-        &store,
-        refresh,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, refresh);
     let report = discover(&mut vm, &store, refresh, &down());
-    assert!(
-        matches!(
-            report,
-            FetchReport::Failure {
-                retry_in: 1_000,
-                ..
-            }
-        ),
-        "{report:?}"
-    );
+    failed_retrying_in(&report, 1_000);
     order_for(
         &mut vm,
         &store,
@@ -299,13 +251,7 @@ fn the_last_good_jwks_uri_serves_while_discovery_is_down() {
         Some(FetchReport::Success { .. })
     ));
     no_order(&mut vm, &store, refresh + 999);
-    order_for(
-        &mut vm,
-        &store,
-        refresh + 1_000,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, refresh + 1_000);
     // A refused document keeps the last good jwks_uri too.
     discover(
         &mut vm,
@@ -322,13 +268,7 @@ fn the_last_good_jwks_uri_serves_while_discovery_is_down() {
     ));
     // And the next JWKS refresh still comes from the last good location.
     let next = refresh + 600_000;
-    order_for(
-        &mut vm,
-        &store,
-        next,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, next);
     discover(&mut vm, &store, next, &down());
     order_for(
         &mut vm,
@@ -344,13 +284,7 @@ fn a_new_jwks_uri_is_fetched_at_once_through_the_cluster_of_its_host() {
     let store = MemoryStore::new();
     let mut vm = Vm::new(discovery_config(), 1);
     vm.keyring.create_shared_keys(&store);
-    order_for(
-        &mut vm,
-        &store,
-        NOW,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW);
     // The document's own max-age schedules it (within the same bounds as the keys').
     let mut answer = document(ISS, &format!("{ISS}/jwks"));
     answer.cache_control = Some("max-age=60".into());
@@ -372,13 +306,7 @@ fn a_new_jwks_uri_is_fetched_at_once_through_the_cluster_of_its_host() {
     vm.keyring
         .on_response(0, &store, NOW, &ok(&testkit::keys().jwks()));
     // The same jwks_uri again: nothing else to fetch (the keys are fresh).
-    order_for(
-        &mut vm,
-        &store,
-        NOW + 60_000,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW + 60_000);
     assert!(matches!(
         discover(&mut vm, &store, NOW + 60_000, &answer),
         FetchReport::Discovered { changed: false, .. }
@@ -387,13 +315,7 @@ fn a_new_jwks_uri_is_fetched_at_once_through_the_cluster_of_its_host() {
     // The IdP moved its keys to another host: fetched at once, through that host's
     // cluster, with the port in the authority.
     let moved = document(ISS, "https://Keys.test:8443/v2/jwks");
-    order_for(
-        &mut vm,
-        &store,
-        NOW + 120_000,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW + 120_000);
     assert!(matches!(
         discover(&mut vm, &store, NOW + 120_000, &moved),
         FetchReport::Discovered { changed: true, .. }
@@ -413,13 +335,7 @@ fn unknown_kid_refetches_go_where_the_document_said() {
     let store = MemoryStore::new();
     let mut vm = Vm::new(discovery_config(), 1);
     vm.keyring.create_shared_keys(&store);
-    order_for(
-        &mut vm,
-        &store,
-        NOW,
-        Document::Discovery,
-        ["idp", "issuer.test", WELL_KNOWN],
-    );
+    document_due(&mut vm, &store, NOW);
     discover(
         &mut vm,
         &store,
