@@ -5,12 +5,11 @@ the first keys, last-known-good keys, and 503 (not 401) when keys cannot be had.
 test runs with the separate filter and with the combined module's `jwt` stage
 (`deployment`)."""
 
-import threading
-
 import requests
 
 from harness import Seen, wait_for
-from harness.jwt import KeyDir, jwt_gateway, plugin_config, provider, remote_jwks, start_jwks
+from harness.jwt import (Background, KeyDir, call, jwt_gateway, plugin_config, provider,
+                         remote_jwks, start_jwks)
 
 FETCH_OK = "wasmcustom.wasmgate.jwt.jwks_fetch.success"
 FETCH_FAILED = "wasmcustom.wasmgate.jwt.jwks_fetch.failure"
@@ -25,37 +24,6 @@ def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None
     config = plugin_config(providers={"idp": provider(jwks=remote_jwks(**remote))})
     envoy = start_envoy(jwt_gateway(echo, config, jwks, deployment=deployment))
     return envoy, jwks, keys
-
-
-def call(envoy, token, timeout=20):
-    """One request on a new connection (so requests spread over both workers)."""
-    return requests.get(envoy.url("/orders"), headers={"authorization": f"Bearer {token}",
-                                                        "connection": "close"}, timeout=timeout)
-
-
-class Background:
-    """A request sent from a thread, for requests that wait for keys."""
-
-    def __init__(self, envoy, token, timeout=20):
-        self.response = None
-        self.error = None
-        self.thread = threading.Thread(target=self._run, args=(envoy, token, timeout), daemon=True)
-        self.thread.start()
-
-    def _run(self, envoy, token, timeout):
-        try:
-            self.response = call(envoy, token, timeout)
-        except Exception as err:  # noqa: BLE001 - reported by result()
-            self.error = err
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def result(self, timeout=30):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the request never completed"
-        assert self.error is None, self.error
-        return self.response
 
 
 def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_envoy, start_service,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::time::Duration;
-use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch};
+use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch, RouteRequest};
 
 /// Most cache slots: every slot is a shared-data key created at start-up in every VM.
 pub const MAX_SLOTS: u32 = 262_144;
@@ -278,9 +278,10 @@ impl ApiKeyConfig {
         spec.compile(env)
     }
 
-    /// Whether a request passes without a key.
-    pub fn skips(&self, method: &str, path: &str) -> bool {
-        self.skip.iter().any(|route| route.matches(method, path))
+    /// Whether a request passes without a key; `authority` is its `:authority`.
+    pub fn skips(&self, method: &str, authority: Option<&str>, path: &str) -> bool {
+        let request = RouteRequest::new(method, path).with_authority(authority);
+        self.skip.iter().any(|route| route.matches(&request))
     }
 }
 
@@ -623,10 +624,10 @@ mod tests {
         assert_eq!(config.forward.plan, None);
         assert_eq!(config.forward.tenant_id, header("x-tenant"));
         assert_eq!(config.forward.key_id, header("x-api-key-id"));
-        assert!(config.skips("GET", "/health"));
-        assert!(config.skips("GET", "/public/x?y"));
-        assert!(!config.skips("POST", "/public/x"));
-        assert!(!config.skips("GET", "/private"));
+        assert!(config.skips("GET", None, "/health"));
+        assert!(config.skips("GET", None, "/public/x?y"));
+        assert!(!config.skips("POST", None, "/public/x"));
+        assert!(!config.skips("GET", None, "/private"));
         assert!(!config.strip_on_skip);
     }
 

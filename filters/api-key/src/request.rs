@@ -67,7 +67,11 @@ impl ApiKeyRequest {
         let state = Rc::clone(&self.state);
         let config = &state.config;
         let path = headers.text(":path").unwrap_or_default();
-        let skipped = config.skips(headers.get(":method").unwrap_or_default(), &path);
+        let skipped = config.skips(
+            headers.get(":method").unwrap_or_default(),
+            headers.get(":authority"),
+            &path,
+        );
         // Whatever happens next, the upstream never sees an identity header the client
         // wrote: strip them first (on skipped routes unless an earlier filter owns them
         // there, `strip_on_skip: false`). The snapshot is read by now, so only the ones

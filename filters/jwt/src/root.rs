@@ -12,8 +12,10 @@ use wasmgate_host::{
     Callout, CalloutResponse, Continuation, Counter, HeaderSnapshot, HostStore, TickDemand,
 };
 use wasmgate_jwt_auth::authenticator::{CacheUse, Context as CheckContext, RequestInfo};
+use wasmgate_jwt_auth::discovery::MAX_DISCOVERY_BYTES;
 use wasmgate_jwt_auth::host_verifier::HostVerifier;
 use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
+use wasmgate_jwt_auth::jwks_cache::Document;
 use wasmgate_jwt_auth::{
     Attempt, AuthError, Authenticator, FetchReport, FetchResponse, JwtConfig, Keyring, Outcome,
     TokenCache, WaitList, Wake,
@@ -36,6 +38,9 @@ pub struct Metrics {
     pub waited: Counter,
     pub jwks_fetch_success: Counter,
     pub jwks_fetch_failure: Counter,
+    pub discovery_success: Counter,
+    pub discovery_failure: Counter,
+    pub discovery_refused: Counter,
     pub token_cache_hit: Counter,
     pub token_cache_miss: Counter,
 }
@@ -53,6 +58,9 @@ impl Metrics {
             waited: counter("waited_for_keys"),
             jwks_fetch_success: counter("jwks_fetch.success"),
             jwks_fetch_failure: counter("jwks_fetch.failure"),
+            discovery_success: counter("discovery.success"),
+            discovery_failure: counter("discovery.failure"),
+            discovery_refused: counter("discovery.refused"),
             token_cache_hit: counter("token_cache.hit"),
             token_cache_miss: counter("token_cache.miss"),
         }
@@ -194,8 +202,8 @@ pub struct JwtRoot {
     /// are woken as the current one's, until none is left.
     retired: Vec<Rc<Shared>>,
     metrics: Option<Rc<Metrics>>,
-    /// Callout token -> the configuration and provider it fetches for.
-    callouts: HashMap<u32, (Rc<Shared>, usize)>,
+    /// Callout token -> the configuration, provider and document it fetches.
+    callouts: HashMap<u32, (Rc<Shared>, usize, Document)>,
     /// How a request that waited for keys goes on once let through.
     continuation: Continuation,
     tick: TickDemand,
@@ -258,7 +266,7 @@ impl JwtRoot {
         self.callouts.contains_key(&token)
     }
 
-    /// Starts the JWKS fetches this VM won the lease for.
+    /// Starts the fetches (JWKS, discovery documents) this VM won the lease for.
     fn fetch_due_keys(&mut self, now: u64) {
         let Some(shared) = self.shared.clone() else {
             return;
@@ -274,31 +282,48 @@ impl JwtRoot {
                 headers: vec![("accept", "application/json")],
                 timeout: Duration::from_millis(order.timeout),
             };
+            let what = match order.document {
+                Document::Jwks => "JWKS",
+                Document::Discovery => "discovery document",
+            };
             match callout.dispatch() {
                 Ok(token) => {
                     log::debug!(
-                        "{FILTER}: fetching JWKS of provider {provider}{}",
+                        "{FILTER}: fetching the {what} of provider {provider}{}",
                         if order.forced { " (unknown kid)" } else { "" }
                     );
                     self.callouts
-                        .insert(token, (Rc::clone(&shared), order.provider));
+                        .insert(token, (Rc::clone(&shared), order.provider, order.document));
                 }
                 Err(status) => {
                     log::warn!(
-                        "{FILTER}: cannot fetch JWKS of provider {provider} through cluster {}: {status:?}",
+                        "{FILTER}: cannot fetch the {what} of provider {provider} through cluster {}: {status:?}",
                         order.cluster
                     );
-                    self.report(&shared, order.provider, now, &FetchResponse::default());
+                    let answer = FetchResponse::default();
+                    self.report(&shared, order.provider, order.document, now, &answer);
                 }
             }
         }
     }
 
-    fn report(&self, shared: &Shared, provider: usize, now: u64, response: &FetchResponse) {
-        let report = shared
-            .keyring
-            .borrow_mut()
-            .on_response(provider, &HostStore, now, response);
+    fn report(
+        &self,
+        shared: &Shared,
+        provider: usize,
+        document: Document,
+        now: u64,
+        response: &FetchResponse,
+    ) {
+        let report = {
+            let mut keyring = shared.keyring.borrow_mut();
+            match document {
+                Document::Jwks => keyring.on_response(provider, &HostStore, now, response),
+                Document::Discovery => {
+                    keyring.on_discovery_response(provider, &HostStore, now, response)
+                }
+            }
+        };
         let name = &shared.auth.config().providers[provider].name;
         let Some(metrics) = &self.metrics else { return };
         match report {
@@ -309,11 +334,36 @@ impl JwtRoot {
                     time_to_live / 1000
                 );
             }
-            Some(FetchReport::Failure { reason, retry_in }) => {
+            Some(FetchReport::Failure { reason, retry_in }) if document == Document::Jwks => {
                 metrics.jwks_fetch_failure.increment();
                 log::warn!(
                     "{FILTER}: provider {name}: JWKS fetch failed: {reason}; retry in {}ms (last good keys, if any, stay in use)",
                     retry_in
+                );
+            }
+            Some(FetchReport::Discovered {
+                jwks_uri,
+                changed,
+                time_to_live,
+            }) => {
+                metrics.discovery_success.increment();
+                log::info!(
+                    "{FILTER}: provider {name}: discovery document read, jwks_uri {jwks_uri}{}, next refresh in {}s",
+                    if changed { " (new)" } else { "" },
+                    time_to_live / 1000
+                );
+            }
+            Some(FetchReport::Failure { reason, retry_in }) => {
+                metrics.discovery_failure.increment();
+                log::warn!(
+                    "{FILTER}: provider {name}: discovery document fetch failed: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
+                );
+            }
+            Some(FetchReport::Refused { reason, retry_in }) => {
+                metrics.discovery_failure.increment();
+                metrics.discovery_refused.increment();
+                log::warn!(
+                    "{FILTER}: provider {name}: discovery document refused: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
                 );
             }
             None => {}
@@ -385,10 +435,14 @@ impl Context for JwtRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some((shared, provider)) = self.callouts.remove(&token_id) else {
+        let Some((shared, provider, document)) = self.callouts.remove(&token_id) else {
             return;
         };
-        let answer = CalloutResponse::read(body_size, MAX_JWKS_BYTES);
+        let limit = match document {
+            Document::Jwks => MAX_JWKS_BYTES,
+            Document::Discovery => MAX_DISCOVERY_BYTES,
+        };
+        let answer = CalloutResponse::read(body_size, limit);
         let response = FetchResponse {
             status: answer.status,
             cache_control: answer.header("cache-control").map(str::to_owned),
@@ -396,7 +450,9 @@ impl Context for JwtRoot {
             body: answer.body,
         };
         let now = wasmgate_host::now_millis();
-        self.report(&shared, provider, now, &response);
+        self.report(&shared, provider, document, now, &response);
+        // A discovery document leads straight to its JWKS, without waiting a tick.
+        self.fetch_due_keys(now);
         self.wake_waiters(now);
     }
 }
