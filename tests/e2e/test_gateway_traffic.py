@@ -1,19 +1,217 @@
 """The demo gateway's traffic features in real Envoy, on envoy-config/gateway.yaml as
-shipped: least-request load balancing against round robin.
+shipped: API versions chosen by header (and the path winning over them), the A/B
+experiment beside the orders canary, and least-request load balancing against round
+robin.
+
+The gateway is shared by the module's tests (each uses its own token subject or API
+key, so rate-limit buckets never meet); the load-balancing test runs an Envoy of its
+own on the shipped `users` cluster.
 """
 
 import concurrent.futures
 import copy
 from collections import Counter
 
+import pytest
 import requests
 
-from harness import tool_path, wait_for
+from harness import Seen, tool_path, wait_for
 from harness.bootstrap import bootstrap, http_listener, route
 from harness.demo_gateway import GATEWAY_CONFIG
+from harness.http2 import http2_request
 from harness.shipped import load_shipped
 
 TIMEOUT = 10
+VND = "application/vnd.wasmgate+json"
+
+
+def get(gateway, path: str, **headers) -> requests.Response:
+    """GET through the gateway's plain listener."""
+    return requests.get(gateway.url(path), headers=headers, timeout=TIMEOUT)
+
+
+def served(instance) -> int:
+    """Requests an echo instance has answered."""
+    return requests.get(instance.url("/__echo/stats"), timeout=TIMEOUT).json()["requests"]
+
+
+def deprecation_of_v1(gateway) -> dict:
+    """The Deprecation and Sunset headers /api/v1/ answers with (the header filter's)."""
+    resp = get(gateway, "/api/v1/users/1", **gateway.bearer(sub="v1-reference"))
+    assert resp.status_code == 200
+    return {name: resp.headers[name] for name in ("deprecation", "sunset")}
+
+
+# --- API versions by header -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers, version", [
+    ({"x-api-version": "1"}, 1),
+    ({"x-api-version": "2"}, 2),
+    ({"accept": f"{VND};version=1"}, 1),
+    ({"accept": f"{VND}; version=2"}, 2),
+    # A media type among others, with more parameters, a quoted value, any case.
+    ({"accept": 'text/html, Application/VND.Wasmgate+JSON; charset=utf-8; Version="1"; q=0.9'}, 1),
+    ({"accept": f"application/json, {VND};version=1;q=0.5"}, 1),
+    ({"accept": VND}, 2),  # no version parameter: the default
+    ({"accept": "application/json"}, 2),
+    ({}, 2),
+    # X-API-Version is the clearer statement: it wins over Accept.
+    ({"x-api-version": "2", "accept": f"{VND};version=1"}, 2),
+    ({"x-api-version": "1", "accept": f"{VND};version=2"}, 1),
+], ids=lambda v: repr(v) if isinstance(v, dict) else str(v))
+def test_a_version_header_chooses_the_version_a_path_leaves_open(gateway, headers, version):
+    resp = get(gateway, "/api/users/42?fields=name", **headers, **gateway.bearer(sub="versions"))
+    assert resp.status_code == 200, resp.text
+    seen = Seen(resp)
+    # The service sees the version in the path, as if the client had put it there.
+    assert (seen.service, seen.path, seen.query) == ("users", f"/api/v{version}/users/42", "fields=name")
+    assert seen.header("x-user-id") == "versions"
+    # The same answer for the same URL depends on these headers: caches must know.
+    assert resp.headers["vary"] == "X-API-Version, Accept"
+    deprecated = {name: resp.headers.get(name) for name in ("deprecation", "sunset")}
+    if version == 1:
+        # Deprecated however v1 was chosen, with the very values /api/v1/ gets.
+        assert deprecated == deprecation_of_v1(gateway)
+    else:
+        assert deprecated == {"deprecation": None, "sunset": None}
+    # The routing headers the gateway derived never reach a service.
+    assert seen.header("x-wasmgate-version") is None and seen.header("x-wasmgate-variant") is None
+
+
+def test_the_version_in_the_path_wins_over_any_header(gateway):
+    token = gateway.bearer(sub="path-wins")
+    for path, headers, version in (("/api/v2/users/1", {"x-api-version": "1"}, 2),
+                                   ("/api/v2/users/1", {"accept": f"{VND};version=1"}, 2),
+                                   ("/api/v1/users/1", {"x-api-version": "2"}, 1),
+                                   # Even a version the API does not have: the path decided.
+                                   ("/api/v2/users/1", {"x-api-version": "9"}, 2),
+                                   ("/api/v1/products/1", {"accept": f"{VND};version=7"}, 1)):
+        resp = get(gateway, path, **headers, **token)
+        assert resp.status_code == 200, (path, headers)
+        assert Seen(resp).path == path
+        assert ("deprecation" in resp.headers) == (version == 1), (path, headers)
+
+
+@pytest.mark.parametrize("path, headers", [
+    ("/api/users/1", {"x-api-version": "3"}),
+    ("/api/users", {"x-api-version": "1.0"}),
+    ("/api/orders/7", {"x-api-version": "v2"}),
+    ("/api/products", {"accept": f"{VND};version=3"}),
+    ("/api/users", {"accept": f"text/plain, {VND}; version=12"}),
+    # X-API-Version decides, even against a good Accept.
+    ("/api/users", {"x-api-version": "3", "accept": f"{VND};version=1"}),
+], ids=lambda v: repr(v) if isinstance(v, dict) else v)
+def test_an_unknown_version_is_a_406_with_a_json_error(gateway, path, headers):
+    services = [gateway.instances[name] for name in ("users-a", "users-b", "orders-v1", "orders-v2",
+                                                     "products")]
+    before = [served(instance) for instance in services]
+    # No credentials needed to learn the version is wrong (the auth filters are off on
+    # the route, as on the not-found route).
+    resp = get(gateway, path, **headers)
+    assert resp.status_code == 406
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert body["error"] == "unsupported_api_version"
+    assert "X-API-Version" in body["message"] and "version=N" in body["message"]
+    assert [served(instance) for instance in services] == before
+
+
+def test_a_version_asked_by_header_keeps_the_scopes_of_its_resource(gateway):
+    """The auth filters see the path as sent (/api/orders); their rules guard it as
+    they guard /api/v1/orders and /api/v2/orders."""
+    reader = gateway.bearer(sub="header-scopes", scope="orders:read")
+    writer = gateway.bearer(sub="header-scopes", scope="orders:read orders:write")
+    nobody = gateway.bearer(sub="header-scopes", scope=None)
+    for version in ({"x-api-version": "1"}, {"accept": f"{VND};version=2"}, {}):
+        assert get(gateway, "/api/orders", **version, **nobody).status_code == 403, version
+        assert get(gateway, "/api/orders", **version, **reader).status_code == 200, version
+        write = requests.post(gateway.url("/api/orders"), json={"sku": "lamp"}, timeout=TIMEOUT,
+                              headers={**version, **reader})
+        assert write.status_code == 403, version
+        assert 'scope="orders:write"' in write.headers["www-authenticate"]
+        placed = requests.post(gateway.url("/api/orders"), json={"sku": "lamp"}, timeout=TIMEOUT,
+                               headers={**version, **writer})
+        assert placed.status_code == 200, version
+        assert Seen(placed).method == "POST"
+
+
+def test_a_version_asked_by_header_is_the_same_endpoint_as_its_path(gateway):
+    """One route name, so one access-log name and one rate-limit bucket (per user and
+    route) for /api/v1/users and /api/users asked as v1."""
+    token = gateway.bearer(sub="same-endpoint")
+    by_path = get(gateway, "/api/v1/users/5", **token)
+    by_header = get(gateway, "/api/users/5", **{"x-api-version": "1"}, **token)
+    by_accept = get(gateway, "/api/users/5", accept=f"{VND};version=1", **token)
+    assert [r.headers["x-ratelimit-remaining"] for r in (by_path, by_header, by_accept)] == [
+        "1199", "1198", "1197"]
+    request_id = by_header.headers["x-request-id"]
+    entry = wait_for(lambda: next((e for e in gateway.access_log()
+                                   if e.get("request_id") == request_id), None),
+                     10, "the access log line")
+    assert entry["route"] == "users-v1"
+
+
+def test_clients_cannot_set_the_routing_headers_themselves(gateway):
+    token = gateway.bearer(sub="routing-spoofer")
+    # x-wasmgate-version is the gateway's: a client's copy is replaced before routing.
+    resp = get(gateway, "/api/users/1", **{"x-wasmgate-version": "1"}, **token)
+    assert Seen(resp).path == "/api/v2/users/1"
+    # x-wasmgate-variant likewise: the canary still decides (20 requests all on the
+    # 10% side would happen once in 10^20).
+    instances = Counter(Seen(get(gateway, "/api/v2/orders", **{"x-wasmgate-variant": "b"},
+                                 **token)).instance for _ in range(20))
+    assert instances["orders-v1"] >= 1, instances
+
+
+# --- the A/B experiment beside the canary ---------------------------------------------
+
+
+@pytest.mark.parametrize("path, headers, instance, upstream_path", [
+    ("/api/v2/orders", {"x-experiment": "b"}, "orders-v2", "/api/v2/orders"),
+    ("/api/v2/orders", {"x-experiment": "a"}, "orders-v1", "/api/v2/orders"),
+    ("/api/v1/orders/7", {"cookie": "ab=b"}, "orders-v2", "/api/v1/orders/7"),
+    ("/api/v2/orders", {"cookie": "session=xyz; ab=a; theme=dark"}, "orders-v1", "/api/v2/orders"),
+    # The header wins over the cookie.
+    ("/api/v2/orders", {"x-experiment": "a", "cookie": "ab=b"}, "orders-v1", "/api/v2/orders"),
+    # With the version asked by header, too.
+    ("/api/orders", {"x-api-version": "1", "x-experiment": "b"}, "orders-v2", "/api/v1/orders"),
+    ("/api/orders", {"cookie": "ab=a"}, "orders-v1", "/api/v2/orders"),
+], ids=lambda v: repr(v) if isinstance(v, dict) else v)
+def test_the_experiment_pins_a_client_to_one_version_of_orders(gateway, path, headers, instance,
+                                                                upstream_path):
+    with requests.Session() as session:
+        session.headers.update({**headers, **gateway.bearer(sub="experiment")})
+        seen = [Seen(session.get(gateway.url(path), timeout=TIMEOUT)) for _ in range(20)]
+    # Every one of them: with the canary alone, 20 in a row on one side would happen
+    # once in 8 (orders-v1) or once in 10^20 (orders-v2).
+    assert {(s.instance, s.path) for s in seen} == {(instance, upstream_path)}
+
+
+def test_the_experiment_cookie_is_found_when_http2_sends_cookies_apart(gateway):
+    """HTTP/2 clients (browsers) send each cookie as a header of its own."""
+    token = gateway.bearer(sub="experiment-h2")
+    for _ in range(10):
+        answer = http2_request(gateway.envoy.port(), "GET", "/api/v2/orders", [
+            ("authorization", token["authorization"]), ("cookie", "session=xyz"),
+            ("cookie", "ab=b"), ("cookie", "theme=dark")])
+        assert answer.status == 200
+        assert b'"instance":"orders-v2"' in answer.body
+
+
+def test_everyone_outside_the_experiment_still_meets_the_canary(gateway):
+    answered_by = Counter()
+    outside = [{}, {"x-experiment": "c"}, {"cookie": "ab=c"}, {"cookie": "lab=b; xab=a"}]
+    with requests.Session() as session:
+        session.headers.update(gateway.bearer(sub="outside-experiment"))
+        for n in range(200):
+            resp = session.get(gateway.url("/api/v2/orders"), headers=outside[n % len(outside)],
+                               timeout=TIMEOUT)
+            answered_by[Seen(resp).instance] += 1
+    # 10% of 200 is 20 (standard deviation 4.2): none at all would happen once in
+    # 10^9, more than 60 never.
+    assert 1 <= answered_by["orders-v2"] <= 60, answered_by
+    assert answered_by["orders-v1"] + answered_by["orders-v2"] == 200
 
 
 # --- load balancing -------------------------------------------------------------------
