@@ -1,7 +1,8 @@
 """The demo gateway's traffic features in real Envoy, on envoy-config/gateway.yaml as
 shipped: API versions chosen by header (and the path winning over them), the A/B
-experiment beside the orders canary, and least-request load balancing against round
-robin.
+experiment beside the orders canary, the backends for frontends (mobile, web and
+partner hosts with their own auth, limits and response headers), and least-request
+load balancing against round robin.
 
 The gateway is shared by the module's tests (each uses its own token subject or API
 key, so rate-limit buckets never meet); the load-balancing test runs an Envoy of its
@@ -22,12 +23,24 @@ from harness.http2 import http2_request
 from harness.shipped import load_shipped
 
 TIMEOUT = 10
+MOBILE, WEB, PARTNER = "mobile.wasmgate.test", "web.wasmgate.test", "partner.wasmgate.test"
+# What each host's JWT filter accepts (the default host: gateway.yaml's `wasmgate.jwt`).
+AUDIENCES = {None: "wasmgate-gateway", MOBILE: "wasmgate-mobile", WEB: "wasmgate-web"}
+REALMS = {None: "wasmgate", MOBILE: "wasmgate-mobile", WEB: "wasmgate-web"}
 VND = "application/vnd.wasmgate+json"
 
 
-def get(gateway, path: str, **headers) -> requests.Response:
-    """GET through the gateway's plain listener."""
+def get(gateway, path: str, host: str = None, **headers) -> requests.Response:
+    """GET through the gateway's plain listener; `host` picks a virtual host."""
+    if host:
+        headers["host"] = host
     return requests.get(gateway.url(path), headers=headers, timeout=TIMEOUT)
+
+
+def bearer(gateway, host: str = None, **claims) -> dict:
+    """A token for `host`'s audience (the default host's without one)."""
+    claims.setdefault("aud", AUDIENCES[host])
+    return gateway.bearer(**claims)
 
 
 def served(instance) -> int:
@@ -162,6 +175,9 @@ def test_clients_cannot_set_the_routing_headers_themselves(gateway):
     instances = Counter(Seen(get(gateway, "/api/v2/orders", **{"x-wasmgate-variant": "b"},
                                  **token)).instance for _ in range(20))
     assert instances["orders-v1"] >= 1, instances
+    # x-client-type is the BFF hosts' to set; elsewhere it does not travel.
+    seen = Seen(get(gateway, "/api/v2/users/1", **{"x-client-type": "partner"}, **token))
+    assert seen.header("x-client-type") is None
 
 
 # --- the A/B experiment beside the canary ---------------------------------------------
@@ -212,6 +228,146 @@ def test_everyone_outside_the_experiment_still_meets_the_canary(gateway):
     # 10^9, more than 60 never.
     assert 1 <= answered_by["orders-v2"] <= 60, answered_by
     assert answered_by["orders-v1"] + answered_by["orders-v2"] == 200
+
+
+def test_partners_stay_on_the_stable_version_whatever_the_experiment(gateway):
+    key = gateway.keys.create("globex", "gold")
+    for headers in ({"x-experiment": "b"}, {"cookie": "ab=b"}):
+        resp = get(gateway, "/partner/orders", **headers, **{"x-api-key": key.api_key})
+        assert Seen(resp).instance == "orders-v1"
+        resp = get(gateway, "/api/v2/orders", host=PARTNER, **headers, **{"x-api-key": key.api_key})
+        assert Seen(resp).instance == "orders-v1"
+
+
+# --- backends for frontends -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", [None, MOBILE, WEB], ids=["default", "mobile", "web"])
+def test_each_host_accepts_only_tokens_of_its_own_audience(gateway, host):
+    path = "/api/v2/users/1"
+    missing = get(gateway, path, host)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == f'Bearer realm="{REALMS[host]}"'
+    for audience in AUDIENCES.values():
+        resp = get(gateway, path, host, **gateway.bearer(sub="audiences", aud=audience))
+        if audience == AUDIENCES[host]:
+            assert resp.status_code == 200, (host, audience)
+            seen = Seen(resp)
+            assert (seen.header("x-user-id"), seen.header("x-tenant-id")) == ("audiences", "acme")
+            # Services learn which client type called (for the fields they return);
+            # only the BFF hosts say so.
+            assert seen.header("x-client-type") == (host.split(".")[0] if host else None)
+        else:
+            assert resp.status_code == 401, (host, audience)
+            assert resp.json()["message"] == "audience not accepted", (host, audience)
+            assert f'realm="{REALMS[host]}"' in resp.headers["www-authenticate"]
+    # API keys are the partner host's: elsewhere a key is no credential for /api/.
+    key = gateway.keys.create("globex", "gold")
+    assert get(gateway, path, host, **{"x-api-key": key.api_key}).status_code == 401
+
+
+def test_the_bff_hosts_are_matched_with_a_port_and_over_tls(gateway):
+    port = gateway.envoy.port()
+    resp = get(gateway, "/api/v2/users/1", f"{MOBILE}:{port}", **bearer(gateway, MOBILE))
+    assert Seen(resp).header("x-client-type") == "mobile"
+    resp = requests.get(gateway.url("/api/v2/users/1", tls=True), verify=gateway.ca_file,
+                        headers={"host": WEB, **bearer(gateway, WEB)}, timeout=TIMEOUT)
+    assert resp.status_code == 200
+    assert (Seen(resp).header("x-client-type"), Seen(resp).header("x-forwarded-proto")) == ("web", "https")
+    # A web token on the mobile host, over TLS just as over plain HTTP.
+    resp = requests.get(gateway.url("/api/v2/users/1", tls=True), verify=gateway.ca_file,
+                        headers={"host": MOBILE, **bearer(gateway, WEB)}, timeout=TIMEOUT)
+    assert resp.status_code == 401
+
+
+def test_the_partner_host_takes_api_keys_only_and_serves_the_stable_orders_api(gateway):
+    url = "/api/v2/orders"
+    missing = get(gateway, url, PARTNER)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'ApiKey realm="wasmgate-partners"'
+    # A token of any audience is no key.
+    for audience in AUDIENCES.values():
+        assert get(gateway, url, PARTNER, **gateway.bearer(aud=audience)).status_code == 401
+    key = gateway.keys.create("initech", "gold")
+    resp = get(gateway, url, PARTNER, **{"x-api-key": key.api_key, "x-tenant-id": "spoofed"})
+    assert resp.status_code == 200
+    seen = Seen(resp)
+    assert (seen.instance, seen.path) == ("orders-v1", url)
+    assert (seen.header("x-tenant-id"), seen.header("x-plan"), seen.header("x-api-key-id")) == (
+        "initech", "gold", key.key_id)
+    assert seen.header("x-api-key") is None and seen.header("x-client-type") == "partner"
+    # Versioned like the API: by header, deprecated as v1.
+    asked = get(gateway, "/api/orders/3", PARTNER, **{"x-api-version": "1", "x-api-key": key.api_key})
+    assert (Seen(asked).path, asked.headers["deprecation"]) == (
+        "/api/v1/orders/3", deprecation_of_v1(gateway)["deprecation"])
+    assert get(gateway, "/api/orders", PARTNER, **{"x-api-version": "5"}).status_code == 406
+    # Only orders here, and health without a key.
+    assert get(gateway, "/api/v2/users", PARTNER, **{"x-api-key": key.api_key}).status_code == 404
+    assert get(gateway, "/healthz", PARTNER).text == "ok\n"
+
+
+def test_versions_and_the_experiment_work_on_the_bff_hosts_too(gateway):
+    resp = get(gateway, "/api/users/1", MOBILE, **{"x-api-version": "1"}, **bearer(gateway, MOBILE))
+    assert (Seen(resp).path, resp.headers["sunset"]) == ("/api/v1/users/1", deprecation_of_v1(gateway)["sunset"])
+    assert get(gateway, "/api/users/1", WEB, accept=f"{VND};version=4").status_code == 406
+    instances = {Seen(get(gateway, "/api/orders", WEB, cookie="ab=b", **bearer(gateway, WEB))).instance
+                 for _ in range(10)}
+    assert instances == {"orders-v2"}
+
+
+def test_each_client_type_has_its_own_limits(gateway):
+    """A user's requests count in one table per client type, against that type's limit:
+    mobile 300 a minute per route, web 1200 (as the default host's /api/), partners 30
+    a minute per key (120 with plan gold)."""
+    user = {"sub": "limits-user"}
+    counted = []
+    for host, limit in ((MOBILE, 300), (MOBILE, 300), (WEB, 1200), (None, 1200), (MOBILE, 300)):
+        resp = get(gateway, "/api/v2/products/1", host, **bearer(gateway, host, **user))
+        assert resp.status_code == 200
+        assert resp.headers["x-ratelimit-limit"] == str(limit)
+        assert resp.headers["ratelimit-policy"] == f'"per-minute";q={limit};w=60'
+        counted.append(int(resp.headers["x-ratelimit-remaining"]))
+    # Mobile counts down by itself; web and the default host start their own counts.
+    assert counted == [299, 298, 1199, 1199, 297]
+
+    free = gateway.keys.create("hooli", "free")
+    answers = [get(gateway, "/api/v2/orders", PARTNER, **{"x-api-key": free.api_key})
+               for _ in range(31)]
+    assert [a.status_code for a in answers] == [200] * 30 + [429]
+    assert answers[-1].headers["x-ratelimit-limit"] == "30"
+    assert answers[-1].json()["violated-policies"] == ["per-minute"]
+    # The same key on the default host's /partner route: a bucket of its own there.
+    assert get(gateway, "/partner/orders", **{"x-api-key": free.api_key}).status_code == 200
+    gold = gateway.keys.create("hooli", "gold")
+    resp = get(gateway, "/api/v2/orders", PARTNER, **{"x-api-key": gold.api_key})
+    assert resp.headers["x-ratelimit-limit"] == "120"
+
+
+def test_each_client_type_gets_its_own_response_headers(gateway):
+    path = "/api/v2/users/1"
+    # Mobile: compressed for apps that accept it, kept and revalidated rather than
+    # downloaded again.
+    mobile = get(gateway, path, MOBILE, **{"accept-encoding": "gzip"}, **bearer(gateway, MOBILE))
+    assert mobile.headers["content-encoding"] == "gzip"
+    assert "accept-encoding" in mobile.headers["vary"].lower()
+    assert mobile.headers["cache-control"] == "private, no-cache"
+    assert Seen(mobile).service == "users"  # requests decompressed it: JSON as sent
+    plain = get(gateway, path, MOBILE, **{"accept-encoding": "identity"}, **bearer(gateway, MOBILE))
+    assert "content-encoding" not in plain.headers
+    # Web: never stored, sniffed or framed by a browser.
+    web = get(gateway, path, WEB, **{"accept-encoding": "gzip"}, **bearer(gateway, WEB))
+    assert {name: web.headers.get(name) for name in (
+        "cache-control", "x-content-type-options", "x-frame-options", "content-encoding")} == {
+        "cache-control": "no-store", "x-content-type-options": "nosniff", "x-frame-options": "DENY",
+        "content-encoding": None}
+    # The default and partner hosts add none of these.
+    key = gateway.keys.create("globex", "gold")
+    for resp in (get(gateway, path, **{"accept-encoding": "gzip"}, **gateway.bearer()),
+                 get(gateway, "/api/v2/orders", PARTNER, **{"accept-encoding": "gzip",
+                                                            "x-api-key": key.api_key})):
+        assert resp.status_code == 200
+        for name in ("cache-control", "x-content-type-options", "x-frame-options", "content-encoding"):
+            assert name not in resp.headers, name
 
 
 # --- load balancing -------------------------------------------------------------------

@@ -97,12 +97,29 @@ def shipped_typed_configs(relative_path: str, type_suffix: str) -> list:
     return found
 
 
-def shipped_plugin_configs(relative_path: str) -> list:
+def shipped_plugin_configs(relative_path: str, disabled_by_default: bool = False) -> list:
     """Every wasm filter's JSON configuration in a shipped Envoy config, as
-    (filter name, wasm filename, parsed JSON) tuples."""
+    (filter name, wasm filename, parsed JSON) tuples: the filters every request meets
+    (what Istio's WasmPlugins mirror), and with `disabled_by_default` only those a
+    virtual host or route has to switch on (`disabled: true`, such as gateway.yaml's
+    backends for frontends)."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            typed = node.get("typed_config")
+            if (isinstance(typed, dict) and str(typed.get("@type", "")).endswith("wasm.v3.Wasm")
+                    and bool(node.get("disabled")) == disabled_by_default):
+                found.append(typed)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load((ROOT / relative_path).read_text()))
     return [(typed["config"].get("name"), typed["config"]["vm_config"]["code"]["local"]["filename"],
-             json.loads(typed["config"]["configuration"]["value"]))
-            for typed in shipped_typed_configs(relative_path, "wasm.v3.Wasm")]
+             json.loads(typed["config"]["configuration"]["value"])) for typed in found]
 
 
 def shipped_envoy_configs() -> list:
