@@ -264,6 +264,9 @@ def test_each_host_accepts_only_tokens_of_its_own_audience(gateway, host):
     # API keys are the partner host's: elsewhere a key is no credential for /api/.
     key = gateway.keys.create("globex", "gold")
     assert get(gateway, path, host, **{"x-api-key": key.api_key}).status_code == 401
+    # The three JWT filters read one JWKS through one cache: the issuer was asked once
+    # at start (once more per 5-minute refresh), not once per filter.
+    assert gateway.envoy.stat("cluster.jwks.upstream_rq_total") < 3
 
 
 def test_the_bff_hosts_are_matched_with_a_port_and_over_tls(gateway):
