@@ -11,6 +11,7 @@ own on the shipped `users` cluster.
 
 import concurrent.futures
 import copy
+import json
 from collections import Counter
 
 import pytest
@@ -267,6 +268,38 @@ def test_each_host_accepts_only_tokens_of_its_own_audience(gateway, host):
     # The three JWT filters read one JWKS through one cache: the issuer was asked once
     # at start (once more per 5-minute refresh), not once per filter.
     assert gateway.envoy.stat("cluster.jwks.upstream_rq_total") < 3
+
+
+def filter_configs() -> dict:
+    """{filter name: its JSON configuration} of gateway.yaml's wasm filters."""
+    hcm = load_shipped(GATEWAY_CONFIG, {})["static_resources"]["listeners"][0][
+        "filter_chains"][0]["filters"][0]["typed_config"]
+    return {f["name"]: json.loads(f["typed_config"]["config"]["configuration"]["value"])
+            for f in hcm["http_filters"] if "wasm.v3.Wasm" in f["typed_config"]["@type"]}
+
+
+def without(config: dict, *paths) -> dict:
+    config = copy.deepcopy(config)
+    for path in paths:
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node.pop(last)
+    return config
+
+
+def test_the_bff_auth_filters_check_credentials_as_the_default_ones_do():
+    """The BFF hosts' JWT and API-key filters differ from the default ones only where
+    a client type must: the audience (and realm) of tokens, which paths need a key.
+    A change to the default filters (keys, algorithms, caches, timeouts, scopes)
+    fails here until the BFF filters get it too."""
+    configs = filter_configs()
+    for name in ("wasmgate.jwt-mobile", "wasmgate.jwt-web"):
+        assert without(configs[name], "providers.idp.audiences", "realm") == without(
+            configs["wasmgate.jwt"], "providers.idp.audiences", "realm"), name
+    assert without(configs["wasmgate.api-key-partner"], "skip") == without(
+        configs["wasmgate.api-key"], "skip", "strip_on_skip")
 
 
 def test_the_bff_hosts_are_matched_with_a_port_and_over_tls(gateway):
