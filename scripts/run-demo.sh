@@ -152,7 +152,8 @@ token="$run_dir/token"
 bearer="-H \"Authorization: Bearer \$(cat $token)\""
 keys_cli="build/bin/wasmgate-keystore --store file:$run_dir/keys.json"
 api_key="-H \"x-api-key: \$(awk '/^api_key/ {print \$2}' $run_dir/api-key.txt)\""
-mint="build/bin/wasmgate-demo token --keys $run_dir/jwks-keys --aud wasmgate-gateway"
+mint_for="build/bin/wasmgate-demo token --keys $run_dir/jwks-keys --aud"  # + the audience
+mint="$mint_for wasmgate-gateway"
 n=0
 step() {  # step TITLE COMMAND...: one numbered step of the walk-through
     n=$((n + 1))
@@ -183,14 +184,23 @@ step "A route to the users service with the token. The service sees who is calli
     "curl -s -i $bearer -H 'X-User-ID: admin' $gw/api/v1/users/42"
 step "The same on v2: no Deprecation, no Sunset." \
     "curl -s -i $bearer $gw/api/v2/users/42"
+step "Versions by header, for paths without one: X-API-Version (or Accept: application/vnd.wasmgate+json;version=N) picks the version the service sees in its path, v1 deprecated however it was chosen; no version asked is v2; an unknown one is a 406." \
+    "curl -s -i $bearer -H 'X-API-Version: 1' $gw/api/users/42" \
+    "curl -s $bearer -H 'Accept: application/vnd.wasmgate+json;version=2' $gw/api/users/42" \
+    "curl -s -i -H 'X-API-Version: 3' $gw/api/users/42"
 step "HTTPS with the demo certificate (the upstream sees x-forwarded-proto: https)." \
     "curl -s $bearer --cacert $certs/edge-ca.crt https://localhost:$https_port/api/v2/products/7"
 step "Scopes: reading orders needs orders:read (the token has it), placing one needs orders:write: 403." \
     "curl -s -i $bearer -X POST -d '{\"sku\":\"lamp\"}' $gw/api/v2/orders"
 step "Canary: about 90% of orders go to orders-v1, 10% to orders-v2." \
     "for i in \$(seq 100); do curl -s $bearer $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
-step "Load balancing: users are spread over two instances (round robin)." \
-    "for i in \$(seq 10); do curl -s $bearer $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+step "A/B: x-experiment: b (or the cookie ab=b) always gets orders-v2, ab=a always orders-v1; everyone else meets the canary." \
+    "for i in \$(seq 10); do curl -s $bearer -H 'x-experiment: b' $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c" \
+    "for i in \$(seq 10); do curl -s $bearer -b 'ab=a' $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
+step "Load balancing, least request: users-b answers 300 ms late, so it holds more requests in flight and gets fewer new ones: of 100 requests, 8 at a time, about a quarter (round robin would send it half)." \
+    "curl -s -o /dev/null -X PUT --data 300 $users_b/__echo/delay" \
+    "seq 100 | xargs -P 8 -I{} curl -s $bearer $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"' | sort | uniq -c" \
+    "curl -s -o /dev/null -X DELETE $users_b/__echo/delay"
 step "Retry: products fails its next request with 503 (told so on its own port: the gateway removes the echo's x-echo-* steering headers from clients); the gateway retries and answers 200." \
     "curl -s -o /dev/null -X PUT --data 1 $products/__echo/fail-next" \
     "curl -s -o /dev/null -w '%{http_code}\n' $bearer $gw/api/v2/products/1" \
@@ -199,13 +209,16 @@ step "Timeout: products has 2 s to answer; a 3 s answer becomes a 504." \
     "curl -s -o /dev/null -X PUT --data 3000 $products/__echo/delay" \
     "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' $bearer $gw/api/v2/products/1" \
     "curl -s -o /dev/null -X DELETE $products/__echo/delay"
-step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
+step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s. (40 requests: least request picks at random when nothing is in flight, so users-b's fifth one may take a while.)" \
     "curl -s -X PUT --data 500 $users_b/__echo/fail" \
-    "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $bearer $gw/api/v2/users; done; echo" \
+    "for i in \$(seq 40); do curl -s -o /dev/null -w '%{http_code} ' $bearer $gw/api/v2/users; done; echo" \
     "curl -s $admin/stats | grep -E 'cluster.users.(outlier_detection.ejections_active|retry.upstream_rq_500):'" \
     "curl -s -X DELETE $users_b/__echo/fail"
 step "Tracing: the upstream gets a W3C traceparent in the client's trace, with the gateway's span as parent." \
     "curl -s $bearer -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' $gw/api/v2/users/1 | grep -o '\"traceparent\":\[[^]]*\]'"
+step "Backends for frontends: mobile.wasmgate.test takes only tokens for audience wasmgate-mobile (a web token gets 401 there), tells the service the client type, answers gzip-compressed with its own cache header and counts its own limit (300 a minute)." \
+    "curl -s -o /dev/null -w '%{http_code}\n' -H 'Host: mobile.wasmgate.test' -H \"Authorization: Bearer \$($mint_for wasmgate-web)\" $gw/api/v2/users/42" \
+    "curl -s -i --compressed -H 'Host: mobile.wasmgate.test' -H \"Authorization: Bearer \$($mint_for wasmgate-mobile)\" $gw/api/v2/users/42"
 step "Create an API key for a partner: tenant acme, plan gold. The key is shown once; the store keeps only its hash." \
     "$keys_cli keys create --tenant acme --plan gold > $run_dir/api-key.txt" \
     "cat $run_dir/api-key.txt" \
@@ -213,6 +226,9 @@ step "Create an API key for a partner: tenant acme, plan gold. The key is shown 
 step "The partner route takes API keys: 401 without one; with it, the service sees the key's tenant, id and plan (x-tenant-id, x-api-key-id, x-plan), never the key." \
     "curl -s -i $gw/partner/orders" \
     "curl -s -i $api_key $gw/partner/orders"
+step "The partner host, partner.wasmgate.test: API keys only (a token gets 401), the orders API on the stable version, 120 requests a minute for a gold key." \
+    "curl -s -o /dev/null -w '%{http_code}\n' -H 'Host: partner.wasmgate.test' $bearer $gw/api/v2/orders" \
+    "curl -s -i -H 'Host: partner.wasmgate.test' $api_key $gw/api/v2/orders"
 step "Rate limit: the gold plan allows 10 requests a minute on /partner (other plans 5). Past it: 429 with Retry-After and the X-RateLimit-* and RateLimit headers." \
     "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $api_key $gw/partner/orders; done; echo" \
     "curl -s -i $api_key $gw/partner/orders"

@@ -172,8 +172,10 @@ def test_users_are_balanced_over_two_instances(gateway):
         for _ in range(40):
             resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
             answered_by[Seen(resp).instance] += 1
+    # Least request with nothing in flight picks at random: fewer than 6 of 40 on one
+    # instance would happen about once in 700,000 runs.
     assert set(answered_by) == {"users-a", "users-b"}
-    assert min(answered_by.values()) >= 10, answered_by
+    assert min(answered_by.values()) >= 6, answered_by
 
 
 def steer(instance, what: str, value=None):

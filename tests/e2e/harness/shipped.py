@@ -78,31 +78,36 @@ def _rewrite_ports(node, ports):
             _rewrite_ports(item, ports)
 
 
+def _mappings(node):
+    """Every mapping of a parsed YAML document, in file order."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _mappings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _mappings(item)
+
+
 def shipped_typed_configs(relative_path: str, type_suffix: str) -> list:
     """Every object of a shipped Envoy config whose `@type` ends with `type_suffix`
     (`HttpConnectionManager`, `wasm.v3.Wasm`), in file order."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if str(node.get("@type", "")).endswith(type_suffix):
-                found.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load((ROOT / relative_path).read_text()))
-    return found
+    return [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+            if str(node.get("@type", "")).endswith(type_suffix)]
 
 
 def shipped_plugin_configs(relative_path: str) -> list:
-    """Every wasm filter's JSON configuration in a shipped Envoy config, as
-    (filter name, wasm filename, parsed JSON) tuples."""
-    return [(typed["config"].get("name"), typed["config"]["vm_config"]["code"]["local"]["filename"],
-             json.loads(typed["config"]["configuration"]["value"]))
-            for typed in shipped_typed_configs(relative_path, "wasm.v3.Wasm")]
+    """The JSON configuration of every wasm filter a shipped Envoy config runs by
+    default, as (filter name, wasm filename, parsed JSON) tuples: the filters every
+    request meets, which Istio's WasmPlugins mirror. Filters that are off unless a
+    virtual host or route switches them on (`disabled: true`, gateway.yaml's backends
+    for frontends) are left out: a WasmPlugin cannot be switched per host."""
+    filters = [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+               if str(node.get("typed_config", {}).get("@type", "")).endswith("wasm.v3.Wasm")
+               and not node.get("disabled")]
+    return [(f["typed_config"]["config"].get("name"),
+             f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+             json.loads(f["typed_config"]["config"]["configuration"]["value"])) for f in filters]
 
 
 def shipped_envoy_configs() -> list:
