@@ -24,6 +24,15 @@ from harness import Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
 from harness.demo_gateway import DemoGateway
 
+@pytest.fixture(scope="module")
+def shared_gateway(tmp_path_factory, demo_certs):
+    """This module's demo gateway runs with tracing on (`WASMGATE_TRACING=on`), its
+    spans going to an OTLP receiver (`gateway.collector`)."""
+    gateway = DemoGateway(tmp_path_factory.mktemp("demogateway"), demo_certs, tracing=True).start()
+    yield gateway
+    gateway.stop()
+
+
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 IDENTITY_HEADERS = ["x-user-id", "x-tenant-id", "x-scopes", "x-api-key-id", "x-plan"]
@@ -276,10 +285,63 @@ def test_traceparent_is_propagated_to_the_upstream(gateway):
                                                   headers=gateway.bearer())).header("traceparent"))
     assert started and started.group(1) != trace_id
 
-    # The spans reach the collector (Envoy flushes them every 5 s).
-    collector = gateway.instances["otel-collector"]
-    wait_for(lambda: requests.get(collector.url("/__echo/stats"), timeout=TIMEOUT).json()["requests"] > 0,
-             20, "Envoy to export spans to the collector")
+
+def exported_span(gateway, trace_id):
+    """The one span of `trace_id` the gateway exported (it flushes every 5 s)."""
+    spans = wait_for(lambda: gateway.collector.spans(trace_id), 20,
+                     f"Envoy to export the span of trace {trace_id}")
+    assert len(spans) == 1, spans
+    return spans[0]
+
+
+def test_the_spans_envoy_exports_describe_each_request_in_the_clients_trace(gateway):
+    """Tracing on (WASMGATE_TRACING=on): what reaches an OTLP/HTTP collector."""
+    client = {name: f"{n:032x}" for n, name in enumerate(("ok", "refused", "timeout"), 0xa11ce)}
+    client_span = "00f067aa0ba902b7"
+
+    def get(path, trace, **headers):
+        return requests.get(gateway.url(path), timeout=TIMEOUT, headers={
+            "traceparent": f"00-{client[trace]}-{client_span}-01", **headers})
+
+    resp = get("/api/v2/users/1", "ok", **gateway.bearer(sub="tracer"))
+    upstream_saw = TRACEPARENT.match(Seen(resp).header("traceparent"))
+    refused = get("/api/v2/orders", "refused")
+    timed_out = get("/api/v2/products/1", "timeout", **gateway.bearer(sub="tracer"),
+                    **{"x-echo-delay-ms": "3000"})
+    assert (resp.status_code, refused.status_code, timed_out.status_code) == (200, 401, 504)
+
+    span = exported_span(gateway, client["ok"])
+    # The span the upstream was told is its parent, child of the client's span.
+    assert (span.span_id, span.parent_span_id) == (upstream_saw.group(2), client_span)
+    assert span.resource["service.name"] == "wasmgate-gateway"
+    assert span.kind == "SPAN_KIND_SERVER"
+    assert span.status == "STATUS_CODE_UNSET"
+    assert span.end_ns > span.start_ns
+    assert span.attributes["http.method"] == "GET"
+    assert span.attributes["http.url"].endswith("/api/v2/users/1")
+    assert span.attributes["http.status_code"] == "200"
+    assert span.attributes["upstream_cluster"] == "users"
+    assert span.attributes["guid:x-request-id"] == resp.headers["x-request-id"]
+    # The access log names the same trace.
+    logged = wait_for(lambda: [e for e in gateway.access_log()
+                               if e["request_id"] == resp.headers["x-request-id"]], 10,
+                      "the access log line")
+    assert logged[0]["trace_id"] == client["ok"]
+
+    # Refused by the JWT filter: answered by the gateway, never sent upstream. A 4xx
+    # is the client's error, not the server's: the span's status stays unset.
+    span = exported_span(gateway, client["refused"])
+    assert span.attributes["http.status_code"] == "401"
+    assert span.status == "STATUS_CODE_UNSET" and "error" not in span.attributes
+
+    # The route's 2 s timeout: a 504, and an error span saying why (UT).
+    span = exported_span(gateway, client["timeout"])
+    assert span.attributes["http.status_code"] == "504"
+    assert span.attributes["upstream_cluster"] == "products"
+    assert span.attributes["response_flags"] == "UT"
+    assert span.status == "STATUS_CODE_ERROR"
+    assert (span.end_ns - span.start_ns) / 1e9 >= 2
+    assert gateway.collector.refused == []
 
 
 def test_api_routes_need_a_valid_token_and_orders_their_scope(gateway):
