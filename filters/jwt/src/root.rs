@@ -32,8 +32,8 @@ pub struct Metrics {
     pub no_token_needed: Counter,
     denied: Vec<(&'static str, Counter)>,
     pub waited: Counter,
-    pub jwks_fetch_success: Counter,
-    pub jwks_fetch_failure: Counter,
+    /// JWKS fetches by provider, (success, failure): defined at a provider's first.
+    jwks_fetches: RefCell<HashMap<String, [Counter; 2]>>,
     pub token_cache_hit: Counter,
     pub token_cache_miss: Counter,
 }
@@ -41,18 +41,20 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let counter = |name: &str| Counter::new(&format!("wasmgate.jwt.{name}"));
+        let tagged = |name: &str, tags: &[(&str, &str)]| {
+            Counter::tagged(&format!("wasmgate.jwt.{name}"), tags)
+        };
         Self {
-            allowed: counter("allowed"),
-            no_token_needed: counter("no_token_needed"),
+            allowed: counter("allowed_total"),
+            no_token_needed: counter("no_token_needed_total"),
             denied: AuthError::REASONS
                 .iter()
-                .map(|reason| (*reason, counter(&format!("denied.{reason}"))))
+                .map(|reason| (*reason, tagged("denied_total", &[("reason", reason)])))
                 .collect(),
-            waited: counter("waited_for_keys"),
-            jwks_fetch_success: counter("jwks_fetch.success"),
-            jwks_fetch_failure: counter("jwks_fetch.failure"),
-            token_cache_hit: counter("token_cache.hit"),
-            token_cache_miss: counter("token_cache.miss"),
+            waited: counter("waited_for_keys_total"),
+            jwks_fetches: RefCell::new(HashMap::new()),
+            token_cache_hit: tagged("token_cache_lookups_total", &[("result", "hit")]),
+            token_cache_miss: tagged("token_cache_lookups_total", &[("result", "miss")]),
         }
     }
 
@@ -60,6 +62,17 @@ impl Metrics {
         if let Some((_, counter)) = self.denied.iter().find(|(r, _)| *r == reason) {
             counter.increment();
         }
+    }
+
+    pub fn jwks_fetched(&self, provider: &str, success: bool) {
+        let mut fetches = self.jwks_fetches.borrow_mut();
+        let counters = fetches.entry(provider.to_string()).or_insert_with(|| {
+            ["success", "failure"].map(|result| {
+                let tags = [("provider", provider), ("result", result)];
+                Counter::tagged("wasmgate.jwt.jwks_fetches_total", &tags)
+            })
+        });
+        counters[usize::from(!success)].increment();
     }
 
     pub fn cache(&self, used: CacheUse) {
@@ -84,7 +97,7 @@ impl EnvoyVerifier {
     fn new() -> Self {
         Self {
             available: Cell::new(true),
-            checked: Counter::new("wasmgate.jwt.signature.checked_by_envoy"),
+            checked: Counter::new("wasmgate.jwt.signatures_checked_by_envoy_total"),
         }
     }
 }
@@ -284,14 +297,14 @@ impl JwtRoot {
         let Some(metrics) = &self.metrics else { return };
         match report {
             Some(FetchReport::Success { keys, time_to_live }) => {
-                metrics.jwks_fetch_success.increment();
+                metrics.jwks_fetched(name, true);
                 log::info!(
                     "{FILTER}: provider {name}: loaded {keys} keys, next refresh in {}s",
                     time_to_live / 1000
                 );
             }
             Some(FetchReport::Failure { reason, retry_in }) => {
-                metrics.jwks_fetch_failure.increment();
+                metrics.jwks_fetched(name, false);
                 log::warn!(
                     "{FILTER}: provider {name}: JWKS fetch failed: {reason}; retry in {}ms (last good keys, if any, stay in use)",
                     retry_in

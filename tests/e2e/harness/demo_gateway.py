@@ -99,7 +99,7 @@ class DemoGateway(Stack):
             wait_for(self.all_healthy, 30, "every demo service to pass its health checks")
             # The JWT filter fetches the JWKS on its first tick; a request before that
             # would wait for it (up to max_wait). Tests start with the keys in place.
-            wait_for(lambda: self.envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success"),
+            wait_for(lambda: self.envoy.metric("wasmgate_jwt_jwks_fetches_total", result="success"),
                      30, "the JWT filter's first JWKS fetch")
         except BaseException:
             self.stop()
