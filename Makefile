@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs observability fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -60,7 +60,7 @@ push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each dig
 	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
 	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
 
-test: build lint docs unit e2e ## Everything: lint, docs, unit tests, end-to-end tests in real Envoy.
+test: build lint docs observability unit e2e ## Everything: lint, docs, rules, unit tests, end-to-end tests in real Envoy.
 
 unit: ## Unit tests of the host-independent crates (native, fast).
 	$(CARGO) test --workspace
@@ -92,6 +92,13 @@ bench-wasm:
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
+
+# Prometheus's config and the alerting rules as Prometheus reads them, and the rules'
+# unit tests on synthetic series (observability/prometheus/tests/).
+observability: ## Check the Prometheus config and rules (promtool) and run the rules' unit tests.
+	promtool check config observability/prometheus/prometheus.yml
+	promtool check rules observability/prometheus/rules/*.yml
+	promtool test rules observability/prometheus/tests/*.yml
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all
