@@ -23,6 +23,8 @@ import requests
 from harness import Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
 from harness.demo_gateway import DemoGateway
+from harness import observability
+from harness.metrics import parse_prometheus
 
 @pytest.fixture(scope="module")
 def shared_gateway(tmp_path_factory, demo_certs):
@@ -254,19 +256,51 @@ def test_access_log_is_one_json_line_per_request(gateway):
 
 def test_prometheus_stats_on_the_admin_port(gateway):
     requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
-    text = gateway.envoy.admin("/stats/prometheus")
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = value
-    assert float(samples['envoy_cluster_upstream_rq_completed{envoy_cluster_name="users"}']) >= 1
-    # The filters' own metrics (wasmcustom.wasmgate.*) lose the wasmcustom prefix.
-    assert float(samples["wasmgate_headers_requests{}"]) >= 1
-    assert float(samples["wasmgate_jwt_allowed{}"]) >= 1
-    assert float(samples["wasmgate_rate_limit_allowed{}"]) >= 1
-    assert "wasmgate_api_key_cache_slots{}" in samples
-    assert 'envoy_cluster_outlier_detection_ejections_active{envoy_cluster_name="users"}' in samples
+    requests.get(gateway.url("/api/v2/users/1"), timeout=TIMEOUT)
+    samples = parse_prometheus(gateway.envoy.admin("/stats/prometheus"))
+    assert samples[("envoy_cluster_upstream_rq_completed", (("envoy_cluster_name", "users"),))] >= 1
+    # The filters' own metrics (wasmcustom.wasmgate.*) lose the wasmcustom prefix, and
+    # their tags become labels (gateway.yaml's stats_tags).
+    assert samples[("wasmgate_headers_requests_total", ())] >= 1
+    assert samples[("wasmgate_jwt_allowed_total", ())] >= 1
+    assert samples[("wasmgate_jwt_denied_total", (("reason", "missing_token"),))] >= 1
+    assert samples[("wasmgate_jwt_jwks_fetches_total", (("provider", "idp"), ("result", "success")))] >= 1
+    assert samples[("wasmgate_rate_limit_allowed_total", ())] >= 1
+    assert ("wasmgate_api_key_cache_slots", ()) in samples
+    assert ("envoy_cluster_outlier_detection_ejections_active", (("envoy_cluster_name", "users"),)) in samples
+    # Every tag was extracted: no name still carries one, no label is unknown.
+    wasmgate = [(name, labels) for name, labels in samples if name.startswith("wasmgate_")]
+    assert len(wasmgate) > 50
+    for name, labels in wasmgate:
+        assert re.fullmatch(r"wasmgate_(headers|jwt|api_key|rate_limit)_[a-z_]+", name), name
+        assert {label for label, _ in labels} <= {"reason", "kind", "provider", "result", "le"}, name
+
+
+def test_the_dashboard_and_the_rules_read_metrics_the_gateway_exports(gateway):
+    """Every metric the Grafana dashboard and the Prometheus rules (observability/)
+    read is in this gateway's scrape, with the labels they select and group by; every
+    recording rule they read is defined."""
+    samples = parse_prometheus(gateway.envoy.admin("/stats/prometheus"))
+    labels_of = {}
+    for name, labels in samples:
+        labels_of.setdefault(name, set()).update(labels)
+    recorded = observability.recorded_names()
+    queries = observability.dashboard_queries() + observability.rule_queries()
+    assert len(queries) > 40
+    for where, expr in queries:
+        used = observability.selectors(expr)
+        for name, matchers in used:
+            assert name in labels_of, f"{where}: {name} is not exported"
+            for label, (op, value) in matchers.items():
+                if label in observability.TARGET_LABELS:
+                    continue
+                assert label in {l for l, _ in labels_of[name]}, f"{where}: {name} has no {label}"
+                if op == "=":
+                    assert (label, value) in labels_of[name], f"{where}: {name}{{{label}={value!r}}}"
+        kept = {label for name, _ in used for label, _ in labels_of[name]} | observability.TARGET_LABELS
+        for label in observability.grouping_labels(expr):
+            assert label in kept, f"{where}: no metric of it has the label {label}"
+        assert observability.recorded_used(expr) <= recorded, where
 
 
 def test_traceparent_is_propagated_to_the_upstream(gateway):
