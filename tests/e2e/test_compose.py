@@ -138,8 +138,10 @@ def test_compose_runs_what_gateway_yaml_routes_to():
     for name in ("jwks", "keystore"):
         assert [v["target"] for v in services[name]["volumes"]] == ["/var/lib/wasmgate"]
         assert services[name]["volumes"][0]["type"] == "volume"
+    # Every listener published, admin not: it stays on the container's loopback.
     published = {(p["published"], p["target"]) for p in gateway["ports"]}
-    assert published == {(str(port), port) for port in [*GATEWAY_PORTS.values(), PROMETHEUS_PORT]}
+    assert published == {(str(port), port) for name, port in GATEWAY_PORTS.items() if name != "admin"} | {
+        (str(PROMETHEUS_PORT), PROMETHEUS_PORT)}
     mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
     assert mounts["/wasmgate/envoy-config"] == Path("envoy-config")
     assert mounts["/wasmgate/build/wasm"] == Path("build/wasm")
@@ -162,21 +164,24 @@ def run_entrypoint(tmp_path, **env):
     return result.returncode, seen.read_text() if seen.exists() else None, result.stderr
 
 
-@pytest.mark.parametrize("tracing", ["off", "on"])
-def test_the_entrypoint_rebinds_listeners_and_admin_only(tmp_path, tracing):
-    code, seen, _ = run_entrypoint(tmp_path, WASMGATE_BIND_ADDRESS="0.0.0.0", WASMGATE_TRACING=tracing)
+@pytest.mark.parametrize("bind, tracing", [("0.0.0.0", "off"), ("192.0.2.7", "off"), ("0.0.0.0", "on")])
+def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind, tracing):
+    code, seen, _ = run_entrypoint(tmp_path, WASMGATE_BIND_ADDRESS=bind, WASMGATE_TRACING=tracing)
     assert code == 0
     text = (ROOT / GATEWAY_CONFIG).read_text()
     shipped = yaml.safe_load(with_tracing(text) if tracing == "on" else text)
     seen = yaml.safe_load(seen)
-    assert seen["admin"]["address"]["socket_address"]["address"] == "0.0.0.0"
-    for listener in seen["static_resources"]["listeners"]:
-        assert listener["address"]["socket_address"]["address"] == "0.0.0.0"
-        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        # Tracing only when asked: no spans, no export errors without a collector.
+    # Admin can stop Envoy (/quitquitquit) and change it (/runtime_modify): loopback only.
+    assert seen["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listeners = {listener["name"]: listener for listener in seen["static_resources"]["listeners"]}
+    assert set(listeners) >= {"main", "tls", "stats"}
+    for listener in listeners.values():
+        assert listener["address"]["socket_address"]["address"] == bind
+    # Tracing only when asked: no spans, no export errors without a collector.
+    for name in ("main", "tls"):
+        manager = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
         assert ("tracing" in manager) == (tracing == "on")
     # Nothing else changed: put the shipped addresses back and compare everything.
-    seen["admin"]["address"] = shipped["admin"]["address"]
     for listener, original in zip(seen["static_resources"]["listeners"],
                                   shipped["static_resources"]["listeners"]):
         listener["address"] = original["address"]
@@ -213,19 +218,21 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
     config_dir = tmp_path / "envoy-config"
     config_dir.mkdir()
     (config_dir / "gateway.yaml").write_text(yaml.safe_dump(load_shipped(GATEWAY_CONFIG, ports)))
-    # Prometheus's shipped config and rules, scraping the admin port of this gateway.
+    # Prometheus's shipped config and rules, scraping the stats listener of this gateway.
     prometheus_dir = tmp_path / "prometheus"
     shutil.copytree(ROOT / "observability" / "prometheus", prometheus_dir)
     prometheus_config = yaml.safe_load((prometheus_dir / "prometheus.yml").read_text())
     job, = prometheus_config["scrape_configs"]
-    assert job["static_configs"] == [{"targets": [f"127.0.0.1:{GATEWAY_PORTS['admin']}"]}]
-    job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[GATEWAY_PORTS['admin']]}"]}]
+    assert job["static_configs"] == [{"targets": [f"127.0.0.1:{GATEWAY_PORTS['stats']}"]}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[GATEWAY_PORTS['stats']]}"]}]
     (prometheus_dir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
     prometheus_command = resolved((BASE, HOST))["services"]["prometheus"]["command"]
     override = {"services": {
         "gateway": {"volumes": [
             {"type": "bind", "source": str(config_dir), "target": "/wasmgate/envoy-config", "read_only": True},
             {"type": "bind", "source": str(demo_certs), "target": "/wasmgate/build/certs", "read_only": True},
+            # The SDS files of a test's certificates name them by their path here.
+            {"type": "bind", "source": str(demo_certs), "target": str(demo_certs), "read_only": True},
         ]},
         "prometheus": {
             "volumes": [{"type": "bind", "source": str(prometheus_dir), "target": "/etc/prometheus",
@@ -282,9 +289,10 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         partner = Seen(requests.get(f"{gateway}/partner/orders", headers={"x-api-key": api_key},
                                     timeout=TIMEOUT))
         assert (partner.header("x-tenant-id"), partner.header("x-plan")) == ("globex", "gold")
-        admin = requests.get(f"http://127.0.0.1:{ports[9901]}/stats/prometheus", timeout=TIMEOUT).text
+        # Metrics come from the stats listener (admin itself stays on loopback).
+        admin = requests.get(f"http://127.0.0.1:{ports[9902]}/stats/prometheus", timeout=TIMEOUT).text
         for metric in ("headers_requests", "jwt_allowed", "api_key_allowed", "rate_limit_allowed"):
-            assert f"wasmgate_{metric}{{}}" in admin
+            assert f"wasmgate_{metric}_total{{}}" in admin
 
         # The gateway container's stdout is the JSON access log.
         request_id = resp.headers["x-request-id"]
@@ -300,7 +308,7 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         prometheus = f"http://127.0.0.1:{ports[PROMETHEUS_PORT]}/api/v1"
         wait_for(lambda: prometheus_query(prometheus, 'up{job="wasmgate-gateway"} == 1'), 60,
                  "Prometheus to scrape the gateway")
-        assert wait_for(lambda: prometheus_query(prometheus, "wasmgate_jwt_allowed > 0"), 30,
+        assert wait_for(lambda: prometheus_query(prometheus, "wasmgate_jwt_allowed_total > 0"), 30,
                         "a wasmgate series in Prometheus")
         out = compose_run(*project, "ps", "--format", "json", files=files, env=env).stdout.strip()
         running = json.loads(out) if out.startswith("[") else [json.loads(l) for l in out.splitlines()]

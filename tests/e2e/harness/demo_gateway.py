@@ -17,16 +17,17 @@ import json
 from .jwt import KeyDir, claims_for
 from .keystore import KeyStore
 from .otlp import OtlpReceiver
-from .ports import free_ports
 from .paths import tool_path
+from .ports import free_ports
 from .shipped import load_shipped
 from .stack import Stack
 from .wait import wait_for
 
 GATEWAY_CONFIG = "envoy-config/gateway.yaml"
 
-# Envoy's own listeners and admin in gateway.yaml: Envoy picks free ports in tests.
-GATEWAY_PORTS = {"main": 8080, "tls": 8443, "admin": 9901}
+# Envoy's own listeners and admin in gateway.yaml: Envoy picks free ports in tests,
+# but for admin, which the `stats` listener's cluster names too.
+GATEWAY_PORTS = {"main": 8080, "tls": 8443, "stats": 9902, "admin": 9901}
 
 # Shipped port → (service, instance): one `wasmgate-demo echo --name SERVICE
 # --instance INSTANCE` each.
@@ -67,15 +68,19 @@ class DemoGateway(Stack):
     keys = None          # KeyStore: the key store's CLI and counters
     collector = None     # OtlpReceiver, with tracing
 
-    def __init__(self, workdir, certs_dir, tracing: bool = False):
+    def __init__(self, workdir, certs_dir, upstreams: dict = None, tracing: bool = False):
+        """`upstreams`: {instance: port} of servers a test runs in place of some demo
+        services (they must answer `GET /healthz`)."""
         super().__init__(workdir, certs_dir)
+        self.upstreams = upstreams or {}
         self.tracing = tracing
 
     def start(self):
         try:
             ports = {port: 0 for port in GATEWAY_PORTS.values()}
+            ports[GATEWAY_PORTS["admin"]] = free_ports(1)[0]
             for port, (service, instance) in DEMO_SERVICES.items():
-                ports[port] = self.start_echo(service, instance).port
+                ports[port] = self.upstreams.get(instance) or self.start_echo(service, instance).port
             if self.tracing:
                 self.collector = OtlpReceiver().start()
                 ports[OTLP_PORT] = self.collector.port
