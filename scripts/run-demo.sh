@@ -158,13 +158,13 @@ pids+=($!)
 envoy_pid=$!
 pids+=("$envoy_pid")
 
-# Prometheus (Debian's) on observability/prometheus/: scrapes this gateway's admin every
+# Prometheus (Debian's) on observability/prometheus/: scrapes this gateway's stats listener every
 # 5 s and evaluates wasmgate's rules. Its samples go to the run directory, removed at exit.
 prometheus="http://127.0.0.1:$prometheus_port"
 if [ "$prometheus_port" != off ]; then
     rm -rf "$run_dir/prometheus"
     mkdir -p "$run_dir/prometheus"
-    sed -e "s/127\.0\.0\.1:9901/127.0.0.1:$admin_port/" \
+    sed -e "s/127\.0\.0\.1:9902/127.0.0.1:$stats_port/" \
         -e "s#^  - rules/#  - $PWD/observability/prometheus/rules/#" \
         observability/prometheus/prometheus.yml >"$run_dir/prometheus/prometheus.yml"
     prometheus --config.file="$run_dir/prometheus/prometheus.yml" \
@@ -231,7 +231,7 @@ wasmgate demo is up.
   callouts  JWKS issuer :${port_map[18090]}   key store :${port_map[18091]}
   logs      $run_dir/   (access.log: one JSON line per request)
 $(if [ "$prometheus_port" != off ]; then
-    echo "  metrics   Prometheus $prometheus   (scrapes the admin every 5 s: /graph, /targets, /alerts)"
+    echo "  metrics   Prometheus $prometheus   (scrapes the gateway every 5 s: /graph, /targets, /alerts)"
   else
     echo "  metrics   no Prometheus (WASMGATE_PROMETHEUS_PORT=off, or not installed)"
   fi)
@@ -297,9 +297,9 @@ step "The access log: one JSON line per request (request id, user, tenant, API k
 step "Metrics in Prometheus format: the filters' own (those that counted something) and Envoy's." \
     "curl -s $admin/stats/prometheus | grep -E '^(wasmgate_|envoy_cluster_upstream_rq_retry\{)' | grep -v ' 0\$'"
 if [ "$prometheus_port" != off ]; then
-    step "Prometheus scrapes the gateway every 5 s: its target is up, and it has the filters' series (a query; the UI: $prometheus/graph)." \
+    step "Prometheus scrapes the gateway every 5 s: its target is up, and a query gives the JWT filter's refusals by reason (the UI: $prometheus/graph, the alerts: $prometheus/alerts)." \
         "curl -s $prometheus/api/v1/targets | grep -o '\"health\":\"[a-z]*\"'" \
-        "curl -s $prometheus/api/v1/query --data-urlencode 'query=count by (__name__) ({__name__=~\"wasmgate_jwt_.*\"})' | grep -o '\"__name__\":\"[^\"]*\"'"
+        "curl -s $prometheus/api/v1/query --data-urlencode 'query=sum by (reason) (wasmgate_jwt_denied_total) > 0' | grep -o '\"reason\":\"[a-z_]*\"},\"value\":\[[^]]*\]'"
 fi
 printf '\nCtrl-C stops everything.\n'
 wait "$envoy_pid"

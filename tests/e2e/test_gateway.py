@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 import requests
 
-from harness import Seen, wait_for, wasm_path
+from harness import ROOT, Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
 from harness import observability
 from harness.certs import certificate_file, make_demo_certs, renew_demo_certs, served_certificate
@@ -366,6 +366,26 @@ def test_the_dashboard_and_the_rules_read_metrics_the_gateway_exports(gateway):
         assert observability.recorded_used(expr) <= recorded, where
 
 
+def test_the_operations_page_lists_every_metric_the_filters_export(gateway):
+    """docs/operations.md's table of every metric: exactly the wasmgate families in a
+    scrape of the gateway, which runs all four filters, each with the labels it shows."""
+    samples = parse_prometheus(gateway.envoy.admin("/stats/prometheus"))
+    exported = {}
+    for name, labels in samples:
+        if name.startswith("wasmgate_"):
+            family = re.sub(r"_(bucket|sum|count)$", "", name) if "_milliseconds_" in name else name
+            exported.setdefault(family, set()).update(label for label, _ in labels if label != "le")
+    page = (ROOT / "docs" / "operations.md").read_text()
+    table = page[page.index("### Every metric"):page.index("## Prometheus")]
+    documented = {}
+    for name, labels in re.findall(r"^\| [a-z-]+ \| `(wasmgate_\w+)` \|([^|]*)\|", table, re.M):
+        # The labels column: `reason`, or `provider`, `result` (`success`, `failure`).
+        documented[name] = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", labels)))
+    assert set(documented) == set(exported)
+    for name, labels in exported.items():
+        assert documented[name] == labels, name
+
+
 def test_traceparent_is_propagated_to_the_upstream(gateway):
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     client_span = "00f067aa0ba902b7"
@@ -403,8 +423,11 @@ def test_the_spans_envoy_exports_describe_each_request_in_the_clients_trace(gate
     resp = get("/api/v2/users/1", "ok", **gateway.bearer(sub="tracer"))
     upstream_saw = TRACEPARENT.match(Seen(resp).header("traceparent"))
     refused = get("/api/v2/orders", "refused")
-    timed_out = get("/api/v2/products/1", "timeout", **gateway.bearer(sub="tracer"),
-                    **{"x-echo-delay-ms": "3000"})
+    steer(gateway.instances["products"], "delay", 2500)
+    try:
+        timed_out = get("/api/v2/products/1", "timeout", **gateway.bearer(sub="tracer"))
+    finally:
+        steer(gateway.instances["products"], "delay")
     assert (resp.status_code, refused.status_code, timed_out.status_code) == (200, 401, 504)
 
     span = exported_span(gateway, client["ok"])

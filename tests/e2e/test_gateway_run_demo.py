@@ -106,11 +106,14 @@ STEP_CHECKS = {
     "Rate limit": limited,
     "The access log": access_log_lines,
     "Metrics in Prometheus format": lambda out: all(
-        f"wasmgate_{name}{{}}" in out for name in (
-            "headers_requests", "jwt_allowed", "jwt_denied_missing_token", "jwt_denied_expired",
-            "api_key_allowed", "rate_limit_allowed", "rate_limit_limited")),
+        f"wasmgate_{name} " in out for name in (
+            "headers_requests_total{}", "jwt_allowed_total{}",
+            'jwt_denied_total{reason="missing_token"}', 'jwt_denied_total{reason="expired"}',
+            "api_key_allowed_total{}", "rate_limit_allowed_total{}", "rate_limit_limited_total{}")),
     "Prometheus scrapes the gateway": lambda out: (
-        out.splitlines()[0] == '"health":"up"' and '"__name__":"wasmgate_jwt_allowed"' in out),
+        out.splitlines()[0] == '"health":"up"'
+        and {line.split('"')[3] for line in out.splitlines()[1:]}
+        >= {"missing_token", "expired", "insufficient_scope"}),
 }
 # Steps whose output may lag: the access log is written once a second, Prometheus
 # scrapes every 5 s.
