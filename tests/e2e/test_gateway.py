@@ -460,7 +460,7 @@ def test_the_spans_envoy_exports_describe_each_request_in_the_clients_trace(gate
     assert span.attributes["upstream_cluster"] == "products"
     assert span.attributes["response_flags"] == "UT"
     assert span.status == "STATUS_CODE_ERROR"
-    assert (span.end_ns - span.start_ns) / 1e9 >= 2
+    assert (span.end_ns - span.start_ns) / 1e9 >= 1.9  # the 2 s, give or take Envoy's timer
     assert gateway.collector.refused == []
 
 
