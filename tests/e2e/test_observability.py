@@ -119,3 +119,16 @@ def test_each_alert_has_a_severity_and_an_entry_in_the_operations_page(rule):
     assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     operations = (ROOT / "docs" / "operations.md").read_text()
     assert f"`{rule['alert']}`" in operations, f"docs/operations.md does not explain {rule['alert']}"
+
+
+def test_the_shipped_stats_tags_are_those_istio_writes_for_extra_stat_tags():
+    """Istio's bootstrap template (tools/packaging/common/envoy_bootstrap.json in
+    istio/istio) writes `{"regex": "(<tag>=\\.=(.*?);\\.;)", "tag_name": "<tag>"}` for
+    each name of a proxy's `extraStatTags`: with the four names the docs give, an Istio
+    proxy extracts the filters' labels exactly as gateway.yaml does."""
+    shipped = yaml.safe_load((ROOT / "envoy-config" / "gateway.yaml").read_text())["stats_config"]
+    istio_names = ["reason", "kind", "provider", "result"]
+    assert shipped == {"stats_tags": [{"tag_name": tag, "regex": f"({tag}=\\.=(.*?);\\.;)"}
+                                      for tag in istio_names]}
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert 'extraStatTags: ["reason", "kind", "provider", "result"]' in operations
