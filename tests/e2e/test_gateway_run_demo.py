@@ -24,7 +24,7 @@ ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMI
                      "WASMGATE_STATS_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
                      "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS",
-                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE"]
+                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE", "WASMGATE_PROMETHEUS_PORT"]
 JWT = re.compile(r"^eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+$")
 
 
@@ -133,7 +133,9 @@ STEP_CHECKS = {
     "Outlier detection": lambda out: (
         "200 " * 40 in out and "ejections_active: 1" in out
         and int(re.search(r"retry\.upstream_rq_500: (\d+)", out).group(1)) >= 5),
-    "Tracing": lambda out: "00-4bf92f3577b34da6a3ce929d0e0e4736-" in out,
+    # Off by default: no span of Envoy's own, the client's traceparent as it came.
+    "Tracing is off": lambda out: out.strip() == (
+        '"traceparent":["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]'),
     "Backends for frontends": mobile_host,
     "The partner host": partner_host,
     "Create an API key": lambda out: (
@@ -143,10 +145,18 @@ STEP_CHECKS = {
     "Rate limit": limited,
     "The access log": access_log_lines,
     "Metrics in Prometheus format": lambda out: all(
-        f"wasmgate_{name}{{}}" in out for name in (
-            "headers_requests", "jwt_allowed", "jwt_denied_missing_token", "jwt_denied_expired",
-            "api_key_allowed", "rate_limit_allowed", "rate_limit_limited")),
+        f"wasmgate_{name} " in out for name in (
+            "headers_requests_total{}", "jwt_allowed_total{}",
+            'jwt_denied_total{reason="missing_token"}', 'jwt_denied_total{reason="expired"}',
+            "api_key_allowed_total{}", "rate_limit_allowed_total{}", "rate_limit_limited_total{}")),
+    "Prometheus scrapes the gateway": lambda out: (
+        out.splitlines()[0] == '"health":"up"'
+        and {line.split('"')[3] for line in out.splitlines()[1:]}
+        >= {"missing_token", "expired", "insufficient_scope"}),
 }
+# Steps whose output may lag: the access log is written once a second, Prometheus
+# scrapes every 5 s.
+RETRIED = ("The access log", "Prometheus scrapes the gateway")
 
 
 def run_commands(commands):
@@ -195,11 +205,15 @@ def test_make_run_walk_through_works_and_ctrl_c_stops_everything(tmp_path):
             check = next((c for phrase, c in STEP_CHECKS.items() if title.startswith(phrase)), None)
             assert check is not None, f"no check for the walk-through step {title!r}"
             out = run_commands(commands)
-            if title.startswith("The access log") and not check(out):
-                # Envoy writes the access log once a second: look again.
+            if title.startswith(RETRIED) and not check(out):
                 out = wait_for(lambda: (lambda o: o if check(o) else None)(run_commands(commands)),
-                               10, "access log lines")
+                               15, f"the output of {title!r}")
             assert check(out), f"step {title!r} printed:\n{out}"
+
+        # Tracing is off: Envoy never tried to export a span (it would log an error
+        # each time, with no collector).
+        envoy_log = (tmp_path / "run" / "envoy.log").read_text(errors="replace")
+        assert "][tracing]" not in envoy_log and "OTLP" not in envoy_log
 
         # Ctrl-C (SIGINT to the foreground process group) stops the script and
         # everything it started: nothing keeps a port.

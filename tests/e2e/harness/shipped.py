@@ -6,6 +6,7 @@ listeners and admin) or to the port a fixture server actually got.
 """
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -18,10 +19,23 @@ from .paths import ROOT
 SHIPPED_CERTS_DIR = "build/certs/"
 
 
-def load_shipped(relative_path: str, ports: dict, certs_dir=None) -> dict:
+# A shipped config's optional part (gateway.yaml's tracing): lines commented out with
+# this mark, which the switch removes (scripts/run-demo.sh and
+# docker/gateway-entrypoint.sh do the same with sed when WASMGATE_TRACING=on).
+OPTIONAL_MARK = re.compile(r"^( *)#~ ", re.M)
+
+
+def with_tracing(text: str) -> str:
+    """A shipped config's text with its `#~ ` lines (tracing) turned on."""
+    return OPTIONAL_MARK.sub(r"\1", text)
+
+
+def load_shipped(relative_path: str, ports: dict, certs_dir=None, tracing: bool = False) -> dict:
     """The YAML file as a dict, with every `port_value` in `ports` replaced, and, with
-    `certs_dir`, every file name under build/certs/ moved to that directory."""
-    config = yaml.safe_load((ROOT / relative_path).read_text())
+    `certs_dir`, every file name under build/certs/ moved to that directory. With
+    `tracing`, its `#~ ` lines are turned on first (`WASMGATE_TRACING=on`)."""
+    text = (ROOT / relative_path).read_text()
+    config = yaml.safe_load(with_tracing(text) if tracing else text)
     _rewrite_ports(config, ports)
     if certs_dir is not None:
         _rewrite_cert_paths(config, f"{Path(certs_dir)}/")
