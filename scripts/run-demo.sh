@@ -190,7 +190,7 @@ for _ in $(seq 1 300); do
 done
 # The JWT filter fetches the JWKS on its first timer tick: start with the keys in place.
 for _ in $(seq 1 300); do
-    curl -s "$admin/stats?filter=jwks_fetch.success" | grep -q 'success: [1-9]' && break
+    curl -s "$admin/stats?filter=jwks_fetches_total" | grep -q 'result=.=success;.;jwks_fetches_total: [1-9]' && break
     sleep 0.1
 done
 

@@ -294,7 +294,7 @@ def test_a_revoked_key_works_at_most_ttl_plus_max_stale_while_the_store_fails(
     assert get(envoy, key.api_key).status_code == 200
     wait_until(fetched + 1.3, "the cached answer to pass its TTL")
     assert get(envoy, key.api_key).status_code == 200
-    assert envoy.stat(METRIC + "cache_stale") >= 1
+    assert envoy.metric(METRIC + "cache_lookups_total", result="stale") >= 1
     # ...until ttl + max_stale after the answer, however often it is asked meanwhile.
     while time.monotonic() < fetched + 2.5:
         get(envoy, key.api_key)
@@ -325,8 +325,8 @@ def test_a_404_that_is_not_the_stores_is_an_error_not_an_unknown_key(deployment,
     assert unknown.status_code == 503 and "www-authenticate" not in unknown.headers
     wait_until(fetched + 1.2, "the cached answer to pass its TTL")
     assert Seen(get(envoy, partner)).header("x-tenant-id") == "acme"  # served stale
-    assert envoy.stat(METRIC + "store_error.invalid_response") >= 2
-    assert envoy.stat(METRIC + "denied.unknown") == 1
+    assert envoy.metric(METRIC + "store_errors_total", kind="invalid_response") >= 2
+    assert envoy.metric(METRIC + "denied_total", reason="unknown") == 1
 
 
 def test_past_max_in_flight_a_new_key_gets_503_at_once_and_a_known_one_its_answer(
@@ -347,7 +347,7 @@ def test_past_max_in_flight_a_new_key_gets_503_at_once_and_a_known_one_its_answe
         assert get(envoy, known).status_code == 200
         assert slow.result(timeout=10).status_code == 401
     assert store.counts()["max_in_flight"] == 1
-    assert envoy.stat(METRIC + "denied.overloaded") == 1
+    assert envoy.metric(METRIC + "denied_total", reason="overloaded") == 1
     assert get(envoy, random_key()).status_code == 401  # the permit is back
 
 

@@ -31,7 +31,7 @@ from harness.load import get, wrk_distinct_clients
 from harness.recording_store import record
 from harness.shipped import shipped_plugin_configs
 
-API_KEY = "wasmcustom.wasmgate.api_key."
+API_KEY = "wasmgate_api_key_"
 FLOOD = 20_000
 
 
@@ -85,16 +85,16 @@ def test_a_flood_of_random_keys_never_puts_more_than_the_cap_on_the_store(
 
     assert sent >= FLOOD
     # Every lookup the filter sent reached the store (none is still on its way)...
-    wait_for(lambda: envoy.stat(API_KEY + "lookups") == store.counts()["lookups"], 10,
+    wait_for(lambda: envoy.metric(API_KEY + "store_lookups_total") == store.counts()["lookups"], 10,
              "the last lookups to reach the store")
     counts = store.counts()
     # ...never more than the cap at once, and the flood did reach the cap.
     assert counts["max_in_flight"] <= cap, counts
     assert counts["max_in_flight"] >= cap // 2, counts
     # Past it, keys were refused at once (503), not queued.
-    assert envoy.stat(API_KEY + "denied.overloaded") > 0
-    unknown = envoy.stat(API_KEY + "denied.unknown")
-    assert unknown + envoy.stat(API_KEY + "denied.overloaded") >= FLOOD
+    assert envoy.metric(API_KEY + "denied_total", reason="overloaded") > 0
+    unknown = envoy.metric(API_KEY + "denied_total", reason="unknown")
+    assert unknown + envoy.metric(API_KEY + "denied_total", reason="overloaded") >= FLOOD
     # The partner's key kept working all along, refreshed or served stale.
     assert partner_answers[200] >= 10 and set(partner_answers) == {200}, partner_answers
     assert envoy.alive()
@@ -156,7 +156,7 @@ def test_a_flood_of_forged_credentials_from_one_address_gets_429_before_any_chec
     # random key a lookup (or a 503 when max_in_flight lookups are out already).
     judged = lambda: sum(envoy.stats(r"wasmgate\.(jwt|api_key)\.denied\.").values())  # noqa: E731
     before = judged()
-    lookups = envoy.stat(API_KEY + "lookups")
+    lookups = envoy.metric(API_KEY + "store_lookups_total")
 
     attacker, other = "127.0.0.2", "127.0.0.3"
     started = time.monotonic()
@@ -172,7 +172,7 @@ def test_a_flood_of_forged_credentials_from_one_address_gets_429_before_any_chec
     assert burst <= passed <= burst + per_second * (elapsed + 1), statuses
     # ...and each of them was judged once; the rest cost no check and no lookup.
     assert judged() - before == passed
-    assert envoy.stat(API_KEY + "lookups") - lookups <= passed // 2 + 1
+    assert envoy.metric(API_KEY + "store_lookups_total") - lookups <= passed // 2 + 1
     limited = [(headers, body) for status, headers, body in answers if status == 429]
     for headers, body in limited[:50]:
         assert headers["x-ratelimit-limit"] == str(burst)

@@ -101,7 +101,7 @@ def test_the_api_key_filter_skips_by_host(deployment, start_envoy, echo):
     assert requests.post(envoy.url("/orders"), headers={"host": SHOP}, timeout=10).status_code == 401
     resp = get(envoy, "acme.partners.example.test", "/orders")
     assert resp.status_code == 401, resp.text
-    assert envoy.stat("wasmcustom.wasmgate.api_key.skipped") == 1
+    assert envoy.metric("wasmgate_api_key_skipped_total") == 1
 
 
 def test_the_rate_limit_filter_limits_each_host_by_its_rule(deployment, start_envoy, echo):

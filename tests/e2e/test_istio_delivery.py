@@ -150,11 +150,11 @@ def probe_rate_limit(envoy, callouts):
 def probe_pre_auth(envoy, callouts):
     """Before authentication, every request counts against its address: admitted ones
     carry no X-RateLimit-* of this tier (the tier after authentication sets them)."""
-    allowed = envoy.stat("wasmcustom.wasmgate.rate_limit.allowed")
+    allowed = envoy.metric("wasmgate_rate_limit_allowed_total")
     resp = requests.get(envoy.url("/public/x"), timeout=10)
     assert resp.status_code != 429
     assert resp.headers.get("x-ratelimit-limit") != "1000"
-    assert envoy.stat("wasmcustom.wasmgate.rate_limit.allowed") > allowed
+    assert envoy.metric("wasmgate_rate_limit_allowed_total") > allowed
 
 
 def probe_counts_requests(module):

@@ -14,11 +14,18 @@ from harness.bootstrap import cluster
 from harness.jwt import (ISSUER, Background, KeyDir, call, discovered_jwks, jwt_gateway,
                          plugin_config, provider, start_jwks)
 
-STAT = "wasmcustom.wasmgate.jwt."
-FOUND = STAT + "discovery.success"
-NOT_FOUND = STAT + "discovery.failure"
-REFUSED = STAT + "discovery.refused"
-KEYS_OK = STAT + "jwks_fetch.success"
+STAT = "wasmgate_jwt_"
+DISCOVERY = STAT + "discovery_fetches_total"
+FOUND = (DISCOVERY, {"result": "success"})
+NOT_FOUND = (DISCOVERY, {"result": "failure"})
+REFUSED = (DISCOVERY, {"result": "refused"})
+KEYS_OK = (STAT + "jwks_fetches_total", {"result": "success"})
+
+
+def count(envoy, metric) -> int:
+    """A metric given as (name, labels), or a name alone."""
+    name, labels = metric if isinstance(metric, tuple) else (metric, {})
+    return envoy.metric(name, **labels)
 
 
 def setup(deployment, tmp_path, start_envoy, start_service, echo, discovery_mode=None,
@@ -37,14 +44,14 @@ def setup(deployment, tmp_path, start_envoy, start_service, echo, discovery_mode
 def test_the_document_names_the_jwks_and_both_are_fetched_once_for_two_workers(
         deployment, tmp_path, start_envoy, start_service, echo):
     envoy, idp, keys = setup(deployment, tmp_path, start_envoy, start_service, echo)
-    wait_for(lambda: envoy.stat(KEYS_OK) >= 1, 10, "the discovery document, then the JWKS")
+    wait_for(lambda: count(envoy, KEYS_OK) >= 1, 10, "the discovery document, then the JWKS")
     for i in range(20):
         resp = call(envoy, keys.mint("k1", sub=f"user{i}"))
         assert resp.status_code == 200, resp.text
         assert Seen(resp).header("x-user-id") == f"user{i}"
     stats = idp.stats()
     assert (stats["discovery_requests"], stats["requests"]) == (1, 1)
-    assert (envoy.stat(FOUND), envoy.stat(KEYS_OK), envoy.stat(NOT_FOUND)) == (1, 1, 0)
+    assert (count(envoy, FOUND), count(envoy, KEYS_OK), count(envoy, NOT_FOUND)) == (1, 1, 0)
     assert "discovery document read, jwks_uri https://issuer.wasmgate.test/.well-known/jwks.json" \
         in envoy.log()
 
@@ -57,14 +64,14 @@ def test_a_document_of_another_issuer_is_refused_until_the_issuer_serves_its_own
     envoy, idp, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                              discovery_mode={"body": json.dumps(forged)},
                              backoff_initial="200ms", backoff_max="200ms", max_wait="100ms")
-    wait_for(lambda: envoy.stat(REFUSED) >= 2, 10, "refused discovery documents")
+    wait_for(lambda: count(envoy, REFUSED) >= 2, 10, "refused discovery documents")
     resp = call(envoy, keys.mint("k1"))
     assert resp.status_code == 503, resp.text
     assert resp.json()["error"] == "temporarily_unavailable"
     assert "www-authenticate" not in resp.headers
     assert idp.requests() == 0  # the JWKS the forged document names was never fetched
-    assert envoy.stat(FOUND) == 0
-    assert envoy.stat(NOT_FOUND) >= envoy.stat(REFUSED)
+    assert count(envoy, FOUND) == 0
+    assert count(envoy, NOT_FOUND) == 0  # refused documents are counted apart
     assert ('discovery document refused: the document\'s issuer "https://evil.test" is not '
             f'the configured "{ISSUER}"') in envoy.log()
     idp.discovery_mode()  # the issuer's own document
@@ -79,7 +86,7 @@ def test_discovery_down_at_start_requests_wait_then_pass(deployment, tmp_path, s
                              discovery_mode={"down": True},
                              backoff_initial="200ms", backoff_max="500ms", max_wait="20s")
     waiting = [Background(envoy, keys.mint("k1", sub=f"early{i}")) for i in range(4)]
-    wait_for(lambda: envoy.stat(NOT_FOUND) >= 2, 15, "failed discovery fetches")
+    wait_for(lambda: count(envoy, NOT_FOUND) >= 2, 15, "failed discovery fetches")
     assert not any(w.done() for w in waiting), "requests should wait for discovery and keys"
     assert idp.requests() == 0
     idp.discovery_mode()  # back up
@@ -87,7 +94,7 @@ def test_discovery_down_at_start_requests_wait_then_pass(deployment, tmp_path, s
         resp = request.result()
         assert resp.status_code == 200, resp.text
         assert Seen(resp).header("x-user-id") == f"early{i}"
-    assert envoy.stat(STAT + "waited_for_keys") == 4
+    assert envoy.metric(STAT + "waited_for_keys_total") == 4
     assert envoy.alive()
 
 
@@ -99,13 +106,13 @@ def test_discovery_failing_beyond_the_wait_is_503_not_401(deployment, tmp_path, 
     resp = call(envoy, keys.mint("k1"))
     assert resp.status_code == 503, resp.text
     assert "www-authenticate" not in resp.headers
-    assert envoy.stat(STAT + "denied.keys_unavailable") == 1
+    assert envoy.metric(STAT + "denied_total", reason="keys_unavailable") == 1
     # A document that is not one (no jwks_uri) is a failure too, not a refusal.
     idp.discovery_mode(body=json.dumps({"issuer": ISSUER}))
-    wait_for(lambda: idp.stats()["discovery_served"] >= 1 and envoy.stat(NOT_FOUND) >= 3, 10,
+    wait_for(lambda: idp.stats()["discovery_served"] >= 1 and count(envoy, NOT_FOUND) >= 3, 10,
              "the broken document to be fetched")
     assert call(envoy, keys.mint("k1")).status_code == 503
-    assert envoy.stat(REFUSED) == 0
+    assert count(envoy, REFUSED) == 0
 
 
 def test_discovery_down_later_the_last_good_jwks_uri_keeps_the_keys_fresh(
@@ -117,8 +124,8 @@ def test_discovery_down_later_the_last_good_jwks_uri_keeps_the_keys_fresh(
     idp.discovery_mode(down=True)
     # Both documents are due every second: the document fails again and again, and the
     # JWKS is still refreshed from the jwks_uri the last good document named.
-    keys_before = envoy.stat(KEYS_OK)
-    wait_for(lambda: envoy.stat(NOT_FOUND) >= 3 and envoy.stat(KEYS_OK) >= keys_before + 2,
+    keys_before = count(envoy, KEYS_OK)
+    wait_for(lambda: count(envoy, NOT_FOUND) >= 3 and count(envoy, KEYS_OK) >= keys_before + 2,
              15, "failed discovery fetches and JWKS refreshes beside them")
     # A key published meanwhile is found through those refreshes.
     keys.add("k2", "EdDSA")
@@ -155,7 +162,7 @@ def test_a_jwks_uri_on_another_host_goes_through_that_hosts_cluster(
     # coming from where the last good document said.
     elsewhere = {"issuer": ISSUER, "jwks_uri": "https://evil.test/jwks"}
     idp.discovery_mode(body=json.dumps(elsewhere))
-    wait_for(lambda: envoy.stat(REFUSED) >= 2, 10, "the refused documents")
+    wait_for(lambda: count(envoy, REFUSED) >= 2, 10, "the refused documents")
     assert ('jwks_uri "https://evil.test/jwks" is on host "evil.test", which is neither the '
             'discovery document\'s ("issuer.wasmgate.test") nor in jwks_clusters') in envoy.log()
     served = holder["keys"].requests()

@@ -12,7 +12,7 @@ import requests
 from harness import Seen, wait_for
 from harness.keystore import keystore_gateway
 
-LOOKUPS = "wasmcustom.wasmgate.api_key.lookups"
+LOOKUPS = "wasmgate_api_key_store_lookups_total"
 
 
 def unix(rfc3339: str) -> int:
@@ -58,9 +58,9 @@ def test_the_old_key_works_until_the_overlap_ends_then_is_revoked_cache_included
     # filter the end of the overlap as the key's expiry.
     wait_until_unix(cached_at + ttl + 0.2, "the cached answer to expire")
     assert time.time() < until, "the overlap ended before the test could look"
-    lookups = envoy.stat(LOOKUPS)
+    lookups = envoy.metric(LOOKUPS)
     assert get(envoy, old.api_key).status_code == 200
-    assert envoy.stat(LOOKUPS) == lookups + 1
+    assert envoy.metric(LOOKUPS) == lookups + 1
     assert keystore.lookup(old.hash).json()["expires_at"] == new.old_key_until
 
     # At the end of the overlap the old key stops at once, though the filter's cached
@@ -68,7 +68,7 @@ def test_the_old_key_works_until_the_overlap_ends_then_is_revoked_cache_included
     wait_until_unix(until, "the overlap to end")
     refused = get(envoy, old.api_key)
     assert refused.status_code == 401
-    assert envoy.stat(LOOKUPS) == lookups + 1, "refused from the cache"
+    assert envoy.metric(LOOKUPS) == lookups + 1, "refused from the cache"
     assert get(envoy, new.api_key).status_code == 200
     # From then on the store answers `revoked`, and the next lookup reads that.
     answer = keystore.lookup(old.hash).json()

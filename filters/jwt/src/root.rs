@@ -31,6 +31,9 @@ pub const FILTER: &str = "wasmgate-jwt";
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// Counters this filter reports (Envoy shows them under `wasmcustom.`).
+/// One provider's counters of one document's fetches, by result.
+type FetchCounters = Vec<(&'static str, Counter)>;
+
 pub struct Metrics {
     pub allowed: Counter,
     pub no_token_needed: Counter,
@@ -38,7 +41,7 @@ pub struct Metrics {
     pub waited: Counter,
     /// JWKS and discovery fetches by document, provider and result: defined at a
     /// provider's first fetch of that document.
-    fetches: RefCell<HashMap<(&'static str, String), Vec<(&'static str, Counter)>>>,
+    fetches: RefCell<HashMap<(&'static str, String), FetchCounters>>,
     pub token_cache_hit: Counter,
     pub token_cache_miss: Counter,
 }
