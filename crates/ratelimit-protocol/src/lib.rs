@@ -7,7 +7,9 @@
 //!   never reads (`quota`, `dynamic_metadata`, ...) are left out and skipped when decoding.
 //! - [`lease`]: wasmgate's lease renewal (`wasmgate.ratelimit.v1.LeaseService/Renew`, the
 //!   contract is `proto/wasmgate/ratelimit/v1/lease.proto`): budgets an Envoy instance spends
-//!   locally and settles when it renews.
+//!   locally and settles when it renews. The service's side of the bargain (grants end with
+//!   their window, unsettled holds count in full, settling twice counts once) is written in
+//!   the `.proto`.
 //!
 //! The types are declared with prost derives rather than generated: the filter is built for
 //! `wasm32-wasip1`, where Envoy's generated Rust types (`envoy-types`, which needs tonic's
