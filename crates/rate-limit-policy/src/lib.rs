@@ -13,6 +13,7 @@ mod bucket;
 mod config;
 mod digest_memo;
 mod identity;
+mod slots;
 mod table;
 
 pub use answer::{Answers, LimitedReply, ResetFormat, ResponseHeaders};
