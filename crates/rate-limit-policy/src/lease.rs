@@ -351,6 +351,9 @@ impl LeaseRecord {
                 lease.closed = true;
             }
         }
+        // A grant without an id (a descriptor the service does not limit) held nothing:
+        // closed, it is simply dropped.
+        self.leases.retain(|l| !(l.closed && l.id.is_empty()));
         let settle: Vec<(String, u64)> = self
             .leases
             .iter()
@@ -407,7 +410,9 @@ impl LeaseRecord {
             (None, _) => 0,
         };
         match Code::try_from(grant.code) {
-            Ok(Code::Ok) if grant.granted > 0 && valid_ms > 0 && !grant.lease_id.is_empty() => {
+            // An empty id: the service holds nothing for it (no limit applies to this
+            // descriptor); it is spent like any lease and never settled.
+            Ok(Code::Ok) if grant.granted > 0 && valid_ms > 0 => {
                 self.refusal = Refusal::None;
                 self.ask_after = 0;
                 if view.is_some() {

@@ -234,7 +234,6 @@ fn over_limit_holds_until_the_reset_or_the_next_period() {
     for bad in [
         grant(Code::Unknown, "", 0, 0, 0),
         grant(Code::Ok, "x", 0, 1_000, 0),
-        grant(Code::Ok, "", 5, 1_000, 0),
         grant(Code::Ok, "x", 5, 0, 0),
     ] {
         let mut record = LeaseRecord::default();
@@ -246,6 +245,34 @@ fn over_limit_holds_until_the_reset_or_the_next_period() {
         assert_eq!(record.refusal, Refusal::Failed);
         assert!(record.leases.is_empty());
     }
+}
+
+#[test]
+fn a_grant_without_an_id_is_spent_and_never_settled() {
+    // The service limits nothing for this descriptor: it grants what was asked, holds nothing.
+    let mut record = LeaseRecord::default();
+    let result = RenewalResult::Answered {
+        settled: vec![],
+        grant: Some(grant(Code::Ok, "", 10, 10_000, 0)),
+    };
+    record.finish_renewal(&result, T0, T0, PERIOD);
+    for _ in 0..10 {
+        assert!(matches!(
+            record.spend(1, 10, T0 + 1, CLAIM).0,
+            Spend::Spent { .. }
+        ));
+    }
+    let plan = record
+        .plan_renewal(1, 10, PERIOD, T0 + 2, CLAIM, true)
+        .unwrap();
+    assert_eq!(
+        plan,
+        RenewalPlan {
+            settle: vec![],
+            want: 10
+        }
+    );
+    assert!(record.leases.is_empty());
 }
 
 #[test]
