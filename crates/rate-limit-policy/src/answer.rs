@@ -60,18 +60,45 @@ pub struct GlobalView {
 }
 
 /// One limit as the headers show it: a local bucket or the global tier.
-struct Row {
-    name: String,
+struct Row<'a> {
+    source: Source<'a>,
     /// `X-RateLimit-Limit`.
     quota: u64,
-    /// The `RateLimit-Policy` item.
-    policy: String,
     remaining: u64,
     /// Milliseconds until the quota is whole again (`X-RateLimit-Reset`), from `as_of_ms`.
     reset_in_ms: u64,
     as_of_ms: u64,
     /// Milliseconds until more than `remaining` may be used (`RateLimit`'s `t`).
     next_in_ms: u64,
+}
+
+/// What a row describes (its name and `RateLimit-Policy` item come from it, and are
+/// written only when the IETF fields are).
+enum Source<'a> {
+    Local(&'a Limit),
+    Global(&'a GlobalView),
+}
+
+impl Source<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Source::Local(limit) => &limit.name,
+            Source::Global(view) => &view.name,
+        }
+    }
+
+    fn policy(&self) -> String {
+        match self {
+            Source::Local(limit) => policy_item(limit),
+            Source::Global(view) => {
+                let mut item = format!("\"{}\";q={}", view.name, view.limit);
+                if view.window_ms > 0 && view.window_ms % 1000 == 0 {
+                    item.push_str(&format!(";w={}", view.window_ms / 1000));
+                }
+                item
+            }
+        }
+    }
 }
 
 impl Answers {
@@ -153,7 +180,13 @@ impl Answers {
         }
     }
 
-    fn reply(&self, rows: &[Row], shown: usize, wait_ms: u64, violated: &[&str]) -> LimitedReply {
+    fn reply(
+        &self,
+        rows: &[Row<'_>],
+        shown: usize,
+        wait_ms: u64,
+        violated: &[&str],
+    ) -> LimitedReply {
         let retry_after = seconds(wait_ms).max(1);
         let mut headers = vec![("retry-after", retry_after.to_string())];
         headers.extend(self.headers(rows, shown));
@@ -173,7 +206,7 @@ impl Answers {
         }
     }
 
-    fn headers(&self, rows: &[Row], shown: usize) -> ResponseHeaders {
+    fn headers(&self, rows: &[Row<'_>], shown: usize) -> ResponseHeaders {
         let mut headers = ResponseHeaders::new();
         if let Some(row) = rows.get(shown) {
             let reset = match self.reset_format {
@@ -185,13 +218,13 @@ impl Answers {
             headers.push(("x-ratelimit-reset", reset.to_string()));
         }
         if self.ietf_headers {
-            let policy: Vec<&str> = rows.iter().map(|row| row.policy.as_str()).collect();
+            let policy: Vec<String> = rows.iter().map(|row| row.source.policy()).collect();
             let state: Vec<String> = rows
                 .iter()
                 .map(|row| {
                     format!(
                         "\"{}\";r={};t={}",
-                        row.name,
+                        row.source.name(),
                         row.remaining,
                         seconds(row.next_in_ms)
                     )
@@ -205,7 +238,7 @@ impl Answers {
 }
 
 /// The row with the fewest requests left (the longest wait among equals).
-fn tightest(rows: &[Row]) -> usize {
+fn tightest(rows: &[Row<'_>]) -> usize {
     rows.iter()
         .enumerate()
         .min_by_key(|(_, row)| (row.remaining, std::cmp::Reverse(row.reset_in_ms)))
@@ -213,26 +246,25 @@ fn tightest(rows: &[Row]) -> usize {
 }
 
 /// The local limits' rows (none when the buckets could not be read), then the global tier's.
-fn rows(
-    limits: &LimitSet,
+fn rows<'a>(
+    limits: &'a LimitSet,
     levels: Option<&Levels>,
-    global: Option<&GlobalView>,
+    global: Option<&'a GlobalView>,
     now_ms: u64,
-) -> Vec<Row> {
+) -> Vec<Row<'a>> {
     let (levels, updated_ms) = match levels {
         Some(levels) => (levels.levels.as_slice(), levels.updated_ms),
         None => (&[][..], now_ms),
     };
-    let mut rows: Vec<Row> = limits
+    let mut rows: Vec<Row<'a>> = limits
         .limits()
         .iter()
         .zip(levels.iter().copied())
         .map(|(limit, level)| {
             let tokens = limit.tokens(level);
             Row {
-                name: limit.name.clone(),
+                source: Source::Local(limit),
                 quota: limit.burst,
-                policy: policy_item(limit),
                 remaining: tokens,
                 reset_in_ms: limit.ms_to_full(level),
                 as_of_ms: updated_ms,
@@ -243,14 +275,9 @@ fn rows(
         .collect();
     if let Some(global) = global {
         let reset_in_ms = global.reset_at_ms.saturating_sub(now_ms);
-        let mut policy = format!("\"{}\";q={}", global.name, global.limit);
-        if global.window_ms > 0 && global.window_ms % 1000 == 0 {
-            policy.push_str(&format!(";w={}", global.window_ms / 1000));
-        }
         rows.push(Row {
-            name: global.name.clone(),
+            source: Source::Global(global),
             quota: global.limit,
-            policy,
             remaining: global.remaining,
             reset_in_ms,
             as_of_ms: now_ms,
