@@ -14,7 +14,9 @@
    also halfway through its run and after it.
 3. **callouts**: scenarios with `callout_clusters` run at each concurrency asked;
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
-4. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
+4. **fleet**: 1 to 3 gateways sharing one limit through the rate-limit service, per
+   mode of the rate-limit filter: what is admitted against the limit (`fleet.py`).
+5. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
 
 Everything started is stopped when the run ends, however it ends.
@@ -34,9 +36,14 @@ from harness.envoy import EnvoyFailedToStart
 from .context import BenchContext
 from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
+from .fleet import fleet_run
 from .pinned_envoy import PinnedEnvoy
-from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Scenario
+from .scenario import CALLOUTS, FLEET, MEMORY, THROUGHPUT, Scenario
 from .upstream import start_upstream
+
+HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
 
 BASELINE = "bare"
 FLOOR = "wasm-floor"
@@ -109,6 +116,7 @@ class ScenarioResult:
     rss_after: dict = field(default_factory=dict)  # concurrency -> bytes after the run (floods)
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
+    fleet: list = field(default_factory=list)  # one dict per (mode, gateways): see fleet.py
     upstream: str = None
 
     def fail(self, reason: str):
@@ -186,9 +194,11 @@ class Bench:
         clusters = [cluster("upstream", upstream.host, upstream.port)]
         for fixture in scenario.fixtures:
             service = self.ctx.fixture(fixture)
-            clusters.append(cluster(fixture.cluster, service.host, service.port))
+            extra = {"typed_extension_protocol_options": HTTP2} if fixture.http2 else {}
+            clusters.append(cluster(fixture.cluster, service.host, service.port, **extra))
         listener = http_listener(
-            "main", scenario.filters(self.ctx), [route("/", "upstream", name="default")],
+            "main", scenario.filters(self.ctx),
+            [route("/", "upstream", name="default", **scenario.route_action)],
             # The same connection manager everywhere; PASS_THROUGH lets header rules
             # remove the upstream's `server` (Envoy would write its own afterwards).
             hcm_extra={"server_header_transformation": "PASS_THROUGH"})
@@ -272,6 +282,9 @@ class Bench:
                 for concurrency in self.settings.callout_concurrency:
                     if not results[s.name].failure:
                         self.callout_run(s, concurrency, results[s.name])
+        for s in scenarios:
+            if FLEET in s.passes and not results[s.name].failure:
+                fleet_run(self, s, results[s.name])
         if self.settings.compare_upstreams and BASELINE in by_name:
             pair = [by_name[BASELINE]] + ([by_name[FLOOR]] if FLOOR in by_name else [])
             self.upstream_pass(pair)

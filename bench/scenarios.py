@@ -17,8 +17,13 @@ from harness.paths import tool_path
 
 from . import native, wasmgate
 from .load import Distinct, Load, Rotate
-from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Fixture, Probe, Registry, Scenario
-from .wasmgate import HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER
+from .scenario import (
+    CALLOUTS, FLEET, MEMORY, THROUGHPUT, Fixture, Probe, Registry, Scenario,
+)
+from .wasmgate import (
+    BENCH_TENANT, HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER,
+    RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_LIMITS, RATELIMIT_TIMEOUT,
+)
 
 REGISTRY = Registry()
 add = REGISTRY.add
@@ -53,6 +58,17 @@ KEY_STORE = Fixture(
     "keystore", cluster=KEYSTORE_CLUSTER,
     argv=lambda ctx: [tool_path("keystore"), "--store", f"file:{ctx.keystore_file()}",
                       "serve", "--listen", "127.0.0.1:0"],
+)
+
+# The rate-limit service of the global tier's scenarios: `wasmgate-ratelimit` on its
+# memory store (what is compared is the filters' cost around the same call; the
+# service on Redis is measured in its own tests), limits in the run's directory.
+RATELIMIT_SERVICE = Fixture(
+    "ratelimit", cluster=RATELIMIT_CLUSTER, http2=True,
+    argv=lambda ctx: [tool_path("ratelimit"), "serve",
+                      "--config", ctx.write("ratelimit/limits.yaml", RATELIMIT_LIMITS),
+                      "--store", "memory", "--listen", "127.0.0.1:0",
+                      "--metrics-listen", "127.0.0.1:0", "--log-level", "warn"],
 )
 
 # --- probes and counters -------------------------------------------------------------
@@ -196,6 +212,30 @@ add(Scenario(
     counters=WASM_RATE_LIMIT_COUNTERS,
 ))
 
+# The global tier, on the same load (one tenant, never limited) and the same service as
+# Envoy's own ratelimit filter below: `exact` makes one call per request, `lease` one
+# per thousand.
+_TENANT = {"x-user-id": "user-bench", "x-tenant-id": BENCH_TENANT}
+WASM_GLOBAL_COUNTERS = {"rate limit allowed": _WASM + "rate_limit.allowed",
+                        "service calls": _WASM + "rate_limit.global.calls",
+                        "lease renewals": _WASM + "rate_limit.lease.renewals",
+                        "hits leased": _WASM + "rate_limit.lease.granted",
+                        "failures (denied)": _WASM + "rate_limit.global.failure_mode.deny"}
+
+for _mode, _how in (("exact", "one ShouldRateLimit call per request"),
+                    ("lease", "leases of 1,000 hits spent in shared data")):
+    add(Scenario(
+        f"rate-limit-{_mode}", f"wasmgate rate-limit filter as `rate-limit`, plus a global "
+        f"tier in {_mode} mode on the tenant ({_how}), wasmgate-ratelimit (memory store)",
+        filters=lambda ctx, m=_mode: [wasmgate.rate_limit(ctx, wasmgate.rate_limit_global_config(m))],
+        load=lambda ctx: Load(headers=_TENANT),
+        probes=lambda ctx: [Probe("counted locally and globally: the response says how many "
+                                  "remain", headers=_TENANT,
+                                  response={"x-ratelimit-limit": str(RATE_LIMIT_NEVER)})],
+        fixtures=(RATELIMIT_SERVICE,),
+        counters=WASM_GLOBAL_COUNTERS,
+    ))
+
 # --- chains: the gateway's three filters ---------------------------------------------
 
 
@@ -279,6 +319,20 @@ add(Scenario(
     counters={"ok": "bench_rate_limit.http_local_rate_limit.ok",
               "limited": "bench_rate_limit.http_local_rate_limit.rate_limited"},
     anchor=0.96,
+))
+
+add(Scenario(
+    "native-ratelimit", "native ratelimit (the global rate limit filter), one call per request "
+    "to wasmgate-ratelimit (memory store), the same descriptor as `rate-limit-exact`",
+    filters=lambda ctx: [native.ratelimit(RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_TIMEOUT)],
+    load=lambda ctx: Load(headers=_TENANT),
+    probes=lambda ctx: [Probe("the service was asked: its answer's headers came back",
+                              headers=_TENANT,
+                              response={"x-ratelimit-limit": "4000000000, 4000000000;w=1"})],
+    fixtures=(RATELIMIT_SERVICE,),
+    route_action=native.route_rate_limits("x-tenant-id"),
+    counters={"ok": "cluster.ratelimit.ratelimit.ok",
+              "errors": "cluster.ratelimit.ratelimit.error"},
 ))
 
 add(Scenario(
@@ -394,6 +448,15 @@ add(Scenario(
     seconds=150,
     any_status=True,
     flood=True,
+))
+
+# --- the fleet: one limit over 1-3 gateways --------------------------------------------
+
+add(Scenario(
+    "fleet-accuracy", "1-3 gateways (Envoy, concurrency 2) sharing one limit of 100 a minute "
+    "through wasmgate-ratelimit (two replicas, Redis): local, exact and lease modes, a burst "
+    "of 300 requests for one tenant",
+    passes=frozenset({FLEET}),
 ))
 
 # --- callout counting ----------------------------------------------------------------
