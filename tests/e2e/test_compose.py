@@ -198,7 +198,7 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
 
     def in_container(service, *argv):
         """A command run inside a running demo container (`docker compose exec`), as the
-        README's compose section mints tokens and makes keys."""
+        Docker Compose section of docs/demo.md mints tokens and makes keys."""
         return compose_run(*project, "exec", "-T", service, *argv, files=files, env=env).stdout
 
     try:

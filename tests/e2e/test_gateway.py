@@ -424,8 +424,8 @@ def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic
 
 
 def test_a_wasm_filter_can_be_switched_off_for_one_route(start_envoy, echo):
-    """The per-route alternative to a filter's own path rules (README, "The filter
-    chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
+    """The per-route alternative to a filter's own path rules (docs/gateway-and-mesh.md,
+    "The filter chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
     headers = wasm_filter(wasm_path("headers"),
                           {"default": {"request": {"set": {"x-gateway": "wasmgate"}}}}, name="headers")
     headers["name"] = "wasmgate.headers"

@@ -186,7 +186,7 @@ struct RawRemote {
     max_wait: Option<Duration>,
 }
 
-/// Defaults of `jwks.remote` (documented in the README).
+/// Defaults of `jwks.remote` (documented in docs/filters/jwt.md).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_MIN_CACHE_DURATION: Duration = Duration::from_secs(30);
@@ -724,12 +724,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_parses() {
-        // The README's complete example must stay a valid configuration.
-        let readme = include_str!("../../../README.md");
-        let section = &readme[readme.find("## JWT filter").unwrap()..];
-        let start = section.find("```json\n").unwrap() + "```json\n".len();
-        let example = &section[start..start + section[start..].find("```").unwrap()];
+    fn the_documented_example_parses() {
+        // The example of docs/filters/jwt.md must stay a valid configuration.
+        let page = include_str!("../../../docs/filters/jwt.md");
+        let marked = &page[page.find("<!-- example: jwt -->\n```json\n").unwrap()..];
+        let start = marked.find("```json\n").unwrap() + "```json\n".len();
+        let example = &marked[start..start + marked[start..].find("```").unwrap()];
         let config = JwtConfig::from_json(example.as_bytes()).unwrap();
         assert_eq!(config.providers.len(), 2);
         assert_eq!(config.realm, "orders");
