@@ -205,6 +205,10 @@ impl LeaseDesk {
         self.waiters.retain(|w| w.context_id != context_id);
     }
 
+    pub fn take_waiters(&mut self) -> Vec<Waiter> {
+        std::mem::take(&mut self.waiters)
+    }
+
     pub fn is_waiting(&self, context_id: u32) -> bool {
         self.waiters.iter().any(|w| w.context_id == context_id)
     }

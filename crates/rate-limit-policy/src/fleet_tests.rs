@@ -582,3 +582,16 @@ fn header<'a>(headers: &'a [(&'static str, String)], name: &str) -> Option<&'a s
         .find(|(n, _)| *n == name)
         .map(|(_, v)| v.as_str())
 }
+
+#[test]
+fn a_replaced_configuration_decides_its_waiters_at_once() {
+    let deny = LEASE.replace("\"timeout\"", "\"failure_mode\": \"deny\", \"timeout\"");
+    let gw = Instance::new(&config(&deny));
+    let (_, context) = gw.lease(&tenant("acme"), T0);
+    assert!(gw.policy.is_waiting(context));
+    let released = gw.policy.release_waiters(&gw.store, T0 + 1);
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].0, context);
+    assert!(matches!(released[0].1.verdict, Verdict::FailedClosed(_)));
+    assert!(!gw.policy.is_waiting(context));
+}

@@ -630,6 +630,24 @@ impl RateLimitPolicy {
         self.spend_lease(wait, &settings, None, store, now_ms)
     }
 
+    /// Every request still waiting for a lease, decided now: with a lease if its key
+    /// has one, else by the failure mode. For a configuration being replaced: nothing
+    /// would wake its waiters any more.
+    pub fn release_waiters(&self, store: &dyn SharedStore, now_ms: u64) -> Vec<(u32, Decision)> {
+        let waiters = self.desk.borrow_mut().take_waiters();
+        waiters
+            .into_iter()
+            .map(|waiter| {
+                let context_id = waiter.context_id;
+                let mut decision = self.resume(waiter, store, now_ms);
+                if let Verdict::AwaitLease(wait) = decision.verdict {
+                    decision = self.fail(&wait.pending, ServiceFailure::NoLease, store, now_ms);
+                }
+                (context_id, decision)
+            })
+            .collect()
+    }
+
     /// The root's tick: renewals to send, and waiting requests to look again.
     pub fn lease_tick(&self, store: &dyn SharedStore, now_ms: u64) -> LeaseTick {
         match &self.leases {

@@ -226,12 +226,24 @@ impl FilterState {
         }
     }
 
-    /// Decides a request that waited for its lease, from the root, then makes the root
-    /// the effective context again (later host calls, a renewal above all, stay the
-    /// root's).
+    /// Decides a request that waited for its lease, from the root.
     fn wake(&self, waiter: Waiter, now: u64) {
         let context_id = waiter.context_id;
         let decision = self.policy.resume(waiter, &HostStore, now);
+        self.finish_waiter(context_id, decision);
+    }
+
+    /// This configuration is being replaced: its waiting requests are decided now
+    /// (nothing would wake them later).
+    fn retire(&self, now: u64) {
+        for (context_id, decision) in self.policy.release_waiters(&HostStore, now) {
+            self.finish_waiter(context_id, decision);
+        }
+    }
+
+    /// Carries out the decision about a request that waited, then makes the root the
+    /// effective context again (later host calls, a renewal above all, stay the root's).
+    fn finish_waiter(&self, context_id: u32, decision: Decision) {
         self.metrics.record_decision(&decision);
         if let Verdict::AwaitLease(wait) = decision.verdict {
             self.policy.wait_for_lease(context_id, wait);
@@ -331,7 +343,9 @@ impl RateLimitRoot {
             waiting: RefCell::default(),
         });
         state.adjust_tick();
-        self.state = Some(state);
+        if let Some(previous) = self.state.replace(state) {
+            previous.retire(wasmgate_host::now_millis());
+        }
     }
 
     /// A new request's context, once a configuration is in place.
