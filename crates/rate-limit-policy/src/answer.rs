@@ -256,23 +256,25 @@ fn rows<'a>(
         Some(levels) => (levels.levels.as_slice(), levels.updated_ms),
         None => (&[][..], now_ms),
     };
-    let mut rows: Vec<Row<'a>> = limits
-        .limits()
-        .iter()
-        .zip(levels.iter().copied())
-        .map(|(limit, level)| {
-            let tokens = limit.tokens(level);
-            Row {
-                source: Source::Local(limit),
-                quota: limit.burst,
-                remaining: tokens,
-                reset_in_ms: limit.ms_to_full(level),
-                as_of_ms: updated_ms,
-                // Until the next token arrives (Retry-After when none is left).
-                next_in_ms: limit.wait_ms(level, tokens + 1),
-            }
-        })
-        .collect();
+    let mut rows: Vec<Row<'a>> = Vec::with_capacity(limits.limits().len() + 1);
+    rows.extend(
+        limits
+            .limits()
+            .iter()
+            .zip(levels.iter().copied())
+            .map(|(limit, level)| {
+                let tokens = limit.tokens(level);
+                Row {
+                    source: Source::Local(limit),
+                    quota: limit.burst,
+                    remaining: tokens,
+                    reset_in_ms: limit.ms_to_full(level),
+                    as_of_ms: updated_ms,
+                    // Until the next token arrives (Retry-After when none is left).
+                    next_in_ms: limit.wait_ms(level, tokens + 1),
+                }
+            }),
+    );
     if let Some(global) = global {
         let reset_in_ms = global.reset_at_ms.saturating_sub(now_ms);
         rows.push(Row {

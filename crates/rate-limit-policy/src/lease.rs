@@ -22,8 +22,9 @@
 
 use crate::answer::GlobalView;
 use crate::global::{duration_ms, view_of};
-use crate::slots::{write_short_text, Digest, Place, Reader, Slot, SlotTable};
+use crate::slots::{write_short_text, Digest, Fit, Place, Reader, Slot, SlotTable};
 use crate::table::{StoreTrouble, MAX_ATTEMPTS};
+use std::borrow::Cow;
 use wasmgate_ratelimit_protocol::lease::LeaseGrant;
 use wasmgate_ratelimit_protocol::rls::Code;
 use wasmgate_shared_store::{SetError, SharedStore};
@@ -66,8 +67,9 @@ pub struct LeaseTable {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Lease {
-    id: String,
+struct Lease<'a> {
+    /// Borrowed from the slot's bytes when read from shared data.
+    id: Cow<'a, str>,
     granted: u64,
     used: u64,
     /// Spent only before this instant (ms since the Unix epoch).
@@ -76,7 +78,7 @@ struct Lease {
     closed: bool,
 }
 
-impl Lease {
+impl Lease<'_> {
     fn fits(&self, cost: u64, now: u64) -> bool {
         !self.closed && now < self.valid_until && self.used + cost <= self.granted
     }
@@ -101,16 +103,50 @@ enum Refusal {
     Failed,
 }
 
-/// One key's leases and renewal state.
+/// The fleet's view as the last renewal reported it (a [`GlobalView`] whose name is
+/// borrowed from the slot's bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct View<'a> {
+    name: Cow<'a, str>,
+    limit: u64,
+    window_ms: u64,
+    remaining: u64,
+    reset_at_ms: u64,
+}
+
+impl View<'_> {
+    fn owned(&self) -> GlobalView {
+        GlobalView {
+            name: self.name.to_string(),
+            limit: self.limit,
+            window_ms: self.window_ms,
+            remaining: self.remaining,
+            reset_at_ms: self.reset_at_ms,
+        }
+    }
+
+    fn from_global(view: GlobalView) -> View<'static> {
+        View {
+            name: Cow::Owned(view.name),
+            limit: view.limit,
+            window_ms: view.window_ms,
+            remaining: view.remaining,
+            reset_at_ms: view.reset_at_ms,
+        }
+    }
+}
+
+/// One key's leases and renewal state. Read from shared data, its strings are borrowed
+/// from the slot's bytes: spending allocates none of them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct LeaseRecord {
+pub(crate) struct LeaseRecord<'a> {
     last_spend_ms: u64,
     /// A worker renews this key until then.
     renewing_until: u64,
     ask_after: u64,
     refusal: Refusal,
-    view: Option<GlobalView>,
-    leases: Vec<Lease>,
+    view: Option<View<'a>>,
+    leases: Vec<Lease<'a>>,
 }
 
 /// What a request got from its key's lease.
@@ -169,7 +205,7 @@ pub(crate) enum RenewalResult {
 /// used | valid_until (8 each) | closed (1).
 const FORMAT: u8 = 2;
 
-fn encode(digest: &Digest, record: &LeaseRecord) -> Vec<u8> {
+fn encode(digest: &Digest, record: &LeaseRecord<'_>) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + 48 * record.leases.len());
     bytes.push(FORMAT);
     bytes.extend_from_slice(digest);
@@ -206,7 +242,22 @@ fn encode(digest: &Digest, record: &LeaseRecord) -> Vec<u8> {
     bytes
 }
 
-fn decode(bytes: &[u8]) -> Slot<LeaseRecord> {
+/// A slot as the lease record of `digest` sees it (`reusable` judges another key's).
+fn fit(bytes: &[u8], digest: &Digest, reusable: impl Fn(&LeaseRecord<'_>) -> bool) -> Fit {
+    if bytes.is_empty() {
+        return Fit::Vacant;
+    }
+    // Our own record is found by its digest alone (the caller reads it once).
+    if bytes.len() > 17 && bytes[0] == FORMAT && bytes[1..17] == digest[..] {
+        return Fit::Mine;
+    }
+    match read(bytes) {
+        Some((_, record)) if !reusable(&record) => Fit::Taken,
+        _ => Fit::Reusable,
+    }
+}
+
+fn decode(bytes: &[u8]) -> Slot<LeaseRecord<'_>> {
     if bytes.is_empty() {
         return Slot::Vacant;
     }
@@ -216,7 +267,7 @@ fn decode(bytes: &[u8]) -> Slot<LeaseRecord> {
     }
 }
 
-fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord)> {
+fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord<'_>)> {
     let mut r = Reader(bytes);
     if r.u8()? != FORMAT {
         return None;
@@ -231,8 +282,8 @@ fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord)> {
     };
     let view = match r.u8()? {
         0 => None,
-        1 => Some(GlobalView {
-            name: r.short_text()?,
+        1 => Some(View {
+            name: Cow::Borrowed(r.short_text()?),
             limit: r.u64()?,
             window_ms: r.u64()?,
             remaining: r.u64()?,
@@ -244,7 +295,7 @@ fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord)> {
     let mut leases = Vec::with_capacity(usize::from(count));
     for _ in 0..count {
         leases.push(Lease {
-            id: r.short_text()?,
+            id: Cow::Borrowed(r.short_text()?),
             granted: r.u64()?,
             used: r.u64()?,
             valid_until: r.u64()?,
@@ -267,7 +318,7 @@ fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord)> {
     ))
 }
 
-impl LeaseRecord {
+impl<'a> LeaseRecord<'a> {
     fn unspent(&self, now: u64) -> u64 {
         self.leases.iter().map(|l| l.unspent(now)).sum()
     }
@@ -279,7 +330,7 @@ impl LeaseRecord {
     /// The fleet's view for the headers: what the service said was left when it last
     /// granted, plus what this instance still holds.
     fn view_now(&self, now: u64) -> Option<GlobalView> {
-        let mut view = self.view.clone()?;
+        let mut view = self.view.as_ref()?.owned();
         view.remaining = view
             .remaining
             .saturating_add(self.unspent(now))
@@ -358,7 +409,7 @@ impl LeaseRecord {
             .leases
             .iter()
             .filter(|l| l.closed)
-            .map(|l| (l.id.clone(), l.used))
+            .map(|l| (l.id.to_string(), l.used))
             .collect();
         let unspent = self.unspent(now);
         let lapsing = self
@@ -392,7 +443,7 @@ impl LeaseRecord {
             RenewalResult::Answered { settled, grant } => (settled, grant),
         };
         self.leases
-            .retain(|l| !(l.closed && settled.contains(&l.id)));
+            .retain(|l| !(l.closed && settled.iter().any(|id| *id == l.id)));
         let Some(grant) = grant else {
             return;
         };
@@ -415,11 +466,11 @@ impl LeaseRecord {
             Ok(Code::Ok) if grant.granted > 0 && valid_ms > 0 => {
                 self.refusal = Refusal::None;
                 self.ask_after = 0;
-                if view.is_some() {
-                    self.view = view;
+                if let Some(view) = view {
+                    self.view = Some(View::from_global(view));
                 }
                 self.leases.push(Lease {
-                    id: grant.lease_id.clone(),
+                    id: Cow::Owned(grant.lease_id.clone()),
                     granted: grant.granted,
                     used: 0,
                     valid_until: sent_at.saturating_add(valid_ms),
@@ -431,15 +482,16 @@ impl LeaseRecord {
                 }
             }
             Ok(Code::OverLimit) => {
-                let mut view = view.or_else(|| self.view.clone());
-                if let Some(view) = view.as_mut() {
+                if let Some(view) = view {
+                    self.view = Some(View::from_global(view));
+                }
+                if let Some(view) = self.view.as_mut() {
                     view.remaining = 0;
                 }
                 // Ask again at the reset, or sooner: other instances may give back budget.
-                let reset = view.as_ref().map_or(u64::MAX, |v| v.reset_at_ms);
+                let reset = self.view.as_ref().map_or(u64::MAX, |v| v.reset_at_ms);
                 self.refusal = Refusal::OverLimit;
                 self.ask_after = reset.min(now.saturating_add(period_ms));
-                self.view = view;
             }
             _ => failed(self),
         }
@@ -474,24 +526,26 @@ impl LeaseTable {
     ) -> SpendOutcome {
         let claim_until = terms.claim_until(now);
         for _ in 0..MAX_ATTEMPTS {
-            let place = self.slots.locate(
-                store,
-                digest,
-                decode,
-                |_| true,
-                |r| r.reusable(now, terms.idle_ms()),
-            );
-            let (slot, key, cas, mut record) = match place {
+            let place = self.slots.locate(store, digest, |bytes| {
+                fit(bytes, digest, |record| {
+                    record.reusable(now, terms.idle_ms())
+                })
+            });
+            let (slot, key, cas, bytes) = match place {
                 Place::Found {
                     index,
                     key,
                     cas,
-                    record,
-                } => (index, key, cas, record),
+                    bytes,
+                } => (index, key, cas, bytes),
                 Place::Claim {
                     index, key, cas, ..
-                } => (index, key, cas, LeaseRecord::default()),
+                } => (index, key, cas, Vec::new()),
                 Place::Full => return SpendOutcome::NoSlot,
+            };
+            let mut record = match decode(&bytes) {
+                Slot::Held(_, record) => record,
+                Slot::Vacant | Slot::Unreadable => LeaseRecord::default(),
             };
             let (spend, changed) = record.spend(terms.cost, terms.size, now, claim_until);
             if !changed {

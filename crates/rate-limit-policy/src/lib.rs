@@ -194,7 +194,9 @@ pub struct Pending {
     plan: Option<usize>,
     /// The local buckets after this request (`None`: the bucket table was unavailable).
     local: Option<Levels>,
-    endpoint: String,
+    /// The endpoint part of the bucket key when it is the route (`route=<name>`);
+    /// `None`: the rule's.
+    route_endpoint: Option<String>,
     identity: String,
 }
 
@@ -236,6 +238,12 @@ impl Pending {
 
     fn limits(&self) -> &LimitSet {
         &self.rule.plan(self.plan).limits
+    }
+
+    fn endpoint(&self) -> &str {
+        self.route_endpoint
+            .as_deref()
+            .unwrap_or(&self.rule.rule_endpoint)
     }
 }
 
@@ -359,7 +367,7 @@ impl RateLimitPolicy {
             rule: Rc::clone(rule),
             plan: plan_index,
             local,
-            endpoint: endpoint.to_owned(),
+            route_endpoint,
             identity,
         };
         let global_identity = tier.identity.as_deref().unwrap_or(&self.identity);
@@ -377,6 +385,7 @@ impl RateLimitPolicy {
                     Some(sources) => identify(sources, view),
                     None => pending.identity.clone(),
                 };
+                let endpoint = pending.endpoint();
                 let lease_digest = self.lease_digests.get_or_insert(
                     [&rule.name, &plan.name, endpoint, &client],
                     || {
@@ -413,10 +422,10 @@ impl RateLimitPolicy {
         view: &dyn RequestView,
     ) -> RateLimitDescriptor {
         let rule = &pending.rule;
-        let route = match rule.endpoint {
-            Endpoint::Route => pending.endpoint.strip_prefix("route="),
-            Endpoint::Rule => None,
-        };
+        let route = pending
+            .route_endpoint
+            .as_deref()
+            .and_then(|endpoint| endpoint.strip_prefix("route="));
         global::descriptor(
             &rule.name,
             &rule.plan(pending.plan).name,
@@ -544,7 +553,7 @@ impl RateLimitPolicy {
                     b"fallback",
                     pending.rule.name.as_bytes(),
                     plan.name.as_bytes(),
-                    pending.endpoint.as_bytes(),
+                    pending.endpoint().as_bytes(),
                     pending.identity.as_bytes(),
                     &limits_fingerprint(&fallback.limits),
                 ]);

@@ -32,15 +32,28 @@ pub(crate) enum Slot<R> {
     Unreadable,
 }
 
+/// What a slot is to the key being placed, as the record type judges its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// Empty.
+    Vacant,
+    /// The key's own record.
+    Mine,
+    /// Another key's record that may be replaced (or bytes nobody can read).
+    Reusable,
+    /// Another key's record, in use.
+    Taken,
+}
+
 /// Where a key's record is, or where it will go.
 #[derive(Debug)]
-pub(crate) enum Place<R> {
-    /// The key's own record, in slot `index`.
+pub(crate) enum Place {
+    /// The key's own record (its bytes), in slot `index`.
     Found {
         index: u32,
         key: String,
         cas: Cas,
-        record: R,
+        bytes: Vec<u8>,
     },
     /// A slot the key may take: vacant, or holding a record that may be reused.
     Claim {
@@ -104,22 +117,21 @@ impl SlotTable {
         (created, held)
     }
 
-    /// Scans the probe window: the key's own record if it is there (`decode` reads it, and
-    /// `own` accepts it), else the first slot it may take (`reusable`), else `Full`.
+    /// Scans the probe window of `digest`: the key's own record if it is there, else the
+    /// first slot it may take, else `Full`. `fit` judges each slot's bytes (without
+    /// decoding more than it must: this runs on every request).
     ///
     /// Two workers placing the same new key at the same time read the same window and pick
     /// the same first free slot, so the compare-and-swap lets only one of them create it.
     /// (Only if a record in the window becomes reusable between their two reads can they
     /// pick different slots. The key then has a second record that later lookups skip,
     /// because they use the first in probe order; it is reused once reusable.)
-    pub(crate) fn locate<R>(
+    pub(crate) fn locate(
         &self,
         store: &dyn SharedStore,
         digest: &Digest,
-        decode: impl Fn(&[u8]) -> Slot<R>,
-        own: impl Fn(&R) -> bool,
-        reusable: impl Fn(&R) -> bool,
-    ) -> Place<R> {
+        fit: impl Fn(&[u8]) -> Fit,
+    ) -> Place {
         let start = self.start(digest);
         let mut claim = None;
         for step in 0..self.probe {
@@ -128,19 +140,18 @@ impl SlotTable {
             let Some((bytes, cas)) = store.get(&key) else {
                 continue;
             };
-            let vacant = match decode(&bytes) {
-                Slot::Held(held, record) if held == *digest && own(&record) => {
+            let vacant = match fit(&bytes) {
+                Fit::Mine => {
                     return Place::Found {
                         index,
                         key,
                         cas,
-                        record,
+                        bytes,
                     };
                 }
-                Slot::Held(_, record) if reusable(&record) => false,
-                Slot::Held(..) => continue,
-                Slot::Vacant => true,
-                Slot::Unreadable => false,
+                Fit::Taken => continue,
+                Fit::Vacant => true,
+                Fit::Reusable => false,
             };
             if claim.is_none() {
                 claim = Some(Place::Claim {
@@ -158,14 +169,14 @@ impl SlotTable {
 /// Little-endian fields out of a record's bytes; `None` once they run out.
 pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     pub(crate) fn u8(&mut self) -> Option<u8> {
         let (&first, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(first)
     }
 
-    pub(crate) fn bytes(&mut self, len: usize) -> Option<&[u8]> {
+    pub(crate) fn bytes(&mut self, len: usize) -> Option<&'a [u8]> {
         if self.0.len() < len {
             return None;
         }
@@ -182,10 +193,10 @@ impl Reader<'_> {
         self.bytes(16)?.try_into().ok()
     }
 
-    /// A string of at most 255 bytes, written after its length byte.
-    pub(crate) fn short_text(&mut self) -> Option<String> {
+    /// A string of at most 255 bytes, written after its length byte (borrowed).
+    pub(crate) fn short_text(&mut self) -> Option<&'a str> {
         let len = usize::from(self.u8()?);
-        String::from_utf8(self.bytes(len)?.to_vec()).ok()
+        std::str::from_utf8(self.bytes(len)?).ok()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

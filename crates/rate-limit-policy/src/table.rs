@@ -13,7 +13,7 @@
 //! This module does not parse configuration, identify clients or speak HTTP.
 
 use crate::bucket::{Levels, LimitSet, Shortfall};
-use crate::slots::{Place, Reader, Slot, SlotTable};
+use crate::slots::{Fit, Place, Reader, Slot, SlotTable};
 use std::fmt::Write as _;
 use wasmgate_shared_store::{SetError, SharedStore};
 
@@ -103,6 +103,30 @@ fn encode(digest: &Digest, bucket: &Bucket) -> Vec<u8> {
     bytes
 }
 
+/// A slot as the bucket of `digest` (with `levels` limits) sees it at `now_ms`, from
+/// the fixed part of its bytes alone (no decoding of the levels).
+fn fit(bytes: &[u8], digest: &Digest, levels: usize, now_ms: u64) -> Fit {
+    if bytes.is_empty() {
+        return Fit::Vacant;
+    }
+    if bytes[0] != FORMAT || bytes.len() < HEADER_LEN || (bytes.len() - HEADER_LEN) % 8 != 0 {
+        return Fit::Reusable;
+    }
+    let mut reader = Reader(&bytes[1..]);
+    let (Some(held), Some(_updated), Some(full_at_ms)) =
+        (reader.digest(), reader.u64(), reader.u64())
+    else {
+        return Fit::Reusable;
+    };
+    if held == *digest && (bytes.len() - HEADER_LEN) / 8 == levels {
+        Fit::Mine
+    } else if full_at_ms <= now_ms {
+        Fit::Reusable
+    } else {
+        Fit::Taken
+    }
+}
+
 fn decode(bytes: &[u8]) -> Slot<Bucket> {
     if bytes.is_empty() {
         return Slot::Vacant;
@@ -171,17 +195,17 @@ impl BucketTable {
         let mut events = TableEvents::default();
         for _ in 0..MAX_ATTEMPTS {
             events.overflow = false;
-            let place = self.slots.locate(
-                store,
-                digest,
-                decode,
-                |b| limits.fits(&b.levels),
-                |b| b.full_at_ms <= now_ms,
-            );
+            let levels = limits.limits().len();
+            let place = self
+                .slots
+                .locate(store, digest, |bytes| fit(bytes, digest, levels, now_ms));
             let (key, cas, current, claim) = match place {
                 Place::Found {
-                    key, cas, record, ..
-                } => (key, cas, Some(record.levels), None),
+                    key, cas, bytes, ..
+                } => match decode(&bytes) {
+                    Slot::Held(_, bucket) => (key, cas, Some(bucket.levels), None),
+                    Slot::Vacant | Slot::Unreadable => (key, cas, None, None),
+                },
                 Place::Claim {
                     key, cas, vacant, ..
                 } => (key, cas, None, Some(vacant)),

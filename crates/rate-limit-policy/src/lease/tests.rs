@@ -14,7 +14,7 @@ const TERMS: Terms = Terms {
     timeout_ms: 20,
 };
 
-fn lease(id: &str, granted: u64, used: u64, valid_until: u64) -> Lease {
+fn lease(id: &str, granted: u64, used: u64, valid_until: u64) -> Lease<'_> {
     Lease {
         id: id.into(),
         granted,
@@ -176,7 +176,7 @@ fn a_renewal_reports_closed_leases_only_and_they_are_never_spent_again() {
         grant: Some(grant(Code::Ok, "next", 10, 10_000, 70)),
     };
     record.finish_renewal(&result, T0, T0 + 5, PERIOD);
-    let ids: Vec<&str> = record.leases.iter().map(|l| l.id.as_str()).collect();
+    let ids: Vec<&str> = record.leases.iter().map(|l| &*l.id).collect();
     assert_eq!(ids, ["current", "next"]);
     assert_eq!(record.renewing_until, 0);
     // Valid for its 10 s, counted from when the renewal was sent.
@@ -348,7 +348,7 @@ fn records_round_trip_and_foreign_bytes_are_unreadable() {
         renewing_until: 2,
         ask_after: 3,
         refusal: Refusal::OverLimit,
-        view: Some(GlobalView {
+        view: Some(View {
             name: "per-tenant".into(),
             limit: 100,
             window_ms: 60_000,
