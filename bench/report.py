@@ -290,9 +290,7 @@ def _fleet(results: dict) -> str:
                          row["counted"]))
     if not rows:
         return ""
-    return ("## Fleet: one limit across gateways
-
-"
+    return ("## Fleet: one limit across gateways\n\n"
             "A burst for one tenant, spread over 1 to 3 gateways that share a limit "
             "(`fleet-accuracy`; bench/fleet.py). *local*: each gateway's own bucket of the "
             "limit (shared data does not leave an Envoy, so N gateways admit N times it); "

@@ -131,7 +131,7 @@ def test_phases_and_priorities_give_the_intended_order():
     assert check_order(PLUGINS) == []
 
 
-def test_callout_clusters_are_created_by_service_entries():
+def test_callout_clusters_are_created_by_service_entries_or_services():
     assert check_clusters(PLUGINS, SHIPPED) == []
 
 

@@ -45,7 +45,7 @@ CALLOUT_SERVICES = {
     18092: "ratelimit",  # `wasmgate-ratelimit serve`: the rate-limit filter's global tier
 }
 # The limits the rate-limit service keeps for gateway.yaml.
-GATEWAY_LIMITS = "envoy-config/gateway-limits.yaml
+GATEWAY_LIMITS = "envoy-config/gateway-limits.yaml"
 
 # What gateway.yaml's JWT filter accepts.
 TOKEN_ISSUER = "https://issuer.wasmgate.test"

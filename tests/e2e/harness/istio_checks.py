@@ -11,8 +11,9 @@ here find them offline, for every WasmPlugin found under istio/:
 - `check_order`: phases and priorities put the filters in the order they rely on
   (`PLUGIN_ROLES`), as istiod orders them;
 - `check_clusters`: every Istio cluster name in a pluginConfig
-  (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry (and a
-  DestinationRule subset), and fields named `cluster` hold such names;
+  (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry, or by a Kubernetes
+  Service in the mesh (`<name>.<namespace>.svc.cluster.local`), and a DestinationRule
+  subset; fields named `cluster` hold such names;
 - `check_agreement`: each pluginConfig is the configuration the same filter has in
   envoy-config/gateway.yaml, but for the fields `DEPLOYMENT_SPECIFIC` names.
 
@@ -249,6 +250,10 @@ def check_clusters(plugins: list, manifests: list) -> list:
         if m.kind == "ServiceEntry":
             for host in spec.get("hosts", []):
                 ports.update((host, p["number"]) for p in spec.get("ports", []))
+        elif m.kind == "Service" and str(m.doc.get("apiVersion")) == "v1":
+            meta = m.doc.get("metadata") or {}
+            host = f"{meta.get('name')}.{meta.get('namespace', 'default')}.svc.cluster.local"
+            ports.update((host, p["port"]) for p in spec.get("ports", []))
         elif m.kind == "DestinationRule":
             subsets.update((spec.get("host"), s["name"]) for s in spec.get("subsets", []))
     problems = []
@@ -263,7 +268,7 @@ def check_clusters(plugins: list, manifests: list) -> list:
             direction, port, subset, host = name.groups()
             if direction != "outbound" or (host, int(port)) not in ports:
                 problems.append(f"{plugin.label}: pluginConfig.{path} names {value!r}, but no "
-                                f"ServiceEntry under istio/ has host {host} port {port}")
+                                f"ServiceEntry or Service under istio/ has host {host} port {port}")
             elif subset and (host, subset) not in subsets:
                 problems.append(f"{plugin.label}: pluginConfig.{path} names subset {subset!r}, "
                                 f"which no DestinationRule for {host} defines")
