@@ -221,8 +221,8 @@ impl Instance {
         match decision.verdict {
             Verdict::AskService(call) => {
                 let answer = match service.should_rate_limit(&call.message, now) {
-                    Ok(bytes) => read_answer(0, &bytes, now),
-                    Err(status) => read_answer(status, &[], now),
+                    Ok(bytes) => read_answer(0, &bytes, now, now, call.timeout()),
+                    Err(status) => read_answer(status, &[], now, now, call.timeout()),
                 };
                 self.policy
                     .conclude(&call.pending, answer, &self.store, now)
@@ -419,9 +419,12 @@ fn exact_failure_modes_do_what_they_say() {
     let Verdict::AskService(call) = decision.verdict else {
         panic!()
     };
-    let decided = gw
-        .policy
-        .conclude(&call.pending, read_answer(4, &[], T0), &gw.store, T0);
+    let decided = gw.policy.conclude(
+        &call.pending,
+        read_answer(4, &[], T0, T0, call.timeout()),
+        &gw.store,
+        T0,
+    );
     assert_eq!(
         decided.global.failure,
         Some((ServiceFailure::Timeout, FailureMode::Local))

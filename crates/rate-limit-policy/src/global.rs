@@ -331,16 +331,27 @@ pub enum ServiceAnswer {
     OverLimit(Option<GlobalView>),
 }
 
-/// Reads a `ShouldRateLimit` answer: the gRPC status Envoy reported and the message, at
-/// `now_ms` (when it arrived).
+/// Reads a `ShouldRateLimit` answer: the gRPC status Envoy reported and the message,
+/// for a call sent at `sent_at_ms` with `timeout`, arriving at `now_ms`.
+///
+/// Envoy ends a call that runs past its timeout with a local 504, which gRPC's mapping
+/// turns into UNAVAILABLE, the status of a service that is down: a failure that came at
+/// or after the timeout is therefore told apart by when it came (within a tenth of it,
+/// at least 1 ms: the host's clock runs a little behind its timers).
 pub fn read_answer(
     grpc_status: u32,
     message: &[u8],
+    sent_at_ms: u64,
     now_ms: u64,
+    timeout: Duration,
 ) -> Result<ServiceAnswer, ServiceFailure> {
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let slack_ms = (timeout_ms / 10).max(1);
+    let timed_out = now_ms.saturating_sub(sent_at_ms) + slack_ms >= timeout_ms;
     match grpc_status {
         GRPC_OK => {}
         GRPC_DEADLINE_EXCEEDED => return Err(ServiceFailure::Timeout),
+        _ if timed_out => return Err(ServiceFailure::Timeout),
         other => return Err(ServiceFailure::Status(other)),
     }
     let response = RateLimitResponse::decode(message).map_err(|_| ServiceFailure::Malformed)?;
@@ -436,7 +447,8 @@ mod tests {
             }],
             ..Default::default()
         };
-        let answer = read_answer(0, &response.encode_to_vec(), 1_000).unwrap();
+        let second = Duration::from_secs(1);
+        let answer = read_answer(0, &response.encode_to_vec(), 990, 1_000, second).unwrap();
         assert_eq!(
             answer,
             ServiceAnswer::OverLimit(Some(GlobalView {
@@ -448,12 +460,26 @@ mod tests {
             }))
         );
         let unknown = RateLimitResponse::default().encode_to_vec();
-        assert_eq!(read_answer(0, &unknown, 0), Err(ServiceFailure::Unknown));
-        assert_eq!(read_answer(4, &[], 0), Err(ServiceFailure::Timeout));
-        assert_eq!(read_answer(14, &[], 0), Err(ServiceFailure::Status(14)));
         assert_eq!(
-            read_answer(0, b"\xff\xff", 0),
+            read_answer(0, &unknown, 0, 5, second),
+            Err(ServiceFailure::Unknown)
+        );
+        assert_eq!(
+            read_answer(4, &[], 0, 5, second),
+            Err(ServiceFailure::Timeout)
+        );
+        assert_eq!(
+            read_answer(14, &[], 0, 5, second),
+            Err(ServiceFailure::Status(14))
+        );
+        assert_eq!(
+            read_answer(0, b"\xff\xff", 0, 5, second),
             Err(ServiceFailure::Malformed)
+        );
+        // Envoy's own timeout comes back as UNAVAILABLE, at the timeout.
+        assert_eq!(
+            read_answer(14, &[], 0, 1_000, second),
+            Err(ServiceFailure::Timeout)
         );
         // OK without statuses: no view (the headers stay local).
         let ok = RateLimitResponse {
@@ -461,7 +487,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            read_answer(0, &ok.encode_to_vec(), 0),
+            read_answer(0, &ok.encode_to_vec(), 0, 5, second),
             Ok(ServiceAnswer::Ok(None))
         );
     }

@@ -232,6 +232,11 @@ pub struct LeaseWait {
 }
 
 impl Pending {
+    /// How long the global tier's call may take.
+    pub fn timeout(&self) -> Duration {
+        self.tier().map_or(global::DEFAULT_TIMEOUT, |t| t.timeout)
+    }
+
     fn tier(&self) -> Option<&GlobalTier> {
         self.rule.global.as_ref()
     }

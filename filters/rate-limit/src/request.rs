@@ -186,7 +186,7 @@ impl RateLimitRequest {
             .global_call_ms
             .record(now.saturating_sub(sent_at));
         let message = read_grpc_answer(status, size);
-        let answer = read_answer(status, &message, now);
+        let answer = read_answer(status, &message, sent_at, now, pending.timeout());
         if let Err(failure) = &answer {
             log::debug!("{FILTER}: rate-limit service call failed: {failure:?}");
         }
