@@ -206,6 +206,7 @@ fn surveyed() -> Vec<(&'static str, serde_json::Value, Vec<Object>)> {
             json!({
                 "providers": {"idp": {
                     "issuer": "i",
+                    "audiences": ["api"],
                     "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}},
                     "from_headers": [{"name": "authorization"}]
                 }},

@@ -131,13 +131,28 @@ def load_manifests(path: Path) -> list:
                 for i, doc in enumerate(yaml.safe_load_all(text)) if doc is not None]
 
 
-def shipped_manifests() -> list:
-    """Every Kubernetes object under istio/ (the https merge patches are not objects)."""
+# Kinds istioctl reads at install time (MeshConfig and friends), not objects of the
+# API server: no CRD to check them against (`install_manifests`).
+INSTALL_KINDS = {"IstioOperator"}
+
+
+def _istio_documents() -> list:
     found = []
     for path in sorted(ISTIO_DIR.rglob("*.yaml")):
         if not path.is_relative_to(HTTPS_PATCHES):
             found.extend(load_manifests(path))
     return found
+
+
+def shipped_manifests() -> list:
+    """Every Kubernetes object under istio/ (the https merge patches are not objects,
+    nor are the install-time `INSTALL_KINDS`)."""
+    return [m for m in _istio_documents() if m.kind not in INSTALL_KINDS]
+
+
+def install_manifests() -> list:
+    """The IstioOperator overlays under istio/ (`istioctl install -f`)."""
+    return [m for m in _istio_documents() if m.kind in INSTALL_KINDS]
 
 
 def wasm_plugins(manifests: list) -> list:
