@@ -126,12 +126,27 @@ def load_manifests(path: Path) -> list:
 
 
 def shipped_manifests() -> list:
-    """Every Kubernetes object under istio/ (the https merge patches are not objects)."""
+    """Every Istio object under istio/ (the https merge patches are not objects; the
+    Kubernetes core objects beside them are checked by kubernetes_manifests' users)."""
+    return [m for m in _istio_dir_manifests() if _api_group(m).endswith("istio.io")]
+
+
+def kubernetes_manifests() -> list:
+    """Every object under istio/ of Kubernetes' own APIs (Deployment, Service, ...)."""
+    return [m for m in _istio_dir_manifests() if not _api_group(m).endswith("istio.io")]
+
+
+def _istio_dir_manifests() -> list:
     found = []
     for path in sorted(ISTIO_DIR.rglob("*.yaml")):
         if not path.is_relative_to(HTTPS_PATCHES):
             found.extend(load_manifests(path))
     return found
+
+
+def _api_group(manifest) -> str:
+    api_version = str(manifest.doc.get("apiVersion", "")) if isinstance(manifest.doc, dict) else ""
+    return api_version.rpartition("/")[0]
 
 
 def wasm_plugins(manifests: list) -> list:
