@@ -14,7 +14,9 @@
    also halfway through its run and after it.
 3. **callouts**: scenarios with `callout_clusters` run at each concurrency asked;
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
-4. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
+4. **service**: wasmgate-ratelimit alone, without Envoy (`service.py`): decisions per
+   second and per core, Redis commands per admitted hit.
+5. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
 
 Everything started is stopped when the run ends, however it ends.
@@ -24,6 +26,7 @@ import contextlib
 import http.client
 import signal
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,8 @@ from .context import BenchContext
 from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
 from .pinned_envoy import PinnedEnvoy
-from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Scenario
+from .scenario import CALLOUTS, MEMORY, SERVICE, THROUGHPUT, Scenario
+from .service import service_run
 from .upstream import start_upstream
 
 BASELINE = "bare"
@@ -109,6 +113,7 @@ class ScenarioResult:
     rss_after: dict = field(default_factory=dict)  # concurrency -> bytes after the run (floods)
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
+    service: dict = None  # the service pass's runs (service.py)
     upstream: str = None
 
     def fail(self, reason: str):
@@ -272,6 +277,12 @@ class Bench:
                 for concurrency in self.settings.callout_concurrency:
                     if not results[s.name].failure:
                         self.callout_run(s, concurrency, results[s.name])
+        for s in scenarios:
+            if SERVICE in s.passes:
+                try:
+                    service_run(self, s, results[s.name])
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    results[s.name].fail(f"service pass: {err}")
         if self.settings.compare_upstreams and BASELINE in by_name:
             pair = [by_name[BASELINE]] + ([by_name[FLOOR]] if FLOOR in by_name else [])
             self.upstream_pass(pair)

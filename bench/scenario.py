@@ -16,6 +16,7 @@ from .load import Load
 THROUGHPUT = "throughput"  # interleaved rounds at concurrency 1: req/s, CPU, RSS
 MEMORY = "memory"  # RSS idle and under load at the other concurrencies
 CALLOUTS = "callouts"  # fetches through `callout_clusters` per concurrency
+SERVICE = "service"  # the rate-limit service alone (service.py): decisions per core, Redis
 
 
 @dataclass(frozen=True)

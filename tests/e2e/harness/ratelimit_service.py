@@ -44,10 +44,12 @@ class CertificateFiles:
 class RedisTcp:
     """redis-server on 127.0.0.1:<free port>, no persistence; restartable on that port."""
 
-    def __init__(self, workdir: Path, name: str = "redis", tls: CertificateFiles = None):
+    def __init__(self, workdir: Path, name: str = "redis", tls: CertificateFiles = None,
+                 prefix=()):
         self.workdir = Path(workdir)
         self.name = name
         self.tls = tls
+        self.prefix = list(prefix)  # e.g. ["taskset", "-c", "1"]
         self.port = free_ports(1)[0]
         self.log_file = self.workdir / f"{name}.log"
         self.proc = None
@@ -64,7 +66,7 @@ class RedisTcp:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def argv(self):
-        argv = ["redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        argv = [*self.prefix, "redis-server", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         if self.tls:
             argv += ["--port", "0", "--tls-port", str(self.port),
                      "--tls-cert-file", self.tls.cert, "--tls-key-file", self.tls.key,
