@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin test unit e2e lint fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs fmt run certs clean bench bench-wasm
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,14 +45,22 @@ tools:
 	$(CARGO) build $(addprefix -p wasmgate-,$(TOOLS))
 	@for t in $(TOOLS); do cp $(TARGET_DIR)/debug/wasmgate-$$t $(BUILD)/bin/; done
 
-# Istio (README "Istio"): one OCI image per filter, and the WasmPlugins pinned to them.
+# Istio (docs/istio.md): one OCI image per filter, and the WasmPlugins pinned to them.
 oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<filter>/, .tar).
 	@python3 scripts/oci-image.py --version $(VERSION) --out $(BUILD)/oci $(BUILD)/wasm/*.wasm
 
 istio-pin: oci ## Rewrite the sha256/version pins in istio/wasmplugins/ from the build.
 	@python3 scripts/istio-pin.py --digests $(BUILD)/oci/digests.json --istio istio
 
-test: build lint unit e2e ## Everything: lint, unit tests, end-to-end tests in real Envoy.
+# `make push REGISTRY=registry.example.com/wasmgate`: skopeo's credentials (`skopeo login`
+# or REGISTRY_AUTH_FILE); PUSH_TLS_VERIFY=false for a plain-http or self-signed registry.
+REGISTRY        ?=
+PUSH_TLS_VERIFY ?= true
+push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each digest against the build.
+	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
+	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
+
+test: build lint docs unit e2e ## Everything: lint, docs, unit tests, end-to-end tests in real Envoy.
 
 unit: ## Unit tests of the host-independent crates (native, fast).
 	$(CARGO) test --workspace
@@ -66,6 +74,12 @@ lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(addprefix -p wasmgate-,$(FILTERS)) -- -D warnings
+
+# The docs test is crates/combined-config/tests/docs.rs; run through --workspace it shares
+# `make unit`'s build (with -p, cargo would build the parsers' dependencies a second time).
+docs: ## Check the docs: relative links and anchors, every example and field against the parsers.
+	python3 scripts/check-links.py
+	$(CARGO) test -q --workspace --test docs
 
 # Benchmarks (BENCHMARKS.md; bench/): never part of `make test`. QUICK=1: a short run
 # written to build/bench/BENCHMARKS-quick.md. BENCH_ARGS: more options (`--help`).

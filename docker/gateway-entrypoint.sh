@@ -3,16 +3,19 @@
 #
 #   gateway-entrypoint.sh CONFIG [ENVOY ARGS...]
 #
-# Listeners and admin are bound to $WASMGATE_BIND_ADDRESS instead (0.0.0.0 behind
-# published ports; 127.0.0.1 on the host network). Only lines that start with
-# `address: {socket_address: {address: 127.0.0.1,` change: listeners and admin are
-# written that way in gateway.yaml; upstream endpoints (`- endpoint: {address: ...`)
+# Listeners are bound to $WASMGATE_BIND_ADDRESS instead (0.0.0.0 behind published
+# ports; 127.0.0.1 on the host network). Only listener addresses change: lines that
+# start with `address: {socket_address: {address: 127.0.0.1,` between `listeners:` and
+# `clusters:` of static_resources, which is how gateway.yaml writes them. Admin (above
+# static_resources) stays on 127.0.0.1 whatever the variable says: it can stop Envoy
+# and change its runtime, so nothing outside the container may reach it (the `stats`
+# listener serves /stats/prometheus). Upstream endpoints (`- endpoint: {address: ...`)
 # stay on 127.0.0.1, where the services of the same network namespace listen.
 # Needs only sh and sed (the stock Envoy image has both).
 set -eu
 config="$1"
 shift
 bind="${WASMGATE_BIND_ADDRESS:-0.0.0.0}"
-sed -E "s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" "$config" \
-    > /tmp/envoy.yaml
+sed -E "/^  listeners:/,/^  clusters:/ s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" \
+    "$config" >/tmp/envoy.yaml
 exec envoy -c /tmp/envoy.yaml "$@"

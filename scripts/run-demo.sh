@@ -5,6 +5,7 @@
 #
 # Ports and places, from the environment (defaults in brackets):
 #   WASMGATE_HTTP_PORT [8080]  WASMGATE_HTTPS_PORT [8443]  WASMGATE_ADMIN_PORT [9901]
+#   WASMGATE_STATS_PORT [9902] (/stats/prometheus only)
 #   WASMGATE_PORT_<INSTANCE>   a demo service, e.g. WASMGATE_PORT_USERS_A [18081]
 #   WASMGATE_PORT_JWKS [18090]  the JWKS issuer   WASMGATE_PORT_KEYSTORE [18091]  the key store
 #   WASMGATE_OTLP_PORT [4318]  where Envoy sends trace spans (nothing is started there)
@@ -20,6 +21,7 @@ certs="${WASMGATE_CERTS_DIR:-build/certs}"
 http_port="${WASMGATE_HTTP_PORT:-8080}"
 https_port="${WASMGATE_HTTPS_PORT:-8443}"
 admin_port="${WASMGATE_ADMIN_PORT:-9901}"
+stats_port="${WASMGATE_STATS_PORT:-9902}"
 otlp_port="${WASMGATE_OTLP_PORT:-4318}"
 
 # The demo services gateway.yaml routes to: instance, service, shipped port.
@@ -49,7 +51,8 @@ for tool in build/bin/wasmgate-demo build/bin/wasmgate-keystore build/wasm/heade
 done
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-declare -A port_map=([8080]="$http_port" [8443]="$https_port" [9901]="$admin_port" [4318]="$otlp_port")
+declare -A port_map=([8080]="$http_port" [8443]="$https_port" [9901]="$admin_port" [9902]="$stats_port"
+                     [4318]="$otlp_port")
 for entry in "${services[@]}"; do
     read -r instance _ shipped <<<"$entry"
     port_map[$shipped]="$(port_of "$instance" "$shipped")"
@@ -142,6 +145,7 @@ done
 
 gw="http://127.0.0.1:$http_port"
 users_b="http://127.0.0.1:${port_map[18082]}"
+products="http://127.0.0.1:${port_map[18085]}"
 # Printed into the commands as they are: each step runs in a shell of its own, so the
 # token and the key are read back from the files the first steps write.
 token="$run_dir/token"
@@ -161,7 +165,8 @@ cat <<TXT
 
 wasmgate demo is up.
   gateway   $gw   https://localhost:$https_port (demo CA: $certs/edge-ca.crt)
-  admin     $admin   (/stats/prometheus, /clusters, /config_dump)
+  admin     $admin   (/stats/prometheus, /clusters, /config_dump; loopback only)
+  metrics   http://127.0.0.1:$stats_port/stats/prometheus   (nothing else of admin)
   services  $(for e in "${services[@]}"; do read -r i _ p <<<"$e"; printf '%s :%s  ' "$i" "${port_map[$p]}"; done)
   callouts  JWKS issuer :${port_map[18090]}   key store :${port_map[18091]}
   logs      $run_dir/   (access.log: one JSON line per request)
@@ -186,11 +191,14 @@ step "Canary: about 90% of orders go to orders-v1, 10% to orders-v2." \
     "for i in \$(seq 100); do curl -s $bearer $gw/api/v2/orders | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
 step "Load balancing: users are spread over two instances (round robin)." \
     "for i in \$(seq 10); do curl -s $bearer $gw/api/v2/users | grep -o '\"instance\":\"[^\"]*\"'; done | sort | uniq -c"
-step "Retry: products fails the first attempt with 503 (x-echo-fail-first); the gateway retries and answers 200." \
-    "curl -s -o /dev/null -w '%{http_code}\n' $bearer -H 'x-echo-fail-first: 1' $gw/api/v2/products/1" \
+step "Retry: products fails its next request with 503 (told so on its own port: the gateway removes the echo's x-echo-* steering headers from clients); the gateway retries and answers 200." \
+    "curl -s -o /dev/null -X PUT --data 1 $products/__echo/fail-next" \
+    "curl -s -o /dev/null -w '%{http_code}\n' $bearer $gw/api/v2/products/1" \
     "curl -s $admin/stats | grep -E 'cluster.products.upstream_rq_retry(_success)?:'"
 step "Timeout: products has 2 s to answer; a 3 s answer becomes a 504." \
-    "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' $bearer -H 'x-echo-delay-ms: 3000' $gw/api/v2/products/1"
+    "curl -s -o /dev/null -X PUT --data 3000 $products/__echo/delay" \
+    "curl -s -o /dev/null -w '%{http_code} after %{time_total}s\n' $bearer $gw/api/v2/products/1" \
+    "curl -s -o /dev/null -X DELETE $products/__echo/delay"
 step "Outlier detection: break users-b (every answer 500, while its health check still passes). Clients still get 200 (reads are retried on users-a); after 5 consecutive errors (a few more while the ejection takes effect) users-b is ejected for 30 s." \
     "curl -s -X PUT --data 500 $users_b/__echo/fail" \
     "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $bearer $gw/api/v2/users; done; echo" \

@@ -4,7 +4,6 @@ test runs with the separate filter and with the combined module's `api_key` stag
 (`deployment`)."""
 
 import http.client
-import json
 import re
 import secrets
 import time
@@ -14,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from harness import ROOT, Seen, wait_for
+from harness import Seen, wait_for
+from harness.docs import doc_example
 from harness.bootstrap import bootstrap, cluster, http_listener, route
 
 METRIC = "wasmcustom.wasmgate.api_key."
@@ -398,14 +398,10 @@ def test_invalid_config_is_refused_with_the_field_named(deployment, refused_envo
     assert problem in lines[0], lines[0]
 
 
-def readme_example() -> dict:
-    """The first JSON block of the README's API-key section."""
-    section = (ROOT / "README.md").read_text().split("## API-key filter", 1)[1]
-    return json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
-
-
-def test_the_readme_example_works_as_documented(deployment, start_envoy, echo, keystore):
-    envoy = start_envoy(gateway(deployment, echo, keystore.service, readme_example()))
+def test_the_documented_example_works_as_documented(deployment, start_envoy, echo, keystore):
+    """The example of docs/filters/api-key.md."""
+    example = doc_example("docs/filters/api-key.md", "api-key")
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, example))
     created = keystore.create("acme", "gold")
     for headers in ({"x-api-key": created.api_key}, {"authorization": f"Bearer {created.api_key}"}):
         seen = Seen(get(envoy, headers=headers))

@@ -7,15 +7,14 @@ stage paused going on through the later stages once released, and the combined
 configuration's own refusals. The chain tests run against both deployments: the
 combined module must answer as the chained separate filters do."""
 
-import json
-import re
 import threading
 
 import pytest
 import requests
 
-from harness import ROOT, Seen, wait_for, wasm_path
+from harness import Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
+from harness.docs import doc_example
 from harness.jwt import (AUDIENCE, ISSUER, KeyDir, plugin_config, provider, remote_jwks,
                          start_jwks)
 
@@ -159,15 +158,10 @@ def test_a_combined_configuration_is_refused_as_a_whole(refused_envoy, echo, con
     assert problem in lines[0], lines[0]
 
 
-def readme_example() -> dict:
-    """The JSON block of the README's combined-module section."""
-    section = (ROOT / "README.md").read_text().split("## Combined module", 1)[1]
-    return json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
-
-
-def test_the_readme_example_works_as_documented(start_envoy, start_service, echo, keys):
+def test_the_documented_example_works_as_documented(start_envoy, start_service, echo, keys):
+    """The example of docs/filters/combined.md."""
     jwks = start_jwks(start_service, keys)
-    config = readme_example()
+    config = doc_example("docs/filters/combined.md", "combined")
     idp = config["jwt"]["providers"]["idp"]
     idp["issuer"], idp["audiences"] = ISSUER, [AUDIENCE]  # the test issuer's tokens
     filters = [wasm_filter(wasm_path("combined"), config, name="combined")]

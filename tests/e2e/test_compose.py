@@ -120,8 +120,9 @@ def test_compose_runs_what_gateway_yaml_routes_to():
     for name in ("jwks", "keystore"):
         assert [v["target"] for v in services[name]["volumes"]] == ["/var/lib/wasmgate"]
         assert services[name]["volumes"][0]["type"] == "volume"
+    # Every listener published, admin not: it stays on the container's loopback.
     published = {(p["published"], p["target"]) for p in gateway["ports"]}
-    assert published == {(str(port), port) for port in GATEWAY_PORTS.values()}
+    assert published == {(str(port), port) for name, port in GATEWAY_PORTS.items() if name != "admin"}
     mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
     assert mounts["/wasmgate/envoy-config"] == Path("envoy-config")
     assert mounts["/wasmgate/build/wasm"] == Path("build/wasm")
@@ -129,7 +130,8 @@ def test_compose_runs_what_gateway_yaml_routes_to():
     assert gateway["command"][0] == GATEWAY_CONFIG
 
 
-def test_the_entrypoint_rebinds_listeners_and_admin_only(tmp_path):
+@pytest.mark.parametrize("bind", ["0.0.0.0", "192.0.2.7"])
+def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind):
     # docker/gateway-entrypoint.sh, run here with a fake `envoy` that keeps its config.
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
@@ -138,14 +140,16 @@ def test_the_entrypoint_rebinds_listeners_and_admin_only(tmp_path):
     subprocess.run(["sh", str(ROOT / "docker" / "gateway-entrypoint.sh"), GATEWAY_CONFIG, "--x"],
                    cwd=ROOT, check=True, timeout=30,
                    env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
-                        "WASMGATE_BIND_ADDRESS": "0.0.0.0"})
+                        "WASMGATE_BIND_ADDRESS": bind})
     shipped = yaml.safe_load((ROOT / GATEWAY_CONFIG).read_text())
     seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
-    assert seen["admin"]["address"]["socket_address"]["address"] == "0.0.0.0"
-    for listener in seen["static_resources"]["listeners"]:
-        assert listener["address"]["socket_address"]["address"] == "0.0.0.0"
+    # Admin can stop Envoy (/quitquitquit) and change it (/runtime_modify): loopback only.
+    assert seen["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    listeners = {listener["name"]: listener for listener in seen["static_resources"]["listeners"]}
+    assert set(listeners) >= {"main", "tls", "stats"}
+    for listener in listeners.values():
+        assert listener["address"]["socket_address"]["address"] == bind
     # Nothing else changed: put the shipped addresses back and compare everything.
-    seen["admin"]["address"] = shipped["admin"]["address"]
     for listener, original in zip(seen["static_resources"]["listeners"],
                                   shipped["static_resources"]["listeners"]):
         listener["address"] = original["address"]
@@ -179,6 +183,8 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         "gateway": {"volumes": [
             {"type": "bind", "source": str(config_dir), "target": "/wasmgate/envoy-config", "read_only": True},
             {"type": "bind", "source": str(demo_certs), "target": "/wasmgate/build/certs", "read_only": True},
+            # The SDS files of a test's certificates name them by their path here.
+            {"type": "bind", "source": str(demo_certs), "target": str(demo_certs), "read_only": True},
         ]},
         **{instance: {"command": ["echo", "--listen", f"127.0.0.1:{ports[port]}", "--name", service,
                                   "--instance", instance]}
@@ -198,7 +204,7 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
 
     def in_container(service, *argv):
         """A command run inside a running demo container (`docker compose exec`), as the
-        README's compose section mints tokens and makes keys."""
+        Docker Compose section of docs/demo.md mints tokens and makes keys."""
         return compose_run(*project, "exec", "-T", service, *argv, files=files, env=env).stdout
 
     try:
@@ -229,7 +235,8 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         partner = Seen(requests.get(f"{gateway}/partner/orders", headers={"x-api-key": api_key},
                                     timeout=TIMEOUT))
         assert (partner.header("x-tenant-id"), partner.header("x-plan")) == ("globex", "gold")
-        admin = requests.get(f"http://127.0.0.1:{ports[9901]}/stats/prometheus", timeout=TIMEOUT).text
+        # Metrics come from the stats listener (admin itself stays on loopback).
+        admin = requests.get(f"http://127.0.0.1:{ports[9902]}/stats/prometheus", timeout=TIMEOUT).text
         for metric in ("headers_requests", "jwt_allowed", "api_key_allowed", "rate_limit_allowed"):
             assert f"wasmgate_{metric}{{}}" in admin
 

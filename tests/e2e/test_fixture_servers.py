@@ -26,7 +26,7 @@ SLOW_ANSWER_MS = 1000
 def test_a_burst_of_new_connections_through_envoy_is_served_in_full(start_envoy, start_service,
                                                                     tmp_path, server):
     argv = {"echo": [tool_path("demo"), "echo", "--name", "burst"],
-            "jwks": [tool_path("demo"), "jwks", "--keys", tmp_path / "keys"]}[server]
+            "jwks": [tool_path("demo"), "jwks", "--keys", tmp_path / "keys", "--mode-endpoint"]}[server]
     upstream = start_service(argv, server)
     # Each answer takes a second, so the requests overlap however slowly a busy
     # machine releases them: Envoy must open one upstream connection per request

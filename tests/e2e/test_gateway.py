@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import time
 from collections import Counter
 
@@ -22,7 +23,10 @@ import requests
 
 from harness import Seen, wait_for, wasm_path
 from harness.bootstrap import bootstrap, cluster, http_listener, route, wasm_filter
-from harness.demo_gateway import DemoGateway
+from harness.certs import certificate_file, make_demo_certs, renew_demo_certs, served_certificate
+from harness.demo_gateway import GATEWAY_CONFIG, DemoGateway
+from harness.load import HoldingUpstream, InFlight
+from harness.shipped import load_shipped
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -170,12 +174,23 @@ def test_users_are_balanced_over_two_instances(gateway):
     assert min(answered_by.values()) >= 10, answered_by
 
 
+def steer(instance, what: str, value=None):
+    """Sets (PUT with `value`) or clears (DELETE) one of an echo instance's control
+    endpoints (`fail-next`, `delay`, `fail`): the gateway removes the x-echo-* headers
+    from client requests, so tests steer instances on their own ports."""
+    method = "DELETE" if value is None else "PUT"
+    resp = requests.request(method, instance.url(f"/__echo/{what}"), data=str(value or ""),
+                            timeout=TIMEOUT)
+    assert resp.status_code == 200, resp.text
+
+
 def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     stats = ["cluster.products.upstream_rq_retry", "cluster.products.upstream_rq_retry_success"]
     delta = counter_delta(gateway.envoy, stats)
-    # The products instance answers 503 to the first attempt of this request only.
-    resp = requests.get(gateway.url("/api/v2/products/1"), timeout=TIMEOUT,
-                        headers={"x-echo-fail-first": "1", **gateway.bearer()})
+    products = gateway.instances["products"]
+    # The products instance answers 503 to its next request only.
+    steer(products, "fail-next", 1)
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
     assert resp.status_code == 200
     request_id = resp.headers["x-request-id"]
     assert delta() == {stats[0]: 1, stats[1]: 1}
@@ -185,21 +200,68 @@ def test_a_retry_recovers_a_transient_503_for_reads_only(gateway):
     assert entry["attempts"] == 2
 
     # A POST that failed may have been carried out: it is not replayed.
+    steer(products, "fail-next", 1)
     resp = requests.post(gateway.url("/api/v2/products"), json={"name": "lamp"}, timeout=TIMEOUT,
-                         headers={"x-echo-fail-first": "1", **gateway.bearer()})
+                         headers=gateway.bearer())
     assert resp.status_code == 503
     assert delta() == {stats[0]: 1, stats[1]: 1}
 
 
 def test_slow_upstream_hits_its_route_timeout(gateway):
     delta = counter_delta(gateway.envoy, ["cluster.products.upstream_rq_timeout"])
-    slow = {"x-echo-delay-ms": "2500", **gateway.bearer()}
-    # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
-    resp = requests.get(gateway.url("/api/v2/products/1"), headers=slow, timeout=TIMEOUT)
-    assert resp.status_code == 504
-    assert delta() == {"cluster.products.upstream_rq_timeout": 1}
-    resp = requests.get(gateway.url("/api/v2/users/1"), headers=slow, timeout=TIMEOUT)
+    slow = ["products", "users-a", "users-b"]
+    try:
+        for instance in slow:
+            steer(gateway.instances[instance], "delay", 2500)
+        # products allows 2 s, users 5 s: the same slow answer fails on one, not the other.
+        resp = requests.get(gateway.url("/api/v2/products/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+        assert resp.status_code == 504
+        assert delta() == {"cluster.products.upstream_rq_timeout": 1}
+        resp = requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+        assert resp.status_code == 200
+    finally:
+        for instance in slow:
+            steer(gateway.instances[instance], "delay")
+
+
+def test_clients_cannot_steer_the_demo_services(gateway):
+    """The echo's x-echo-* headers would let any client fail an instance (until outlier
+    detection ejects it), hold a thread for a minute or set response headers."""
+    steering = {"x-echo-status": "500", "x-echo-delay-ms": "60000", "x-echo-fail-first": "3",
+                "x-echo-response-header": "x-injected=1"}
+    resp = requests.get(gateway.url("/api/v2/products/1"), headers={**steering, **gateway.bearer()},
+                        timeout=TIMEOUT)
     assert resp.status_code == 200
+    assert "x-injected" not in resp.headers
+    seen = Seen(resp)
+    assert [name for name in steering if seen.header(name) is not None] == []
+
+
+def test_the_demo_jwks_issuer_keeps_its_keys_whoever_asks(gateway):
+    """`make run` starts the issuer without --mode-endpoint: nobody can make it publish
+    keys of their own (the gateway would trust tokens they sign)."""
+    jwks = gateway.instances["jwks"]
+    forged = json.dumps({"body": json.dumps({"keys": [{"kty": "oct", "k": "AAAA"}]})})
+    resp = requests.post(jwks.url("/__jwks/mode"), data=forged, timeout=TIMEOUT)
+    assert resp.status_code == 404
+    assert "--mode-endpoint" in resp.json()["error"]
+    keys = requests.get(jwks.url("/.well-known/jwks.json"), timeout=TIMEOUT).json()["keys"]
+    assert [key["kid"] for key in keys] == ["demo-es256"]
+
+
+def test_admin_stays_on_loopback_and_metrics_have_a_listener_of_their_own(gateway):
+    assert gateway.envoy.admin_address.startswith("127.0.0.1:")
+    stats = f"http://127.0.0.1:{gateway.envoy.port('stats')}"
+    requests.get(gateway.url("/api/v2/users/1"), headers=gateway.bearer(), timeout=TIMEOUT)
+    metrics = requests.get(f"{stats}/stats/prometheus", timeout=TIMEOUT)
+    assert metrics.status_code == 200
+    assert 'envoy_cluster_upstream_rq_completed{envoy_cluster_name="users"}' in metrics.text
+    # Nothing else of admin is reachable there.
+    for method, path in (("GET", "/clusters"), ("GET", "/config_dump"), ("POST", "/quitquitquit"),
+                         ("POST", "/runtime_modify?x=1"), ("POST", "/stats/prometheus"),
+                         ("GET", "/stats/prometheus/../../clusters")):
+        assert requests.request(method, f"{stats}{path}", timeout=TIMEOUT).status_code == 404, path
+    assert gateway.envoy.alive()
 
 
 def test_access_log_is_one_json_line_per_request(gateway):
@@ -311,6 +373,53 @@ def test_api_routes_need_a_valid_token_and_orders_their_scope(gateway):
     assert Seen(placed).header("x-scopes") == "orders:read orders:write"
 
 
+def _send(gateway, method: str, path: str, token: str, http2: bool = False):
+    """`method` sent verbatim (HTTP/1.1 with http.client, HTTP/2 with curl, prior
+    knowledge on the plain listener); (status, the upstream's echo or None)."""
+    auth = {"authorization": f"Bearer {token}"}
+    if http2:
+        out = subprocess.run(
+            ["curl", "-sS", "--http2-prior-knowledge", "-X", method, "-H",
+             f"authorization: Bearer {token}", "-o", "-", "-w", "\n%{http_code}",
+             gateway.url(path)], capture_output=True, text=True, timeout=TIMEOUT, check=True)
+        body, status = out.stdout.rsplit("\n", 1)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.envoy.port(), timeout=TIMEOUT)
+        conn.request(method, path, headers=auth)
+        resp = conn.getresponse()
+        body, status = resp.read().decode(), resp.status
+        conn.close()
+    echo = json.loads(body) if body.startswith('{"body"') else None
+    return int(status), echo
+
+
+def test_the_write_scope_guards_every_method_that_is_not_a_read(gateway):
+    """Reads are an allow-list (GET, HEAD, OPTIONS need orders:read); every other method,
+    whatever its spelling, needs orders:write. Envoy 1.40 passes the methods below to the
+    filters (over HTTP/1.1 its codec answers 400 itself to lowercase and unknown verbs)."""
+    path = "/api/v2/orders/7"
+    reader = gateway.token(sub="method-reader", scope="orders:read")
+    writer = gateway.token(sub="method-writer", scope="orders:read orders:write")
+    for method in ("GET", "HEAD", "OPTIONS"):
+        status, _ = _send(gateway, method, path, reader)
+        assert status == 200, method
+    writes = [(m, False) for m in ("POST", "PUT", "PATCH", "DELETE", "MERGE", "PROPPATCH",
+                                   "PURGE", "SEARCH", "REPORT", "TRACE")]
+    # Over HTTP/2 Envoy forwards any spelling: a lowercase `get` is not GET to the
+    # filter (the upstream may read it as one), so it needs the write scope too.
+    writes += [(m, True) for m in ("post", "Post", "get", "delete", "options", "FOO")]
+    for method, http2 in writes:
+        status, echo = _send(gateway, method, path, reader, http2)
+        assert (status, echo) == (403, None), (method, http2)
+        # With orders:write the request reaches the orders service as sent.
+        status, echo = _send(gateway, method, path, writer, http2)
+        assert status == 200 and echo["method"] == method, (method, http2)
+        assert echo["headers"]["x-scopes"] == ["orders:read orders:write"], (method, http2)
+    # HTTP/1.1 lowercase or unknown verbs never reach a filter: Envoy's codec refuses them.
+    for method in ("post", "FOO"):
+        assert _send(gateway, method, path, reader)[0] == 400, method
+
+
 def test_partner_route_needs_an_api_key_and_forwards_its_tenant_and_plan(gateway):
     url = gateway.url("/partner/orders")
     missing = requests.get(url, timeout=TIMEOUT)
@@ -384,48 +493,222 @@ def test_a_spoofed_identity_never_reaches_a_service_even_beside_a_valid_token(ga
     assert buckets() == {"wasmcustom.wasmgate.rate_limit.slots_in_use": 1}
 
 
-def test_an_instance_answering_500s_is_ejected_and_its_sibling_takes_the_traffic(tmp_path, demo_certs,
-                                                                                  on_failure):
+def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, demo_certs,
+                                                                       on_failure):
+    """gateway.yaml's outlier detection, every number of it: 5 consecutive 5xx eject an
+    instance, at most 50% of a cluster is ejected, an ejection lasts 30 s (and ends at
+    a sweep of the 10 s interval). Waits out the ejection: about 40 s."""
     gateway = DemoGateway(tmp_path, demo_certs).start()
     on_failure(gateway.logs)
+    envoy = gateway.envoy
+    detector = "cluster.users.outlier_detection."
+    users_a, users_b = gateway.instances["users-a"], gateway.instances["users-b"]
     try:
-        ejected = "cluster.users.outlier_detection.ejections_enforced_consecutive_5xx"
         # users-b answers 500 to everything but its health check: only the passive
         # outlier detection can tell (the active checks keep passing).
-        broken = gateway.instances["users-b"]
-        assert requests.put(broken.url("/__echo/fail"), data="500", timeout=TIMEOUT).ok
+        steer(users_b, "fail", 500)
         with requests.Session() as session:
             session.headers.update(gateway.bearer())
+            not_yet_ejected_at = time.monotonic()
             for _ in range(40):
                 # Reads are retried on the sibling: clients never see the 500s.
                 resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
                 assert resp.status_code == 200
                 assert Seen(resp).instance == "users-a"
-                if gateway.envoy.stat(ejected):
+                polled_at = time.monotonic()
+                if envoy.stat(detector + "ejections_enforced_consecutive_5xx"):
                     break
-            assert gateway.envoy.stat(ejected) == 1
-            assert gateway.envoy.stat("cluster.users.outlier_detection.ejections_active") == 1
+                not_yet_ejected_at = polled_at
+            assert envoy.stat(detector + "ejections_enforced_consecutive_5xx") == 1
+            assert envoy.ejected_hosts("users") == {users_b.port}
             # The 500s the broken instance gave (all of them retried, hence `retry.`):
             # the 5th consecutive one trips the detector. The ejection is carried out
             # on Envoy's main thread, so on a busy machine a few more requests may
             # reach the instance first (this loop asks the admin API, on that same
             # thread, after every request, which keeps the gap small).
-            errors = gateway.envoy.stat("cluster.users.retry.upstream_rq_500")
+            errors = envoy.stat("cluster.users.retry.upstream_rq_500")
             assert 5 <= errors <= 10
 
             # Ejected: the broken instance gets nothing more, its sibling everything.
-            for _ in range(20):
+            for _ in range(10):
                 resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
-                assert resp.status_code == 200
-                assert Seen(resp).instance == "users-a"
-            assert gateway.envoy.stat("cluster.users.retry.upstream_rq_500") == errors
+                assert (resp.status_code, Seen(resp).instance) == (200, "users-a")
+            assert envoy.stat("cluster.users.retry.upstream_rq_500") == errors
+
+            # Now users-a breaks too. Ejecting it would leave the cluster empty: at
+            # most 50% of the instances go, so users-a keeps the traffic (and clients
+            # see its 500s) and the detector counts an ejection it did not make.
+            steer(users_a, "fail", 500)
+            for _ in range(4):
+                resp = session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)
+                assert (resp.status_code, Seen(resp).instance) == (500, "users-a")
+            assert envoy.stat(detector + "ejections_overflow") >= 1
+            assert envoy.stat(detector + "ejections_active") == 1
+            assert envoy.ejected_hosts("users") == {users_b.port}
+
+            # Both heal. users-b comes back when its 30 s are over, at the detector's
+            # next sweep (every 10 s), never sooner.
+            steer(users_a, "fail")
+            steer(users_b, "fail")
+            wait_for(lambda: not envoy.ejected_hosts("users"), 60, "users-b to be let back in",
+                     interval=0.25)
+            assert time.monotonic() - not_yet_ejected_at >= 30
+            assert envoy.stat(detector + "ejections_active") == 0
+            answered_by = Counter(Seen(session.get(gateway.url("/api/v2/users"), timeout=TIMEOUT)).instance
+                                  for _ in range(20))
+            assert set(answered_by) == {"users-a", "users-b"}, answered_by
+    finally:
+        gateway.stop()
+
+
+def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_certs, on_failure):
+    """gateway.yaml's circuit breakers, as shipped: 1024 connections (one per request
+    over HTTP/1.1, so also the 1024 requests), then 256 requests waiting for one, then
+    every further request gets 503 at once (response flag UO), counted by Envoy."""
+    orders = {instance: HoldingUpstream().start() for instance in ("orders-v1", "orders-v2")}
+    gateway = DemoGateway(tmp_path, demo_certs,
+                          upstreams={name: server.port for name, server in orders.items()})
+    on_failure(gateway.logs)
+    stat = "cluster.orders-v1."
+    breakers = stat + "circuit_breakers.default."
+    clusters = load_shipped(GATEWAY_CONFIG, {})["static_resources"]["clusters"]
+    limits = next(c for c in clusters if c["name"] == "orders-v1")["circuit_breakers"]["thresholds"][0]
+    try:
+        gateway.start()
+        envoy = gateway.envoy
+        # Rate limits count per user and route: enough users that none is reached.
+        tokens = [gateway.bearer(sub=f"breaker-{n}") for n in range(8)]
+
+        def flood(count):
+            return InFlight(envoy.port(), [("/api/v2/orders", tokens[n % len(tokens)])
+                                           for n in range(count)], timeout=60).start()
+
+        # First the connections: batches of requests, held upstream, open connections
+        # until orders-v1 has all 1024 (a flood would fill the queue faster than
+        # connections open and overflow before there are 1024). Answered, they stay
+        # open, idle in Envoy's pool. On a busy machine the first requests of a round
+        # may reach the route's 10 s timeout first, which closes their connections:
+        # another round opens the missing ones.
+        warm_up = []
+
+        def connected():
+            """Every request of the round is on a connection upstream, or orders-v1 has
+            every connection it may have (the last batch may have to wait)."""
+            if envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]:
+                return True
+            upstream = sum(envoy.stat(f"cluster.{c}.upstream_rq_active") for c in orders)
+            waiting = sum(envoy.stat(f"cluster.{c}.upstream_rq_pending_active") for c in orders)
+            return waiting == 0 and upstream == 200 * len(warm_up)
+
+        for _ in range(3):
+            for server in orders.values():
+                server.hold()
+            warm_up = []
+            while envoy.stat(stat + "upstream_cx_active") < limits["max_connections"]:
+                assert len(warm_up) < 8, f"{envoy.stat(stat + 'upstream_cx_active')} connections"
+                warm_up.append(flood(200))
+                wait_for(connected, 30, "the batch's connections to open", interval=0.05)
+            for server in orders.values():
+                server.release()
+            for batch in warm_up:
+                batch.wait()
+            wait_for(lambda: envoy.stat(stat + "upstream_rq_active") == 0, 30, "the pool to be idle")
+            if envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]:
+                break
+        assert envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]
+
+        # Then a flood, held again: 90% of orders requests go to orders-v1 (the canary
+        # split), so 1650 requests bring it well past 1024 + 256.
+        before = {name: envoy.stat(stat + name) for name in
+                  ("upstream_rq_pending_overflow", "upstream_cx_overflow", "upstream_rq_retry")}
+        for server in orders.values():
+            server.hold()
+        requests_sent = 1650
+        answers = flood(requests_sent)
+
+        def accounted():
+            """Every request is answered, on a connection upstream or waiting for one."""
+            held = sum(envoy.stat(f"cluster.{c}.upstream_rq_active")
+                       + envoy.stat(f"cluster.{c}.upstream_rq_pending_active") for c in orders)
+            return held + len(answers.answers) == requests_sent
+
+        wait_for(accounted, 60, "every request to reach the orders clusters", interval=0.1)
+        # Every threshold reached: breakers open, nothing left of any of them.
+        assert envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]
+        for name in ("cx_open", "rq_pending_open", "rq_open"):
+            assert envoy.stat(breakers + name) == 1, name
+        for name in ("remaining_cx", "remaining_pending", "remaining_rq"):
+            assert envoy.stat(breakers + name) == 0, name
+        # The queued requests wanted connections of their own and were refused one.
+        assert envoy.stat(stat + "upstream_cx_overflow") > before["upstream_cx_overflow"]
+        # The overflowing requests are answered at once, while the rest still wait.
+        overflow = envoy.stat(stat + "upstream_rq_pending_overflow") - before["upstream_rq_pending_overflow"]
+        assert overflow > 0 and len(answers.answers) == overflow
+        assert {a.status for a in answers.answers} == {503}
+        assert b"overflow" in answers.answers[0].body
+        for server in orders.values():
+            server.release()
+        statuses = Counter(a.status for a in answers.wait())
+        assert statuses == {200: requests_sent - overflow, 503: overflow}, statuses
+        # Overflows are not retried (that would only add load), and the access log says
+        # why each one failed: UO, upstream overflow.
+        assert envoy.stat(stat + "upstream_rq_retry") == before["upstream_rq_retry"]
+        flags = wait_for(lambda: (lambda c: c if sum(c.values()) >= overflow else None)(
+            Counter(e["response_flags"] for e in gateway.access_log() if e.get("status") == 503)),
+            10, "the access log lines")
+        assert flags == {"UO": overflow}, flags
+        # The breakers close again once the requests are done.
+        wait_for(lambda: envoy.stat(breakers + "remaining_rq") == limits["max_requests"], 10,
+                 "the requests to finish")
+        assert envoy.stat(breakers + "remaining_pending") == limits["max_pending_requests"]
+        assert envoy.stat(breakers + "rq_open") == 0
+    finally:
+        gateway.stop()
+        for server in orders.values():
+            server.stop()
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path, on_failure):
+    """The TLS listener reads its certificate through SDS from files Envoy watches:
+    `scripts/demo-certs.sh --renew` swaps a new set in, new connections get the new
+    certificate at once, and a connection opened before goes on with the old one."""
+    certs = make_demo_certs(tmp_path / "certs")
+    gateway = DemoGateway(tmp_path, certs).start()
+    on_failure(gateway.logs)
+    port = gateway.envoy.port("tls")
+    try:
+        old = certificate_file(certs / "gateway.crt")
+        trusting = ssl.create_default_context(cafile=str(certs / "edge-ca.crt"))
+        assert served_certificate(port, trusting) == old
+        kept = http.client.HTTPSConnection("127.0.0.1", port, context=trusting, timeout=TIMEOUT)
+        kept.request("GET", "/api/v2/users/1", headers=gateway.bearer())
+        first = kept.getresponse()
+        assert first.status == 200 and first.read()
+        assert kept.sock.getpeercert(binary_form=True) == old
+
+        renew_demo_certs(certs)
+        new = certificate_file(certs / "gateway.crt")
+        assert new != old
+        # edge-ca.crt now holds the new CA and the old one.
+        trusting = ssl.create_default_context(cafile=str(certs / "edge-ca.crt"))
+        wait_for(lambda: served_certificate(port, trusting) == new, 10, "the new certificate")
+        for _ in range(3):
+            kept.request("GET", "/api/v2/users/1", headers=gateway.bearer())
+            resp = kept.getresponse()
+            assert resp.status == 200
+            assert json.loads(resp.read())["headers"]["x-forwarded-proto"] == ["https"]
+        assert kept.sock.getpeercert(binary_form=True) == old
+        kept.close()
+        assert gateway.envoy.stat("listener.tls.server_ssl_socket_factory.ssl_context_update_by_sds") >= 1
+        # One rename, one consistent pair: Envoy never saw a key without its certificate.
+        assert gateway.envoy.stat("sds.gateway.key_rotation_failed") == 0
     finally:
         gateway.stop()
 
 
 def test_a_wasm_filter_can_be_switched_off_for_one_route(start_envoy, echo):
-    """The per-route alternative to a filter's own path rules (README, "The filter
-    chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
+    """The per-route alternative to a filter's own path rules (docs/gateway-and-mesh.md,
+    "The filter chain"): Envoy's FilterConfig `disabled`, addressed by the filter's name."""
     headers = wasm_filter(wasm_path("headers"),
                           {"default": {"request": {"set": {"x-gateway": "wasmgate"}}}}, name="headers")
     headers["name"] = "wasmgate.headers"

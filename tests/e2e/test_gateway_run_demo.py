@@ -21,6 +21,7 @@ from harness.ports import free_ports
 from harness.process import spawn, stop_process
 
 ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMIN_PORT",
+                     "WASMGATE_STATS_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
                      "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS",
                      "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE"]

@@ -109,8 +109,10 @@ def probe_jwt(envoy, callouts):
     seen = Seen(resp)
     assert (seen.header("x-user-id"), seen.header("x-tenant-id")) == ("alice", "acme")
     assert seen.header("authorization") is None
-    refused = requests.post(orders, json={}, headers=callouts.bearer(), timeout=10)
-    assert refused.status_code == 403
+    # Only reads go with orders:read; any other verb is a write (an allow-list).
+    for method in ("POST", "MERGE"):
+        refused = requests.request(method, orders, json={}, headers=callouts.bearer(), timeout=10)
+        assert refused.status_code == 403, method
     assert requests.get(envoy.url("/public/x"), timeout=10).status_code == 200
     assert envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success") >= 1
 

@@ -4,24 +4,29 @@ Istio would not make (pins, filter order, callout clusters, agreement with the E
 gateway's configs). Every WasmPlugin found under istio/ goes through every check:
 adding a filter is adding its manifest."""
 
+import copy
 import json
+import re
 import subprocess
 
+import jsonschema
 import pytest
 import yaml
 
 from harness import ROOT
 from harness.istio_checks import (
     CRD_FILE, PLUGIN_ROLES, built_digests, check_agreement, check_clusters, check_order,
-    check_pins, https_variants, kubernetes_manifests, load_manifests, merge_patch, module_of,
-    shipped_manifests, wasm_plugins,
+    check_pins, https_variants, install_manifests, kubernetes_manifests, load_manifests,
+    merge_patch, module_of, shipped_manifests, wasm_plugins,
 )
-from harness.shipped import shipped_plugin_configs
+from harness.shipped import shipped_plugin_configs, shipped_typed_configs
 from harness.istio_crd import CrdCatalog, GoUrl
 
 UPSTREAM = ROOT / "tests" / "istio" / "upstream-testdata"
 BROKEN = ROOT / "tests" / "istio" / "broken"
+INSTALL_SCHEMA = ROOT / "tests" / "istio" / "install" / "istio-operator-meshconfig.schema.json"
 SHIPPED = shipped_manifests()
+INSTALL = install_manifests()
 PLUGINS = wasm_plugins(SHIPPED)
 
 
@@ -57,11 +62,11 @@ def test_validator_refuses_every_invalid_upstream_document_for_its_reason(crds, 
 
 
 def test_calibration_covers_every_kind_we_ship():
-    """The kinds we ship that Istio's testdata calibrates (ServiceEntry has none there:
-    its CEL rules run here uncalibrated)."""
+    """The kinds we ship that Istio's testdata calibrates (ServiceEntry and EnvoyFilter
+    have none there: their schemas and CEL rules run here uncalibrated)."""
     calibrated = {p.values[0]["kind"] for p in _upstream("valid") + _upstream("invalid")}
     shipped = {m.kind for m in SHIPPED}
-    assert calibrated >= shipped - {"ServiceEntry"}, shipped - calibrated
+    assert calibrated >= shipped - {"ServiceEntry", "EnvoyFilter"}, shipped - calibrated
 
 
 @pytest.mark.parametrize("manifest", SHIPPED + https_variants(PLUGINS), ids=lambda m: m.label)
@@ -207,8 +212,9 @@ def test_every_manifest_file_under_istio_is_loaded():
     files = {p for p in (ROOT / "istio").rglob("*") if p.is_file()}
     assert all(p.suffix == ".yaml" for p in files), files
     kubernetes = kubernetes_manifests()  # checked in test_ratelimit_service_manifests.py
-    assert {m.file for m in SHIPPED + kubernetes} | {p.file for p in https_variants(PLUGINS)} == files
-    assert all(m.kind and m.doc.get("apiVersion") for m in SHIPPED + kubernetes)
+    found = SHIPPED + INSTALL + kubernetes
+    assert ({m.file for m in found} | {p.file for p in https_variants(PLUGINS)}) == files
+    assert all(m.kind and m.doc.get("apiVersion") for m in found)
 
 
 def test_istio_yaml_is_plain_yaml():
@@ -216,3 +222,145 @@ def test_istio_yaml_is_plain_yaml():
     for path in (ROOT / "istio").rglob("*.yaml"):
         events = {type(e).__name__ for e in yaml.parse(path.read_text())}
         assert "AliasEvent" not in events, path
+
+
+# --- the mesh's security settings (istio/mesh/, istio/callouts/) ---------------------
+#
+# MeshConfig is not a resource of the API server: nothing here has Istio's own
+# validation of it (istioctl's, in Go). The IstioOperator overlay is checked against a
+# strict schema of the fields it sets, written from MeshConfig's proto; what those
+# fields do is proven in real Envoy by test_mesh.py, on envoy-config/mesh/, which the
+# tests below hold to be what istiod generates from istio/mesh/.
+
+# What istiod writes into every HTTP connection manager for each
+# meshConfig.pathNormalization.normalization (pilot's listener builder, Istio 1.30).
+PATH_NORMALIZATION = {
+    "NONE": {"normalize_path": False},
+    "BASE": {"normalize_path": True},
+    "DEFAULT": {"normalize_path": True},
+    "MERGE_SLASHES": {"normalize_path": True, "merge_slashes": True},
+    "DECODE_AND_MERGE_SLASHES": {"normalize_path": True, "merge_slashes": True,
+                                 "path_with_escaped_slashes_action": "UNESCAPE_AND_FORWARD"},
+}
+MESH_CONFIGS = ["envoy-config/mesh/order-service.yaml", "envoy-config/mesh/checkout-service.yaml"]
+
+
+def _install_validator():
+    schema = json.loads(INSTALL_SCHEMA.read_text())
+    return jsonschema.Draft7Validator(schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER)
+
+
+@pytest.mark.parametrize("manifest", INSTALL, ids=lambda m: m.label)
+def test_install_overlay_sets_only_known_mesh_config_fields(manifest):
+    assert [e.message for e in _install_validator().iter_errors(manifest.doc)] == []
+
+
+@pytest.mark.parametrize("manifest", _broken("install"))
+def test_broken_install_overlay_is_refused(manifest):
+    errors = [e.message for e in _install_validator().iter_errors(_strip(manifest.doc))]
+    assert any(manifest.doc["_err"] in e for e in errors), errors
+
+
+def _connection_managers(path: str) -> list:
+    return shipped_typed_configs(path, "HttpConnectionManager")
+
+
+def _of_kind(kind: str) -> list:
+    return [m.doc for m in SHIPPED + INSTALL if m.kind == kind]
+
+
+def test_envoy_mesh_configs_are_what_the_istio_mesh_settings_make():
+    """Every HTTP connection manager of envoy-config/mesh/ normalises paths as the
+    meshConfig overlay makes istiod configure it, and carries the EnvoyFilter's merge."""
+    (operator,) = _of_kind("IstioOperator")
+    normalization = PATH_NORMALIZATION[operator["spec"]["meshConfig"]["pathNormalization"]["normalization"]]
+    (envoy_filter,) = _of_kind("EnvoyFilter")
+    (patch,) = envoy_filter["spec"]["configPatches"]
+    assert patch["match"]["context"] == "ANY" and patch["patch"]["operation"] == "MERGE"
+    merged = {k: v for k, v in patch["patch"]["value"]["typed_config"].items() if k != "@type"}
+    managers = [(path, hcm) for path in MESH_CONFIGS for hcm in _connection_managers(path)]
+    assert len(managers) == 3  # order-service inbound; checkout-service outbound and inbound
+    for path, hcm in managers:
+        assert {k: hcm.get(k, False) for k in ("normalize_path", "merge_slashes",
+                                               "path_with_escaped_slashes_action")} == {
+            "normalize_path": False, "merge_slashes": False,
+            "path_with_escaped_slashes_action": False, **normalization}, (path, hcm["stat_prefix"])
+        assert merge_patch(hcm, merged) == hcm, (path, hcm["stat_prefix"])
+
+
+def _rbac_policy(rule: dict) -> dict:
+    """One AuthorizationPolicy rule as istiod writes it into Envoy's RBAC, for the forms
+    istio/mesh/ uses: notPrincipals; notMethods; a `when` on a header's presence."""
+    (source,) = rule["from"]
+    assert set(source) == {"source"} and set(source["source"]) == {"notPrincipals"}
+    permissions = []
+    for operation in rule.get("to", []):
+        assert set(operation) == {"operation"} and set(operation["operation"]) == {"notMethods"}
+        permissions.append({"not_rule": {"or_rules": {"rules": [
+            {"header": {"name": ":method", "string_match": {"exact": method}}}
+            for method in operation["operation"]["notMethods"]]}}})
+    for condition in rule.get("when", []):
+        header = re.fullmatch(r"request\.headers\[(.+)\]", condition["key"])
+        assert header and condition["values"] == ["*"], condition
+        permissions.append({"header": {"name": header.group(1), "present_match": True}})
+    assert len(permissions) == 1, rule  # one condition per rule, as shipped
+    return {"permissions": permissions,
+            "principals": [{"not_id": {"authenticated": {"principal_name": {"exact": f"spiffe://{p}"}}}}
+                           for p in source["source"]["notPrincipals"]]}
+
+
+def test_envoy_mesh_rbac_is_the_authorization_policy_as_istiod_writes_it():
+    """envoy-config/mesh/order-service.yaml's RBAC filter is the translation of the
+    AuthorizationPolicy (one RBAC policy per rule, named as istiod names them)."""
+    (policy,) = _of_kind("AuthorizationPolicy")
+    meta = policy["metadata"]
+    expected = {"action": policy["spec"]["action"],
+                "policies": {f"ns[{meta['namespace']}]-policy[{meta['name']}]-rule[{i}]": _rbac_policy(rule)
+                             for i, rule in enumerate(policy["spec"]["rules"])}}
+    config = yaml.safe_load((ROOT / MESH_CONFIGS[0]).read_text())
+    (rbac,) = [f["typed_config"] for hcm in _connection_managers(MESH_CONFIGS[0])
+               for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.rbac"]
+    assert rbac["rules"] == expected
+    assert policy["spec"]["selector"]["matchLabels"]["app"] == config["node"]["cluster"]
+
+
+def _client_tls(rule: dict) -> list:
+    policy = rule["spec"].get("trafficPolicy", {})
+    return [tls for tls in [policy.get("tls"), *(p.get("tls") for p in policy.get("portLevelSettings", []))]
+            if tls and tls.get("mode") in ("SIMPLE", "MUTUAL")]
+
+
+def callout_tls_problems(rule: dict) -> list:
+    """What lets a callout's TLS origination accept a server it should not."""
+    problems = []
+    for tls in _client_tls(rule):
+        host = rule["spec"]["host"]
+        if host not in tls.get("subjectAltNames", []):
+            problems.append(f"{host}: the certificate's name is not checked (subjectAltNames)")
+        if not (tls.get("caCertificates") or tls.get("credentialName")):
+            problems.append(f"{host}: no CA named (caCertificates or credentialName)")
+        if tls.get("insecureSkipVerify"):
+            problems.append(f"{host}: insecureSkipVerify")
+    return problems
+
+
+def test_callouts_verify_the_certificate_of_the_idp_and_the_key_store():
+    rules = [m.doc for m in SHIPPED if m.kind == "DestinationRule" and "callouts" in m.file.parts]
+    assert {r["spec"]["host"] for r in rules} == {"idp.example.com", "keystore.internal.example.com"}
+    for rule in rules:
+        assert _client_tls(rule), rule["spec"]["host"]
+        assert callout_tls_problems(rule) == []
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda tls: tls.pop("subjectAltNames"), "subjectAltNames"),
+    (lambda tls: tls.update(subjectAltNames=["*.example.com"]), "subjectAltNames"),
+    (lambda tls: tls.pop("caCertificates"), "caCertificates or credentialName"),
+    (lambda tls: tls.update(insecureSkipVerify=True), "insecureSkipVerify"),
+])
+def test_callout_tls_check_finds_an_unverified_server(crds, change, problem):
+    (idp,) = [m.doc for m in SHIPPED if m.kind == "DestinationRule" and m.doc["spec"]["host"] == "idp.example.com"]
+    broken = copy.deepcopy(idp)
+    change(broken["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"])
+    assert crds.validate(broken) == []  # Istio would take it
+    assert any(problem in p for p in callout_tls_problems(broken))

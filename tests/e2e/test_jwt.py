@@ -17,13 +17,14 @@ import time
 import jwt as pyjwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jwt as jwcrypto_jwt
 
 from harness import Seen
 from harness.jwt import (AUDIENCE, ISSUER, KeyDir, challenge, claims_for, demo_token, jwt_gateway,
-                         plugin_config, provider, start_jwks)
+                         plugin_config, provider, remote_jwks, start_jwks)
 
 REALM = 'Bearer realm="wasmgate"'
 
@@ -40,18 +41,24 @@ def keys(tmp_path):
     keys.add("ec1", "ES256")
     keys.add("ec384", "ES384")
     keys.add("ed1", "EdDSA")
+    # Four ES256 keys: a token without kid would have to be tried against each.
+    for kid in ("ec2", "ec3", "ec4"):
+        keys.add(kid, "ES256")
     return keys
 
 
 @pytest.fixture
 def gateway(start_envoy, start_service, echo, keys, deployment):
     """Envoy + JWT filter + echo upstream + JWKS fixture, with a public and a scoped
-    route. Returns (envoy, jwks fixture)."""
+    route, and /typed/ for access tokens only (`typ` at+jwt). Returns (envoy, jwks
+    fixture)."""
     jwks = start_jwks(start_service, keys)
-    config = plugin_config(rules=[
+    config = plugin_config(providers={"idp": provider(),
+                                      "typed": provider(required_typ=["at+jwt"])}, rules=[
         {"match": {"prefix": "/public/"}, "public": True},
         {"match": {"prefix": "/orders/", "methods": ["POST"]}, "providers": ["idp"],
          "required_scopes": ["orders:write"]},
+        {"match": {"prefix": "/typed/"}, "providers": ["typed"]},
     ])
     return start_envoy(jwt_gateway(echo, config, jwks, deployment=deployment)), jwks
 
@@ -134,6 +141,14 @@ def _unsigned(header: dict, claims: dict, signature: bytes = b"") -> str:
                      _b64(signature)])
 
 
+def _rs256_text(keys: KeyDir, kid: str, header: str, claims: str) -> str:
+    """A token whose header and claims are exactly these texts (duplicate members
+    included, which no JWT library writes), signed RS256 with key `kid`."""
+    signing_input = f"{_b64(header.encode())}.{_b64(claims.encode())}"
+    signature = keys.keys[kid][1].sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{_b64(signature)}"
+
+
 def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
     envoy, _ = gateway
     now = int(time.time())
@@ -172,6 +187,16 @@ def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
         ("random text", "".join(random.choices(string.ascii_letters + string.digits + "._-", k=300)),
          None),
         ("100 KiB", "a" * (100 * 1024), "token too large"),
+        # No kid, and four ES256 keys fit: refused before any signature check.
+        ("no kid", pyjwt.encode(claims_for(), keys.keys["ec1"][1], algorithm="ES256"),
+         "token has no kid and several keys fit"),
+        # Members named twice, properly signed: another parser may read other values.
+        ("header member twice", _rs256_text(keys, "rsa1", '{"alg":"RS256","kid":"rsa1","kid":"ec1"}',
+                                            json.dumps(claims_for())),
+         "header names a member twice"),
+        ("claim twice", _rs256_text(keys, "rsa1", '{"alg":"RS256","kid":"rsa1"}',
+                                    json.dumps(claims_for())[:-1] + ', "sub": "admin"}'),
+         "payload names a member twice"),
     ]
     for name, token, description in cases:
         resp = get(envoy, token=token)
@@ -208,8 +233,30 @@ def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
         if len(longest) >= 20:
             assert longest not in log, name
     assert envoy.stat("wasmcustom.wasmgate.jwt.denied.expired") == 2
+    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.kid_required") == 1
     # The raw-bytes header, no header, and Basic credentials.
     assert envoy.stat("wasmcustom.wasmgate.jwt.denied.missing_token") == 3
+
+
+def test_a_provider_with_required_typ_takes_access_tokens_only(gateway, keys):
+    envoy, _ = gateway
+    # RFC 9068 access tokens, however the media type is spelt (RFC 7515 §4.1.9).
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt"):
+        assert_identity(get(envoy, "/typed/1", token=keys.mint("ec1", headers={"typ": typ})))
+    # An ID token of the same issuer and key (PyJWT writes typ JWT), or no typ at all.
+    id_token = keys.mint("ec1")
+    no_typ = pyjwt.encode(claims_for(), keys.keys["ec1"][1], algorithm="ES256",
+                          headers={"kid": "ec1", "typ": None})
+    for token in (id_token, no_typ):
+        resp = get(envoy, "/typed/1", token=token)
+        assert resp.status_code == 401, resp.text
+        assert challenge(resp) == invalid("token type not accepted")
+        assert resp.json() == {"error": "invalid_token", "message": "token type not accepted"}
+    # The other provider checks no typ; a token without kid passes where one key fits.
+    assert_identity(get(envoy, "/orders/1", token=id_token))
+    assert_identity(get(envoy, "/orders/1",
+                        token=pyjwt.encode(claims_for(), keys.keys["ed1"][1], algorithm="EdDSA")))
+    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.wrong_type") == 2
 
 
 def test_per_route_rules_public_and_scoped(gateway, keys):
@@ -254,7 +301,7 @@ def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_env
                                                                         deployment):
     secret = os.urandom(32)
     config = plugin_config(providers={"internal": {
-        "issuer": "internal", "algorithms": ["HS256"], "forward": True,
+        "issuer": "internal", "audiences": "any", "algorithms": ["HS256"], "forward": True,
         "jwks": {"inline": {"keys": [{"kty": "oct", "kid": "s1", "k": _b64(secret)}]}},
         "from_headers": [{"name": "x-internal-token"}],
         "from_params": ["access_token"],
@@ -296,6 +343,17 @@ def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_env
     (plugin_config(providers={"idp": provider(jwks={"inline": {"keys": [{"kty": "RSA", "n": "!", "e": "AQAB"}]}})}),
      "providers.idp.jwks.inline", "not base64url"),
     ({"providers": {}, "default": {"public": True}}, "providers", "at least one provider"),
+    # A configuration from before audiences were required says what to write.
+    (plugin_config(providers={"idp": {"issuer": ISSUER, "jwks": {"inline": {"keys": []}}}}),
+     "providers.idp.audiences", 'or write "audiences": "any"'),
+    (plugin_config(providers={"idp": provider(audiences=[])}), "providers.idp.audiences",
+     "an empty list accepts no token"),
+    (plugin_config(providers={"idp": provider(algorithms=["HS256", "HS512"], jwks={"inline": {
+        "keys": [{"kty": "oct", "kid": "s1", "k": _b64(b"s" * 32)}]}})}),
+     "providers.idp.algorithms", "HS512 needs HMAC secrets of at least 64 bytes"),
+    (plugin_config(providers={"idp": provider(jwks=remote_jwks(cache_duration="2h"))}),
+     "providers.idp.jwks.remote.cache_duration", "must not be more than max_cache_duration"),
+    (plugin_config(max_waiting_requests=0), "max_waiting_requests", "between 1 and 100000"),
 ])
 def test_invalid_config_is_refused_with_the_field_named(refused_envoy, echo, deployment, config,
                                                         field, problem):

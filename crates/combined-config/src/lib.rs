@@ -127,7 +127,7 @@ mod tests {
         CombinedConfig::from_json(json.as_bytes(), &no_env).map_err(|e| e.to_string())
     }
 
-    const JWT: &str = r#"{"providers": {"idp": {"issuer": "https://idp", "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}}, "default": {"providers": ["idp"]}}"#;
+    const JWT: &str = r#"{"providers": {"idp": {"issuer": "https://idp", "audiences": ["api"], "jwks": {"remote": {"cluster": "idp", "path": "/jwks"}}}}, "default": {"providers": ["idp"]}}"#;
     const RATE_LIMIT: &str =
         r#"{"default": {"limits": [{"requests": 5.0, "per": "1s"}]}, "table": {"slots": 16}}"#;
 

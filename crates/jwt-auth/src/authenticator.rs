@@ -3,8 +3,8 @@
 //! [`Authenticator::start`] picks the route's requirement, finds the token and checks
 //! it; the answer is an [`Outcome`]: forward the request with these header edits,
 //! refuse it with this error, or wait for keys (an [`Attempt`] to check again when
-//! the keys arrive, or to give up on at its deadline). The glue turns it into host
-//! calls; nothing here touches the host.
+//! the keys arrive, or to give up on at its deadline: see [`WaitList`](crate::WaitList)).
+//! The glue turns it into host calls; nothing here touches the host.
 
 use crate::claims::{self, header_value};
 use crate::config::{JwtConfig, Provider};
@@ -51,12 +51,40 @@ pub struct Grant {
     pub cache: CacheUse,
 }
 
+/// One change to the request's headers before it goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderEdit<'a> {
+    Set(&'a str, &'a str),
+    Remove(&'a str),
+}
+
 impl Grant {
     /// Header (lower-case) and value for each output header a claim gave a value.
     pub fn headers(&self) -> &[(String, String)] {
         self.identity
             .as_ref()
             .map_or(&[], |identity| &identity.headers)
+    }
+
+    /// Every edit the request needs before it may go upstream: each of
+    /// `output_headers` (the configuration's) set to its verified claim or removed
+    /// (public routes included: a client's copy never passes), then the token header
+    /// removed unless forwarded. The glue must apply all of them or refuse the request.
+    pub fn header_edits<'a>(
+        &'a self,
+        output_headers: &'a [String],
+    ) -> impl Iterator<Item = HeaderEdit<'a>> + 'a {
+        let identity = output_headers.iter().map(|name| {
+            match self.headers().iter().find(|(header, _)| header == name) {
+                Some((_, value)) => HeaderEdit::Set(name, value),
+                None => HeaderEdit::Remove(name),
+            }
+        });
+        let token = self
+            .remove_headers
+            .iter()
+            .map(|name| HeaderEdit::Remove(name));
+        identity.chain(token)
     }
 
     fn anonymous() -> Self {
@@ -95,6 +123,12 @@ impl Attempt {
     /// When to stop waiting (milliseconds since the epoch); set on the first wait.
     pub fn deadline(&self) -> u64 {
         self.deadline.unwrap_or(0)
+    }
+
+    /// The provider whose keys the attempt waits for (an index into the
+    /// configuration's providers).
+    pub fn provider(&self) -> usize {
+        self.provider
     }
 }
 
@@ -238,6 +272,17 @@ impl Authenticator {
         if parsed.header.has_crit {
             return Outcome::Deny(AuthError::UnsupportedCritical);
         }
+        // RFC 8725 §3.11: an ID token or a logout token of the same issuer and key is
+        // not an access token, whatever its claims say.
+        if !provider.required_typ.is_empty()
+            && !parsed
+                .header
+                .typ
+                .as_ref()
+                .is_some_and(|typ| provider.required_typ.contains(typ))
+        {
+            return Outcome::Deny(AuthError::WrongType);
+        }
 
         let (keys, seq) = match cx.keyring.lookup(attempt.provider, cx.store, cx.now) {
             KeyLookup::Ready { keys, seq } => (keys, seq),
@@ -275,6 +320,10 @@ impl Authenticator {
             .collect();
         if fitting.is_empty() {
             return Outcome::Deny(AuthError::KeyMismatch);
+        }
+        // A forged token without `kid` would cost one signature check per fitting key.
+        if kid.is_none() && fitting.len() > MAX_KEYS_WITHOUT_KID {
+            return Outcome::Deny(AuthError::KidRequired);
         }
         let Some(signer) = fitting.iter().find(|jwk| {
             verifier::verify_jwk(cx.host, alg, jwk, parsed.signing_input, &parsed.signature)
@@ -370,6 +419,12 @@ impl Authenticator {
 /// Longest time a verified token is cached even when its `exp` is far away, so a
 /// key removed from the JWKS stops being trusted within this time at worst.
 const MAX_CACHED_TTL: u64 = 10 * 60 * 1000;
+
+/// The most keys a token without `kid` is checked against: when more keys of the
+/// provider fit its `alg`, it is refused ([`AuthError::KidRequired`]) before any
+/// signature check. Three covers an issuer that signs without `kid` while it rotates
+/// (old, current and next key of one type) and bounds what a forged token costs.
+pub const MAX_KEYS_WITHOUT_KID: usize = 3;
 
 fn claim_headers(
     provider: &Provider,

@@ -7,12 +7,21 @@
 use crate::error::AuthError;
 use serde_json::{Map, Value};
 
+/// Which `aud` values a provider accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audiences {
+    /// `aud` must name one of these (never empty).
+    OneOf(Vec<String>),
+    /// `aud` is not checked: every token of the issuer is meant for this gateway.
+    /// Only where the configuration says so (`"audiences": "any"`).
+    Any,
+}
+
 /// What a provider requires of a verified token's claims.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimRules {
     pub issuer: String,
-    /// Any-of; empty means `aud` is not checked.
-    pub audiences: Vec<String>,
+    pub audiences: Audiences,
     /// Tolerance for clocks that disagree, in seconds, applied to `exp`, `nbf`, `iat`.
     pub clock_skew_secs: u64,
     pub require_exp: bool,
@@ -56,24 +65,26 @@ impl ClaimRules {
         if claims.get("iss").and_then(Value::as_str) != Some(self.issuer.as_str()) {
             return Err(AuthError::WrongIssuer);
         }
-        if !self.audiences.is_empty() && !self.audience_matches(claims.get("aud")) {
-            return Err(AuthError::WrongAudience);
+        if let Audiences::OneOf(accepted) = &self.audiences {
+            if !audience_matches(accepted, claims.get("aud")) {
+                return Err(AuthError::WrongAudience);
+            }
         }
         Ok(exp.map(|exp| ((exp + skew) * 1000.0).max(0.0) as u64))
     }
+}
 
-    /// RFC 7519 §4.1.3: `aud` is a string or an array of strings; one must match.
-    fn audience_matches(&self, aud: Option<&Value>) -> bool {
-        let accepted = |value: &Value| {
-            value
-                .as_str()
-                .is_some_and(|aud| self.audiences.iter().any(|a| a == aud))
-        };
-        match aud {
-            Some(Value::Array(values)) => values.iter().any(accepted),
-            Some(value) => accepted(value),
-            None => false,
-        }
+/// RFC 7519 §4.1.3: `aud` is a string or an array of strings; one must be accepted.
+fn audience_matches(accepted: &[String], aud: Option<&Value>) -> bool {
+    let fits = |value: &Value| {
+        value
+            .as_str()
+            .is_some_and(|aud| accepted.iter().any(|a| a == aud))
+    };
+    match aud {
+        Some(Value::Array(values)) => values.iter().any(fits),
+        Some(value) => fits(value),
+        None => false,
     }
 }
 
@@ -151,8 +162,9 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
 /// A claim as a header value: strings as they are, numbers and booleans as JSON,
 /// arrays of those joined with single spaces. Objects, nulls, values with control
-/// characters and values over 8 KiB give `None`: nothing is forwarded rather than a
-/// mangled value.
+/// characters, values over 8 KiB and arrays with an item containing whitespace give
+/// `None`: nothing is forwarded rather than a mangled value (`["orders:read admin"]`
+/// joined would read as two scopes to a service that splits on spaces).
 pub fn header_value(value: &Value) -> Option<String> {
     let scalar = |value: &Value| match value {
         Value::String(text) => Some(text.clone()),
@@ -163,7 +175,7 @@ pub fn header_value(value: &Value) -> Option<String> {
     let text = match value {
         Value::Array(items) => {
             let parts: Vec<String> = items.iter().filter_map(scalar).collect();
-            if parts.is_empty() {
+            if parts.is_empty() || parts.iter().any(|part| part.contains(char::is_whitespace)) {
                 return None;
             }
             parts.join(" ")
@@ -187,7 +199,7 @@ mod tests {
     fn rules() -> ClaimRules {
         ClaimRules {
             issuer: "https://issuer".into(),
-            audiences: vec!["orders".into(), "billing".into()],
+            audiences: Audiences::OneOf(vec!["orders".into(), "billing".into()]),
             clock_skew_secs: 60,
             require_exp: true,
             max_lifetime_secs: None,
@@ -301,10 +313,13 @@ mod tests {
         c.remove("aud");
         assert_eq!(r.check(&c, NOW), Err(AuthError::WrongAudience));
         let unchecked = ClaimRules {
-            audiences: vec![],
+            audiences: Audiences::Any,
             ..rules()
         };
         assert!(unchecked.check(&c, NOW).is_ok());
+        assert!(unchecked
+            .check(&with("aud", json!("anything")), NOW)
+            .is_ok());
     }
 
     #[test]
@@ -355,6 +370,10 @@ mod tests {
         assert_eq!(header_value(&json!(42)), Some("42".into()));
         assert_eq!(header_value(&json!(true)), Some("true".into()));
         assert_eq!(header_value(&json!(["a", "b", 3])), Some("a b 3".into()));
+        // An item with a space would split into two for a service that splits on spaces.
+        assert_eq!(header_value(&json!(["orders:read admin"])), None);
+        assert_eq!(header_value(&json!(["a", "b\tc"])), None);
+        assert_eq!(header_value(&json!("a b")), Some("a b".into()));
         assert_eq!(header_value(&json!({"a": 1})), None);
         assert_eq!(header_value(&json!(null)), None);
         assert_eq!(header_value(&json!([])), None);

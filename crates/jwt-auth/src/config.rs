@@ -4,12 +4,12 @@
 //! Every refusal names the JSON field (`providers.idp.jwks.remote.path: ...`), which
 //! becomes the one log line the filter writes before Envoy refuses the config.
 
-use crate::claims::{ClaimPath, ClaimRules};
+use crate::claims::{Audiences, ClaimPath, ClaimRules};
 use crate::extract::TokenLocation;
-use crate::jwks::KeySet;
+use crate::jwks::{KeySet, PublicKey};
 use crate::jwks_cache::CachePolicy;
 use crate::rules::{Requirement, Rules};
-use crate::token::Alg;
+use crate::token::{self, Alg};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,6 +28,8 @@ pub struct JwtConfig {
     pub max_token_bytes: usize,
     /// Verified tokens remembered per VM; 0 turns the cache off.
     pub token_cache_entries: usize,
+    /// Requests of one VM that may wait for keys at once; the next get 503.
+    pub max_waiting_requests: usize,
     /// Every header any provider may set from claims, lower-case, sorted: stripped
     /// from every request before anything else happens.
     pub output_headers: Vec<String>,
@@ -40,6 +42,9 @@ pub struct Provider {
     pub claims: ClaimRules,
     pub keys: KeySource,
     pub algorithms: Vec<Alg>,
+    /// Accepted `typ` header values, as [`token::media_type`] writes them; empty: `typ`
+    /// is not checked.
+    pub required_typ: Vec<String>,
     /// Tried in order: headers, then parameters, then cookies.
     pub locations: Vec<TokenLocation>,
     /// Keep the token header on the request forwarded upstream.
@@ -78,6 +83,8 @@ impl JwtConfig {
 
 const DEFAULT_MAX_TOKEN_BYTES: u64 = 8 * 1024;
 const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 1000;
+const DEFAULT_MAX_WAITING_REQUESTS: u64 = 1000;
+const MAX_MAX_WAITING_REQUESTS: u64 = 100_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +104,11 @@ struct RawConfig {
         deserialize_with = "number::u64"
     )]
     token_cache_entries: u64,
+    #[serde(
+        default = "default_max_waiting_requests",
+        deserialize_with = "number::u64"
+    )]
+    max_waiting_requests: u64,
 }
 
 fn default_realm() -> String {
@@ -108,15 +120,20 @@ fn default_max_token_bytes() -> u64 {
 fn default_token_cache_entries() -> u64 {
     DEFAULT_TOKEN_CACHE_ENTRIES
 }
+fn default_max_waiting_requests() -> u64 {
+    DEFAULT_MAX_WAITING_REQUESTS
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     issuer: String,
-    #[serde(default)]
-    audiences: Vec<String>,
+    /// A list of strings, or `"any"`; required (checked in `build_provider`, which
+    /// says what to write).
+    audiences: Option<Value>,
     jwks: RawJwks,
     algorithms: Option<Vec<String>>,
+    required_typ: Option<Vec<String>>,
     #[serde(default = "default_skew", deserialize_with = "number::u64")]
     clock_skew_seconds: u64,
     #[serde(default = "yes")]
@@ -186,12 +203,16 @@ struct RawRemote {
     max_wait: Option<Duration>,
 }
 
-/// Defaults of `jwks.remote` (documented in the README).
+/// Defaults of `jwks.remote` (documented in docs/filters/jwt.md).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_MIN_CACHE_DURATION: Duration = Duration::from_secs(30);
-const DEFAULT_MAX_CACHE_DURATION: Duration = Duration::from_secs(86_400);
-const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(86_400);
+const DEFAULT_MAX_CACHE_DURATION: Duration = Duration::from_secs(3600);
+const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(3600);
+/// Upper bounds of `max_cache_duration` and `max_staleness`: a key the IdP removed is
+/// trusted for at most their sum.
+const MAX_MAX_CACHE_DURATION: Duration = Duration::from_secs(86_400);
+const MAX_MAX_STALENESS: Duration = Duration::from_secs(86_400);
 const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 const DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -256,6 +277,12 @@ impl TryFrom<RawConfig> for JwtConfig {
                 "at most 100000 (each entry holds a verified identity in every VM)",
             ));
         }
+        if !(1..=MAX_MAX_WAITING_REQUESTS).contains(&raw.max_waiting_requests) {
+            return Err(ConfigError::new(
+                "max_waiting_requests",
+                "must be between 1 and 100000 (each waiting request holds its token in the VM); to never wait, set a provider's jwks.remote.max_wait to \"0s\"",
+            ));
+        }
         let mut output_headers: Vec<String> = providers
             .iter()
             .flat_map(|p| p.claim_to_headers.iter().map(|(h, _)| h.clone()))
@@ -273,6 +300,7 @@ impl TryFrom<RawConfig> for JwtConfig {
             realm: raw.realm,
             max_token_bytes: raw.max_token_bytes as usize,
             token_cache_entries: raw.token_cache_entries as usize,
+            max_waiting_requests: raw.max_waiting_requests as usize,
             output_headers,
         })
     }
@@ -293,14 +321,8 @@ fn build_provider(name: String, raw: RawProvider) -> Result<Provider, ConfigErro
     if raw.issuer.is_empty() {
         return Err(ConfigError::new("issuer", "must not be empty"));
     }
-    for (i, aud) in raw.audiences.iter().enumerate() {
-        if aud.is_empty() {
-            return Err(ConfigError::new(
-                format!("audiences[{i}]"),
-                "must not be empty",
-            ));
-        }
-    }
+    let audiences = build_audiences(raw.audiences)?;
+    let required_typ = build_required_typ(raw.required_typ)?;
 
     if raw.clock_skew_seconds > 3600 {
         return Err(ConfigError::new(
@@ -355,6 +377,7 @@ fn build_provider(name: String, raw: RawProvider) -> Result<Provider, ConfigErro
                 }
             }
             .map_err(|e| ConfigError::new("jwks.inline", e.to_string()))?;
+            check_hmac_secrets(&set, &algorithms)?;
             KeySource::Inline(set)
         }
         _ => {
@@ -445,17 +468,105 @@ fn build_provider(name: String, raw: RawProvider) -> Result<Provider, ConfigErro
         name,
         claims: ClaimRules {
             issuer: raw.issuer,
-            audiences: raw.audiences,
+            audiences,
             clock_skew_secs: raw.clock_skew_seconds,
             require_exp: raw.require_exp,
             max_lifetime_secs: raw.max_lifetime.map(|d| d.as_secs()),
         },
         keys,
         algorithms,
+        required_typ,
         locations,
         forward: raw.forward,
         claim_to_headers,
     })
+}
+
+/// `audiences`: a non-empty list of strings, or `"any"` to opt out of the `aud` check
+/// explicitly. Its absence is refused with what to write instead: an unchecked `aud`
+/// accepts every token the issuer mints for any other service.
+fn build_audiences(raw: Option<Value>) -> Result<Audiences, ConfigError> {
+    const WHAT: &str = r#"list the audiences this gateway accepts (the "aud" of tokens meant for it), e.g. "audiences": ["orders-api"], or write "audiences": "any" to accept a token of this issuer whatever its "aud""#;
+    let list = match raw {
+        None => return Err(ConfigError::new("audiences", format!("required: {WHAT}"))),
+        Some(Value::String(word)) if word == "any" => return Ok(Audiences::Any),
+        Some(Value::Array(list)) if list.is_empty() => {
+            return Err(ConfigError::new(
+                "audiences",
+                format!("an empty list accepts no token: {WHAT}"),
+            ))
+        }
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "audiences",
+                format!("expected a list of strings or \"any\": {WHAT}"),
+            ))
+        }
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, aud)| match aud {
+            Value::String(aud) if !aud.is_empty() => Ok(aud),
+            _ => Err(ConfigError::new(
+                format!("audiences[{i}]"),
+                "must be a non-empty string",
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Audiences::OneOf)
+}
+
+/// `required_typ`: accepted `typ` values (RFC 8725 §3.11), compared as media types.
+fn build_required_typ(raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(Vec::new());
+    };
+    if list.is_empty() {
+        return Err(ConfigError::new(
+            "required_typ",
+            "an empty list accepts no token; leave the field out to not check typ",
+        ));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, typ)| {
+            if typ.is_empty() || typ.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                Err(ConfigError::new(
+                    format!("required_typ[{i}]"),
+                    format!("{typ:?} is not a media type (such as \"at+jwt\" or \"JWT\")"),
+                ))
+            } else {
+                Ok(token::media_type(typ))
+            }
+        })
+        .collect()
+}
+
+/// Every HMAC algorithm allowed must be usable with every inline secret that does not
+/// name its own `alg`: a secret shorter than the algorithm's hash (RFC 7518 §3.2) would
+/// make tokens of that algorithm fail at run time for no visible reason.
+fn check_hmac_secrets(set: &KeySet, algorithms: &[Alg]) -> Result<(), ConfigError> {
+    for alg in algorithms {
+        let Some(least) = alg.min_secret_bytes() else {
+            continue;
+        };
+        for jwk in set.keys().iter().filter(|jwk| jwk.alg.is_none()) {
+            if let PublicKey::Hmac(secret) = &jwk.key {
+                if secret.len() < least {
+                    return Err(ConfigError::new(
+                        "algorithms",
+                        format!(
+                            "{alg} needs HMAC secrets of at least {least} bytes (RFC 7518 §3.2), but the inline key {} has {}: use a longer secret, give the key its own \"alg\", or leave {alg} out",
+                            jwk.kid.as_deref().map_or_else(|| "without kid".to_owned(), |kid| format!("{kid:?}")),
+                            secret.len()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn paths(names: &[&str]) -> Result<Vec<ClaimPath>, ConfigError> {
@@ -500,10 +611,28 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
     if cache_duration < Duration::from_secs(1) {
         return Err(ConfigError::new("cache_duration", "must be at least 1s"));
     }
+    if max_cache_duration > MAX_MAX_CACHE_DURATION {
+        return Err(ConfigError::new(
+            "max_cache_duration",
+            "at most 24h: a key the IdP removed stays trusted this long",
+        ));
+    }
+    if max_staleness > MAX_MAX_STALENESS {
+        return Err(ConfigError::new(
+            "max_staleness",
+            "at most 24h: while fetches fail, a key the IdP removed stays trusted this long past its refresh",
+        ));
+    }
     if min_cache_duration > max_cache_duration {
         return Err(ConfigError::new(
             "min_cache_duration",
             "must not be more than max_cache_duration",
+        ));
+    }
+    if cache_duration > max_cache_duration {
+        return Err(ConfigError::new(
+            "cache_duration",
+            "must not be more than max_cache_duration (1h unless set): no keys are trusted longer without a refresh",
         ));
     }
     if backoff_initial.is_zero() || backoff_initial > backoff_max {
@@ -630,7 +759,7 @@ mod tests {
 
     fn minimal() -> Value {
         json!({
-            "providers": {"idp": {"issuer": "https://idp", "jwks": remote()}},
+            "providers": {"idp": {"issuer": "https://idp", "audiences": ["api"], "jwks": remote()}},
             "default": {"providers": ["idp"]}
         })
     }
@@ -659,7 +788,84 @@ mod tests {
         assert_eq!(remote.policy.fetch_timeout, 5_000);
         assert_eq!(remote.policy.unknown_kid_refetch_interval, 30_000);
         assert_eq!(remote.policy.max_wait, 3_000);
+        // A key the IdP removed is trusted for at most max_cache_duration +
+        // max_staleness: two hours by default (docs: "Key removal").
+        assert_eq!(remote.policy.max_cache_duration, 3_600_000);
+        assert_eq!(remote.policy.max_staleness, 3_600_000);
         assert!(!config.rules.bypass_cors_preflight);
+        assert_eq!(config.max_waiting_requests, 1000);
+        assert!(idp.required_typ.is_empty());
+        assert_eq!(
+            idp.claims.audiences,
+            Audiences::OneOf(vec!["api".to_owned()])
+        );
+    }
+
+    #[test]
+    fn audiences_are_a_list_or_an_explicit_any() {
+        let any = parse(edited(|c| {
+            c["providers"]["idp"]["audiences"] = json!("any")
+        }))
+        .unwrap();
+        assert_eq!(any.providers[0].claims.audiences, Audiences::Any);
+        let two = parse(edited(|c| {
+            c["providers"]["idp"]["audiences"] = json!(["orders", "billing"])
+        }))
+        .unwrap();
+        assert_eq!(
+            two.providers[0].claims.audiences,
+            Audiences::OneOf(vec!["orders".to_owned(), "billing".to_owned()])
+        );
+        // A configuration written before audiences were required is refused with what
+        // to write instead.
+        let old = edited(|c| {
+            c["providers"]["idp"]
+                .as_object_mut()
+                .unwrap()
+                .remove("audiences");
+        });
+        assert_eq!(
+            parse(old).unwrap_err(),
+            r#"providers.idp.audiences: required: list the audiences this gateway accepts (the "aud" of tokens meant for it), e.g. "audiences": ["orders-api"], or write "audiences": "any" to accept a token of this issuer whatever its "aud""#
+        );
+    }
+
+    #[test]
+    fn required_typ_values_are_media_types_compared_in_lower_case() {
+        let config = parse(edited(|c| {
+            c["providers"]["idp"]["required_typ"] = json!(["at+JWT", "application/JWT"])
+        }))
+        .unwrap();
+        assert_eq!(config.providers[0].required_typ, ["at+jwt", "jwt"]);
+    }
+
+    #[test]
+    fn hmac_secrets_must_be_as_long_as_every_allowed_hash() {
+        let hmac = |algorithms: Value, secret_len: usize, alg: Option<&str>| {
+            let mut key = json!({"kty": "oct", "kid": "s1", "k": base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD, vec![7u8; secret_len])});
+            if let Some(alg) = alg {
+                key["alg"] = json!(alg);
+            }
+            parse(edited(|c| {
+                c["providers"]["idp"]["algorithms"] = algorithms;
+                c["providers"]["idp"]["jwks"] = json!({"inline": {"keys": [key]}});
+            }))
+        };
+        assert!(hmac(json!(["HS256"]), 32, None).is_ok());
+        assert!(hmac(json!(["HS384"]), 48, None).is_ok());
+        assert!(hmac(json!(["HS256", "HS512"]), 64, None).is_ok());
+        assert_eq!(
+            hmac(json!(["HS256", "HS384"]), 32, None).unwrap_err(),
+            r#"providers.idp.algorithms: HS384 needs HMAC secrets of at least 48 bytes (RFC 7518 §3.2), but the inline key "s1" has 32: use a longer secret, give the key its own "alg", or leave HS384 out"#
+        );
+        // A key that names its algorithm is held to that one only.
+        assert!(hmac(json!(["HS256", "HS512"]), 32, Some("HS256")).is_ok());
+        let err = hmac(json!(["HS512"]), 32, Some("HS512")).unwrap_err();
+        assert!(
+            err.starts_with("providers.idp.jwks.inline: JWKS keys[0]: HMAC secret of 32 bytes, shorter than the 64 HS512 needs"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -690,7 +896,7 @@ mod tests {
                     "claim_to_headers": {"x-user": "sub", "x-org": ["org.id", "tenant_id"]}
                 },
                 "internal": {
-                    "issuer": "internal", "algorithms": ["HS256"],
+                    "issuer": "internal", "audiences": "any", "algorithms": ["HS256"],
                     "jwks": {"inline": {"keys": [keys.hmac_jwk("h")]}}
                 }
             },
@@ -724,12 +930,12 @@ mod tests {
     }
 
     #[test]
-    fn the_readme_example_parses() {
-        // The README's complete example must stay a valid configuration.
-        let readme = include_str!("../../../README.md");
-        let section = &readme[readme.find("## JWT filter").unwrap()..];
-        let start = section.find("```json\n").unwrap() + "```json\n".len();
-        let example = &section[start..start + section[start..].find("```").unwrap()];
+    fn the_documented_example_parses() {
+        // The example of docs/filters/jwt.md must stay a valid configuration.
+        let page = include_str!("../../../docs/filters/jwt.md");
+        let marked = &page[page.find("<!-- example: jwt -->\n```json\n").unwrap()..];
+        let start = marked.find("```json\n").unwrap() + "```json\n".len();
+        let example = &marked[start..start + marked[start..].find("```").unwrap()];
         let config = JwtConfig::from_json(example.as_bytes()).unwrap();
         assert_eq!(config.providers.len(), 2);
         assert_eq!(config.realm, "orders");
@@ -751,7 +957,7 @@ mod tests {
                 "default.match",
             ),
             (
-                json!({"providers": {"idp": {"issuer": "i", "jwks": remote()}}}),
+                json!({"providers": {"idp": {"issuer": "i", "audiences": "any", "jwks": remote()}}}),
                 "missing field `default`",
             ),
             (
@@ -840,6 +1046,48 @@ mod tests {
                 edited(|c| c["providers"]["idp"]["audience"] = json!(["a"])),
                 "providers.idp.audience: unknown field",
             ),
+            (
+                edited(|c| c["providers"]["idp"]["audiences"] = json!([])),
+                "providers.idp.audiences: an empty list accepts no token: list the audiences",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["audiences"] = json!("all")),
+                "providers.idp.audiences: expected a list of strings or \"any\"",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["audiences"] = json!(["a", ""])),
+                "providers.idp.audiences[1]: must be a non-empty string",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["required_typ"] = json!([])),
+                "providers.idp.required_typ: an empty list accepts no token",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["required_typ"] = json!(["at jwt"])),
+                "providers.idp.required_typ[0]: \"at jwt\" is not a media type",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"]["remote"]["max_cache_duration"] = json!("25h")
+                }),
+                "providers.idp.jwks.remote.max_cache_duration: at most 24h",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["max_staleness"] = json!("2d")),
+                "providers.idp.jwks.remote.max_staleness: at most 24h",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["cache_duration"] = json!("2h")),
+                "providers.idp.jwks.remote.cache_duration: must not be more than max_cache_duration (1h unless set)",
+            ),
+            (
+                edited(|c| c["max_waiting_requests"] = json!(0)),
+                "max_waiting_requests: must be between 1 and 100000",
+            ),
+            (
+                edited(|c| c["max_waiting_requests"] = json!(100_001)),
+                "max_waiting_requests: must be between 1 and 100000",
+            ),
             (edited(|c| c["realm"] = json!("a\"b")), "realm"),
             (
                 edited(|c| c["max_token_bytes"] = json!(100)),
@@ -851,7 +1099,7 @@ mod tests {
             ),
             (
                 edited(|c| {
-                    c["providers"] = json!({"bad name": {"issuer": "i", "jwks": remote()}});
+                    c["providers"] = json!({"bad name": {"issuer": "i", "audiences": "any", "jwks": remote()}});
                     c["default"] = json!({"public": true});
                 }),
                 "providers.bad name: provider names",

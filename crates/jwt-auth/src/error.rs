@@ -35,6 +35,19 @@ pub enum AuthError {
     InsufficientScope(String),
     /// The keys to verify the token could not be had in time: the gateway's problem.
     KeysUnavailable,
+    /// The header's `typ` is absent or not one of the provider's `required_typ`.
+    WrongType,
+    /// The token names no `kid` and more keys fit its `alg` than a token without `kid`
+    /// is tried against ([`MAX_KEYS_WITHOUT_KID`](crate::authenticator::MAX_KEYS_WITHOUT_KID)).
+    KidRequired,
+    /// The request would have to wait for keys, but `max_waiting_requests` requests of
+    /// this VM already do; try again in `retry_after` seconds.
+    TooManyWaiting {
+        retry_after: u64,
+    },
+    /// Envoy refused to set or remove an identity header (or the token header): the
+    /// request must not go upstream with what the client sent.
+    HeaderEditFailed,
 }
 
 /// An HTTP answer to send instead of forwarding the request.
@@ -68,11 +81,15 @@ impl AuthError {
             AuthError::WrongAudience => "wrong_audience",
             AuthError::InsufficientScope(_) => "insufficient_scope",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::WrongType => "wrong_type",
+            AuthError::KidRequired => "kid_required",
+            AuthError::TooManyWaiting { .. } => "too_many_waiting",
+            AuthError::HeaderEditFailed => "header_edit_failed",
         }
     }
 
     /// Every reason, for defining one counter each up front.
-    pub const REASONS: [&'static str; 17] = [
+    pub const REASONS: [&'static str; 21] = [
         "missing_token",
         "too_large",
         "malformed",
@@ -90,6 +107,10 @@ impl AuthError {
         "wrong_audience",
         "insufficient_scope",
         "keys_unavailable",
+        "wrong_type",
+        "kid_required",
+        "too_many_waiting",
+        "header_edit_failed",
     ];
 
     /// A short description, safe to show to the client and to log.
@@ -112,6 +133,10 @@ impl AuthError {
             AuthError::WrongAudience => "audience not accepted",
             AuthError::InsufficientScope(_) => "insufficient scope",
             AuthError::KeysUnavailable => "signing keys are temporarily unavailable",
+            AuthError::WrongType => "token type not accepted",
+            AuthError::KidRequired => "token has no kid and several keys fit",
+            AuthError::TooManyWaiting { .. } => "too many requests are waiting for signing keys",
+            AuthError::HeaderEditFailed => "identity headers could not be set",
         }
     }
 
@@ -129,7 +154,10 @@ impl AuthError {
                     self.description()
                 )),
             ),
-            AuthError::KeysUnavailable => (503, "temporarily_unavailable", None),
+            AuthError::KeysUnavailable | AuthError::TooManyWaiting { .. } => {
+                (503, "temporarily_unavailable", None)
+            }
+            AuthError::HeaderEditFailed => (500, "internal_error", None),
             _ => (
                 401,
                 "invalid_token",
@@ -142,6 +170,9 @@ impl AuthError {
         let mut headers = vec![("content-type", "application/json".to_owned())];
         if let Some(challenge) = challenge {
             headers.push(("www-authenticate", challenge));
+        }
+        if let AuthError::TooManyWaiting { retry_after } = self {
+            headers.push(("retry-after", retry_after.to_string()));
         }
         let body = serde_json::json!({"error": code, "message": self.description()}).to_string();
         Answer {
@@ -203,6 +234,41 @@ mod tests {
     }
 
     #[test]
+    fn too_many_waiting_is_503_with_retry_after() {
+        let answer = AuthError::TooManyWaiting { retry_after: 3 }.answer("api");
+        assert_eq!(answer.status, 503);
+        assert_eq!(challenge(&answer), None);
+        assert!(answer.headers.contains(&("retry-after", "3".to_owned())));
+        let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(body["error"], "temporarily_unavailable");
+    }
+
+    #[test]
+    fn a_failed_header_edit_is_500_without_a_challenge() {
+        let answer = AuthError::HeaderEditFailed.answer("api");
+        assert_eq!(answer.status, 500);
+        assert_eq!(challenge(&answer), None);
+    }
+
+    #[test]
+    fn wrong_type_and_missing_kid_are_invalid_tokens() {
+        for error in [AuthError::WrongType, AuthError::KidRequired] {
+            let answer = error.answer("api");
+            assert_eq!(answer.status, 401);
+            assert_eq!(
+                challenge(&answer),
+                Some(
+                    format!(
+                        "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"{}\"",
+                        error.description()
+                    )
+                    .as_str()
+                )
+            );
+        }
+    }
+
+    #[test]
     fn every_reason_is_listed_once() {
         let errors = [
             AuthError::MissingToken,
@@ -222,6 +288,10 @@ mod tests {
             AuthError::WrongAudience,
             AuthError::InsufficientScope(String::new()),
             AuthError::KeysUnavailable,
+            AuthError::WrongType,
+            AuthError::KidRequired,
+            AuthError::TooManyWaiting { retry_after: 1 },
+            AuthError::HeaderEditFailed,
         ];
         let reasons: Vec<_> = errors.iter().map(AuthError::reason).collect();
         assert_eq!(reasons, AuthError::REASONS);

@@ -237,8 +237,14 @@ fn parse_key(entry: &Map<String, Value>, allow_hmac: bool) -> Result<Option<Jwk>
                 return Ok(None);
             }
             let secret = binary_member(entry, "k")?;
-            if secret.len() < 32 {
-                return Err("HMAC secret shorter than 32 bytes".into());
+            // RFC 7518 §3.2: at least the hash's size; the key's own `alg` may ask more.
+            let least = alg.and_then(Alg::min_secret_bytes).unwrap_or(32);
+            if secret.len() < least {
+                return Err(format!(
+                    "HMAC secret of {} bytes, shorter than the {least} {} needs (RFC 7518 §3.2)",
+                    secret.len(),
+                    alg.map_or("HS256", Alg::name),
+                ));
             }
             PublicKey::Hmac(secret)
         }
@@ -351,6 +357,19 @@ mod tests {
             KeySet::parse(short.to_string().as_bytes(), true),
             Err(JwksError::BadKey(0, _))
         ));
+        // A key that names HS384 or HS512 needs a secret as long as that hash.
+        for (alg, least) in [("HS384", 48), ("HS512", 64)] {
+            let doc = |len: usize| json!({"keys": [{"kty": "oct", "alg": alg, "k": URL_SAFE_NO_PAD.encode(vec![7u8; len])}]});
+            let err = KeySet::parse(doc(least - 1).to_string().as_bytes(), true).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "JWKS keys[0]: HMAC secret of {} bytes, shorter than the {least} {alg} needs (RFC 7518 §3.2)",
+                    least - 1
+                )
+            );
+            assert!(KeySet::parse(doc(least).to_string().as_bytes(), true).is_ok());
+        }
     }
 
     #[test]

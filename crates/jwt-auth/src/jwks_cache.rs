@@ -150,6 +150,26 @@ pub enum KeyLookup {
     Unavailable,
 }
 
+/// Everything about one provider's keys that a check waiting for them depends on, at
+/// one instant: [`Keyring::lookup`] and [`Keyring::unknown_kid`] answer the same for
+/// two equal views (the shared state having been read just before each, as the
+/// root's tick does). So a waiting request needs checking again only once the view of
+/// its provider differs from the one it was put to wait under
+/// ([`WaitList`](crate::WaitList)), not on every tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyView {
+    /// The version of the keys this VM holds (0: none yet, or an inline JWKS).
+    seq: u64,
+    /// The keys are fresh enough to use.
+    usable: bool,
+    /// Fetches are failing and the next try is further away than a request waits.
+    failing: bool,
+    /// A fetch is under way somewhere in this Envoy.
+    lease_active: bool,
+    /// A refetch for an unknown `kid` may start now.
+    refetch_allowed: bool,
+}
+
 /// The answer for a token whose `kid` is not among the keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownKid {
@@ -249,14 +269,34 @@ impl JwksCache {
         self.want_refetch = false;
     }
 
+    fn usable(&self, now: u64) -> bool {
+        self.keys.is_some() && now < self.refresh_at.saturating_add(self.policy().max_staleness)
+    }
+
     fn usable_keys(&self, now: u64) -> Option<KeyLookup> {
-        let keys = self.keys.as_ref()?;
-        (now < self.refresh_at.saturating_add(self.policy().max_staleness)).then(|| {
-            KeyLookup::Ready {
-                keys: Rc::clone(keys),
-                seq: self.seq,
-            }
+        let keys = self.keys.as_ref().filter(|_| self.usable(now))?;
+        Some(KeyLookup::Ready {
+            keys: Rc::clone(keys),
+            seq: self.seq,
         })
+    }
+
+    /// No usable keys can be expected within a request's wait: fetches fail, none
+    /// is under way, and the next try is later than `max_wait` from now.
+    fn failing(&self, now: u64) -> bool {
+        self.shared.failures > 0
+            && self.shared.retry_at > now.saturating_add(self.policy().max_wait)
+            && !self.shared.lease_active(now)
+    }
+
+    fn view(&self, now: u64) -> KeyView {
+        KeyView {
+            seq: self.seq,
+            usable: self.usable(now),
+            failing: self.failing(now),
+            lease_active: self.shared.lease_active(now),
+            refetch_allowed: self.refetch_allowed(now),
+        }
     }
 
     /// Usable keys as this VM knows them; shared data is read only when there are
@@ -270,10 +310,7 @@ impl JwksCache {
         if let Some(ready) = self.usable_keys(now) {
             return ready;
         }
-        let failing = self.shared.failures > 0
-            && self.shared.retry_at > now.saturating_add(self.policy().max_wait)
-            && !self.shared.lease_active(now);
-        if failing {
+        if self.failing(now) {
             KeyLookup::Unavailable
         } else {
             KeyLookup::Pending
@@ -331,7 +368,9 @@ impl JwksCache {
         }
         let mut next = shared.clone();
         next.lease_holder = self.holder;
-        next.lease_until = now + self.policy().fetch_timeout + LEASE_MARGIN;
+        next.lease_until = now
+            .saturating_add(self.policy().fetch_timeout)
+            .saturating_add(LEASE_MARGIN);
         if forced && !due {
             next.refetched_at = now;
         }
@@ -368,7 +407,7 @@ impl JwksCache {
                 let ttl = self
                     .policy()
                     .time_to_live(response.cache_control.as_deref());
-                let refresh_at = now + ttl;
+                let refresh_at = now.saturating_add(ttl);
                 let count = set.len();
                 let seq = self.publish(store, now, refresh_at, &response.body);
                 self.install(seq, refresh_at, set);
@@ -421,7 +460,7 @@ impl JwksCache {
         for _ in 0..CAS_ATTEMPTS {
             let (mut state, cas) = self.read_state(store);
             state.failures = state.failures.saturating_add(1);
-            state.retry_at = now + self.policy().backoff(state.failures);
+            state.retry_at = now.saturating_add(self.policy().backoff(state.failures));
             if state.lease_holder == self.holder {
                 state.lease_holder = 0;
                 state.lease_until = 0;
@@ -527,6 +566,25 @@ impl Keyring {
         match self.providers.get_mut(provider) {
             Some(ProviderKeys::Remote(cache)) => cache.unknown_kid(store, now, seen),
             _ => UnknownKid::Refused,
+        }
+    }
+
+    /// What a waiting check of this provider depends on, now (see [`KeyView`]).
+    pub fn view(&self, provider: usize, now: u64) -> KeyView {
+        match self.providers.get(provider) {
+            Some(ProviderKeys::Remote(cache)) => cache.view(now),
+            _ => KeyView::default(),
+        }
+    }
+
+    /// Reads every remote provider's shared state (and newer keys) without taking
+    /// part in fetching: for a configuration that was replaced but still has requests
+    /// waiting for its keys.
+    pub fn sync(&mut self, store: &dyn SharedStore) {
+        for provider in &mut self.providers {
+            if let ProviderKeys::Remote(cache) = provider {
+                cache.sync(store);
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! * [`config`]: the plugin configuration, parsed once into a validated [`JwtConfig`];
 //! * [`extract`]: where a provider's token is found (headers, query parameters, cookies);
-//! * [`token`]: the compact JWS form, its header (`alg`, `kid`, `crit`) and claims;
+//! * [`token`]: the compact JWS form, its header (`alg`, `kid`, `typ`, `crit`) and
+//!   claims, read as [`strict_json`] (no member named twice);
 //! * [`jwks`]: strict JWKS parsing into a [`KeySet`];
 //! * [`verifier`]: signature checks, by the host where it can ([`host_verifier`]: Envoy's
 //!   own crypto through a foreign function), else in the VM with `ring`;
@@ -14,6 +15,8 @@
 //!   last-known-good keys, rate-limited unknown-`kid` refetches;
 //! * [`token_cache`]: a bounded cache of verified tokens, keyed by a hash of the token;
 //! * [`rules`]: which requirement applies to a request;
+//! * [`waitlist`]: the requests of a VM waiting for keys: bounded, and checked again
+//!   only when their provider's keys changed;
 //! * [`error`]: one enum of reasons to refuse a request, each with exactly one answer;
 //! * [`authenticator`]: the decision for one request, as a value ([`Outcome`]).
 //!
@@ -30,16 +33,19 @@ pub mod host_verifier;
 pub mod jwks;
 pub mod jwks_cache;
 pub mod rules;
+pub mod strict_json;
 pub mod token;
 pub mod token_cache;
 pub mod verifier;
+pub mod waitlist;
 
 pub use authenticator::{Attempt, Authenticator, Grant, Outcome};
 pub use config::JwtConfig;
 pub use error::{Answer, AuthError};
 pub use jwks::KeySet;
-pub use jwks_cache::{FetchOrder, FetchReport, FetchResponse, Keyring};
+pub use jwks_cache::{FetchOrder, FetchReport, FetchResponse, KeyView, Keyring};
 pub use token_cache::TokenCache;
+pub use waitlist::{WaitList, Wake};
 
 #[cfg(test)]
 mod testkit;

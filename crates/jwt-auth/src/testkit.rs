@@ -2,14 +2,20 @@
 //! run (none is stored in the repository), tokens are signed with `ring` so tests can
 //! build any header, including malicious ones.
 
+use crate::authenticator::{Attempt, Authenticator, Context, Outcome, RequestInfo};
+use crate::extract::RequestHeaders;
+use crate::host_verifier::NoHostVerifier;
 use crate::jwks::{Jwk, KeySet};
 use crate::token::Alg;
+use crate::{JwtConfig, Keyring, TokenCache};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use wasmgate_shared_store::MemoryStore;
 
 pub struct Keys {
     rsa: RsaKeyPair,
@@ -69,7 +75,8 @@ impl Keys {
             p256,
             p384,
             ed25519,
-            hmac_secret: (0..32u8).map(|i| i.wrapping_mul(37)).collect(),
+            // Long enough for HS512 (RFC 7518 §3.2), so for every HMAC algorithm.
+            hmac_secret: (0..64u8).map(|i| i.wrapping_mul(37)).collect(),
         }
     }
 
@@ -138,11 +145,13 @@ impl Keys {
 
     /// A token with exactly this header, signed for `alg`.
     pub fn sign_raw(&self, alg: Alg, header: &Value, claims: &Value) -> String {
-        let input = format!(
-            "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
+        self.sign_text(alg, &header.to_string(), &claims.to_string())
+    }
+
+    /// A token whose header and claims are exactly these texts (which need not be
+    /// JSON a `Value` can hold: duplicate members, say), signed for `alg`.
+    pub fn sign_text(&self, alg: Alg, header: &str, claims: &str) -> String {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
         let sig = self.signature(alg, input.as_bytes());
         format!("{input}.{}", b64(&sig))
     }
@@ -173,5 +182,81 @@ impl Keys {
             Alg::HS384 => hmac(ring::hmac::HMAC_SHA384),
             Alg::HS512 => hmac(ring::hmac::HMAC_SHA512),
         }
+    }
+}
+
+/// A request as the authenticator reads it.
+pub struct Request {
+    pub method: &'static str,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+}
+
+impl RequestHeaders for Request {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).cloned()
+    }
+}
+
+pub fn get(path: &str) -> Request {
+    Request {
+        method: "GET",
+        path: path.to_owned(),
+        headers: HashMap::new(),
+    }
+}
+
+pub fn bearer(path: &str, token: &str) -> Request {
+    let mut request = get(path);
+    request
+        .headers
+        .insert("authorization".into(), format!("Bearer {token}"));
+    request
+}
+
+/// One VM: an authenticator, its keyring and token cache, over a shared store.
+pub struct Vm {
+    pub auth: Authenticator,
+    pub keyring: Keyring,
+    pub cache: TokenCache,
+}
+
+impl Vm {
+    pub fn new(config: Value, holder: u64) -> Vm {
+        let config = JwtConfig::from_json(config.to_string().as_bytes()).unwrap();
+        let keyring = Keyring::new(&config, holder);
+        let cache = TokenCache::new(config.token_cache_entries);
+        Vm {
+            auth: Authenticator::new(config),
+            keyring,
+            cache,
+        }
+    }
+
+    pub fn start(&mut self, store: &MemoryStore, request: &Request, now: u64) -> Outcome {
+        let info = RequestInfo {
+            method: request.method,
+            path: &request.path,
+            headers: request,
+        };
+        let mut cx = Context {
+            keyring: &mut self.keyring,
+            store,
+            cache: &mut self.cache,
+            host: &NoHostVerifier,
+            now,
+        };
+        self.auth.start(&info, &mut cx)
+    }
+
+    pub fn check(&mut self, store: &MemoryStore, attempt: Attempt, now: u64) -> Outcome {
+        let mut cx = Context {
+            keyring: &mut self.keyring,
+            store,
+            cache: &mut self.cache,
+            host: &NoHostVerifier,
+            now,
+        };
+        self.auth.check(attempt, &mut cx)
     }
 }

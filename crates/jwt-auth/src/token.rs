@@ -2,11 +2,13 @@
 //! base64url without padding.
 //!
 //! Parsing is strict and bounded: the caller caps the size before calling [`parse`];
-//! every part must be canonical base64url; header and payload must be JSON objects.
+//! every part must be canonical base64url; header and payload must be JSON objects
+//! that name no member twice ([`strict_json`](crate::strict_json)).
 //! Parsing checks nothing about trust: the signature and the claims are checked by
 //! [`verifier`](crate::verifier) and [`claims`](crate::claims).
 
 use crate::error::AuthError;
+use crate::strict_json::{self, StrictJsonError};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{Map, Value};
@@ -74,6 +76,17 @@ impl Alg {
     pub fn is_hmac(self) -> bool {
         matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
     }
+
+    /// The shortest secret an HMAC algorithm takes, in bytes: the size of its hash
+    /// (RFC 7518 §3.2). `None` for the others.
+    pub fn min_secret_bytes(self) -> Option<usize> {
+        match self {
+            Alg::HS256 => Some(32),
+            Alg::HS384 => Some(48),
+            Alg::HS512 => Some(64),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Alg {
@@ -89,6 +102,9 @@ pub struct Header {
     /// `Err(name)` for an algorithm this filter does not implement (`none` included).
     pub alg: Result<Alg, String>,
     pub kid: Option<String>,
+    /// The `typ` media type as [`media_type`] writes it (lower case, without an
+    /// `application/` prefix).
+    pub typ: Option<String>,
     /// The header has a `crit` member. This filter understands no JWS extension, so a
     /// token that marks any as critical must be refused (RFC 7515 §4.1.11).
     pub has_crit: bool,
@@ -107,6 +123,8 @@ pub struct Token<'a> {
 /// Parses the compact serialization. Any structural problem is
 /// [`AuthError::Malformed`] with a short reason that never quotes the token.
 pub fn parse(text: &str) -> Result<Token<'_>, AuthError> {
+    #[cfg(test)]
+    PARSES.with(|count| count.set(count.get() + 1));
     let mut parts = text.split('.');
     let (Some(header), Some(payload), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -119,11 +137,18 @@ pub fn parse(text: &str) -> Result<Token<'_>, AuthError> {
     if signature.is_empty() {
         return Err(AuthError::Malformed("empty signature"));
     }
-    let header_map = parse_header(&header_json)?;
-    let claims = match serde_json::from_slice::<Value>(&payload_json) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(AuthError::Malformed("payload is not a JSON object")),
-    };
+    let header_map = strict_json::object(&header_json).map_err(|err| {
+        AuthError::Malformed(match err {
+            StrictJsonError::NotAnObject => "header is not a JSON object",
+            StrictJsonError::DuplicateMember => "header names a member twice",
+        })
+    })?;
+    let claims = strict_json::object(&payload_json).map_err(|err| {
+        AuthError::Malformed(match err {
+            StrictJsonError::NotAnObject => "payload is not a JSON object",
+            StrictJsonError::DuplicateMember => "payload names a member twice",
+        })
+    })?;
     let signing_input = &text.as_bytes()[..header.len() + 1 + payload.len()];
     Ok(Token {
         header: parse_header_fields(header_map)?,
@@ -133,6 +158,12 @@ pub fn parse(text: &str) -> Result<Token<'_>, AuthError> {
     })
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tokens parsed on this thread, for tests that count the work a tick does.
+    pub static PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 fn decode(part: &str) -> Result<Vec<u8>, AuthError> {
     if part.is_empty() {
         return Err(AuthError::Malformed("empty part"));
@@ -140,13 +171,6 @@ fn decode(part: &str) -> Result<Vec<u8>, AuthError> {
     URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| AuthError::Malformed("invalid base64url"))
-}
-
-fn parse_header(json: &[u8]) -> Result<Map<String, Value>, AuthError> {
-    match serde_json::from_slice::<Value>(json) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AuthError::Malformed("header is not a JSON object")),
-    }
 }
 
 fn parse_header_fields(map: Map<String, Value>) -> Result<Header, AuthError> {
@@ -159,11 +183,28 @@ fn parse_header_fields(map: Map<String, Value>) -> Result<Header, AuthError> {
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(AuthError::Malformed("\"kid\" is not a string")),
     };
+    let typ = match map.get("typ") {
+        None => None,
+        Some(Value::String(typ)) => Some(media_type(typ)),
+        Some(_) => return Err(AuthError::Malformed("\"typ\" is not a string")),
+    };
     Ok(Header {
         alg,
         kid,
+        typ,
         has_crit: map.contains_key("crit"),
     })
+}
+
+/// A `typ` value in the form it is compared in: media types are case-insensitive, and
+/// a `typ` without a `/` stands for `application/<typ>` (RFC 7515 §4.1.9), so
+/// `"at+JWT"` and `"application/at+jwt"` both read `at+jwt`.
+pub fn media_type(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) if !rest.contains('/') => rest.to_owned(),
+        _ => lower,
+    }
 }
 
 /// The `iss` claim of a token that has not been verified yet, read only to choose
@@ -207,6 +248,7 @@ mod tests {
         let parsed = parse(&text).unwrap();
         assert_eq!(parsed.header.alg, Ok(Alg::RS256));
         assert_eq!(parsed.header.kid.as_deref(), Some("k1"));
+        assert_eq!(parsed.header.typ.as_deref(), Some("jwt"));
         assert!(!parsed.header.has_crit);
         assert_eq!(parsed.claims["sub"], "alice");
         assert_eq!(parsed.signature, b"sig");
@@ -227,6 +269,56 @@ mod tests {
     fn crit_is_noticed() {
         let text = token(r#"{"alg":"ES256","crit":["exp"]}"#, "{}", b"x");
         assert!(parse(&text).unwrap().header.has_crit);
+    }
+
+    #[test]
+    fn typ_is_read_as_a_case_insensitive_media_type() {
+        let typ = |header: &str| parse(&token(header, "{}", b"x")).map(|t| t.header.typ);
+        assert_eq!(typ(r#"{"alg":"ES256"}"#), Ok(None));
+        for spelling in [
+            "at+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/At+JWT",
+        ] {
+            let header = format!(r#"{{"alg":"ES256","typ":"{spelling}"}}"#);
+            assert_eq!(typ(&header), Ok(Some("at+jwt".to_owned())), "{spelling}");
+        }
+        // Only `application/` is implied; another type keeps its own prefix.
+        assert_eq!(
+            typ(r#"{"alg":"ES256","typ":"text/jwt"}"#),
+            Ok(Some("text/jwt".to_owned()))
+        );
+        assert_eq!(
+            typ(r#"{"alg":"ES256","typ":7}"#),
+            Err(AuthError::Malformed("\"typ\" is not a string"))
+        );
+    }
+
+    #[test]
+    fn a_member_named_twice_in_header_or_payload_is_malformed() {
+        let header = r#"{"alg":"RS256","kid":"a","kid":"b"}"#;
+        assert_eq!(
+            parse(&token(header, "{}", b"x")).map(|_| ()),
+            Err(AuthError::Malformed("header names a member twice"))
+        );
+        let payload = r#"{"sub":"alice","sub":"admin"}"#;
+        assert_eq!(
+            parse(&token(r#"{"alg":"RS256"}"#, payload, b"x")).map(|_| ()),
+            Err(AuthError::Malformed("payload names a member twice"))
+        );
+        let nested = r#"{"org":{"tenant":"a","tenant":"b"}}"#;
+        assert_eq!(
+            parse(&token(r#"{"alg":"RS256"}"#, nested, b"x")).map(|_| ()),
+            Err(AuthError::Malformed("payload names a member twice"))
+        );
+    }
+
+    #[test]
+    fn hmac_secrets_are_at_least_as_long_as_the_hash() {
+        let sizes: Vec<_> = Alg::ALL.iter().map(|a| a.min_secret_bytes()).collect();
+        assert_eq!(&sizes[9..], [Some(32), Some(48), Some(64)]);
+        assert!(sizes[..9].iter().all(Option::is_none));
     }
 
     #[test]

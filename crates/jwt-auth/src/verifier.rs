@@ -18,19 +18,23 @@ use crate::jwks::{Jwk, PublicKey};
 use crate::token::Alg;
 use ring::{hmac, signature};
 
-/// Whether `key`'s type can verify `alg` at all.
+/// Whether `key` can verify `alg` at all: its type fits, and an HMAC secret is at
+/// least as long as the algorithm's hash (RFC 7518 §3.2).
 pub fn key_fits(alg: Alg, key: &PublicKey) -> bool {
-    matches!(
-        (alg, key),
-        (Alg::HS256 | Alg::HS384 | Alg::HS512, PublicKey::Hmac(_))
-            | (
+    match (alg, key) {
+        (Alg::HS256 | Alg::HS384 | Alg::HS512, PublicKey::Hmac(secret)) => alg
+            .min_secret_bytes()
+            .is_some_and(|least| secret.len() >= least),
+        _ => matches!(
+            (alg, key),
+            (
                 Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512,
                 PublicKey::Rsa { .. }
-            )
-            | (Alg::ES256, PublicKey::P256(_))
-            | (Alg::ES384, PublicKey::P384(_))
-            | (Alg::EdDSA, PublicKey::Ed25519(_))
-    )
+            ) | (Alg::ES256, PublicKey::P256(_))
+                | (Alg::ES384, PublicKey::P384(_))
+                | (Alg::EdDSA, PublicKey::Ed25519(_))
+        ),
+    }
 }
 
 /// Whether `jwk` may verify a token signed with `alg`: the key type fits, and the

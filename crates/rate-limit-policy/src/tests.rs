@@ -503,17 +503,13 @@ fn invalid_configurations_name_the_field() {
 }
 
 #[test]
-fn the_readme_example_is_a_valid_configuration() {
-    let readme = include_str!("../../../README.md");
-    let section = readme
-        .split("## Rate-limit filter")
-        .nth(1)
-        .expect("README has a rate-limit section");
-    let example = section
-        .split("```json")
+fn the_documented_example_is_a_valid_configuration() {
+    let page = include_str!("../../../docs/filters/rate-limit.md");
+    let example = page
+        .split("<!-- example: rate-limit -->\n```json")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("the section opens with a JSON example");
+        .expect("docs/filters/rate-limit.md has a marked JSON example");
     let gw = Gateway::new(example);
     let post = |plan: &str| {
         FakeRequest::default()

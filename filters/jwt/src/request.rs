@@ -1,10 +1,10 @@
-use crate::root::{Metrics, Shared, Waiter, Waiters};
+use crate::root::{Metrics, Shared};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 use wasmgate_host::HeaderSnapshot;
-use wasmgate_jwt_auth::authenticator::RequestInfo;
+use wasmgate_jwt_auth::authenticator::{HeaderEdit, RequestInfo};
 use wasmgate_jwt_auth::extract::RequestHeaders;
 use wasmgate_jwt_auth::{AuthError, Outcome};
 
@@ -12,21 +12,14 @@ pub struct JwtRequest {
     context_id: u32,
     shared: Rc<Shared>,
     metrics: Rc<Metrics>,
-    waiters: Waiters,
 }
 
 impl JwtRequest {
-    pub fn new(
-        context_id: u32,
-        shared: Rc<Shared>,
-        metrics: Rc<Metrics>,
-        waiters: Waiters,
-    ) -> Self {
+    pub fn new(context_id: u32, shared: Rc<Shared>, metrics: Rc<Metrics>) -> Self {
         Self {
             context_id,
             shared,
             metrics,
-            waiters,
         }
     }
 
@@ -34,33 +27,31 @@ impl JwtRequest {
     /// stages in the combined module). `Pause` when the request was answered here or
     /// waits for keys (the root finishes it then).
     pub fn on_request_headers(&mut self, headers: &mut HeaderSnapshot) -> Action {
+        let now = wasmgate_host::now_millis();
         let outcome = {
             let request = RequestInfo {
                 method: headers.get(":method").unwrap_or_default(),
                 path: headers.get(":path").unwrap_or_default(),
                 headers: &SnapshotHeaders(headers),
             };
-            self.shared.start(&request, wasmgate_host::now_millis())
+            self.shared.start(&request, now)
         };
         match outcome {
-            Outcome::Wait(attempt) => {
-                self.metrics.waited.increment();
-                self.waiters.borrow_mut().push(Waiter {
-                    context_id: self.context_id,
-                    shared: Rc::clone(&self.shared),
-                    attempt,
-                });
-                Action::Pause
-            }
+            Outcome::Wait(attempt) => match self.shared.wait(self.context_id, attempt, now) {
+                Ok(()) => {
+                    self.metrics.waited.increment();
+                    Action::Pause
+                }
+                // Too many wait already: 503 with Retry-After, at once.
+                Err(error) => finish(Outcome::Deny(error), &self.shared, &self.metrics, headers),
+            },
             outcome => finish(outcome, &self.shared, &self.metrics, headers),
         }
     }
 
-    /// Forgets a request that waited for keys and went away (client closed).
+    /// Forgets a request that waited for keys and went away (client closed). O(1).
     pub fn on_request_done(&mut self) {
-        self.waiters
-            .borrow_mut()
-            .retain(|waiter| waiter.context_id != self.context_id);
+        self.shared.forget(self.context_id);
     }
 }
 
@@ -97,22 +88,27 @@ pub fn finish(
             metrics.cache(grant.cache);
             // Identity headers come from verified claims only, on every forwarded
             // request (public routes included): each output header is replaced by
-            // the claim's value, or removed when there is none. (A refused request
-            // is never forwarded, so it needs no stripping.) One host call per
-            // header at most, none to remove a header the request does not have.
-            for name in &shared.auth.config().output_headers {
-                let value = grant
-                    .headers()
-                    .iter()
-                    .find(|(header, _)| header == name)
-                    .map(|(_, value)| value.as_str());
-                let _ = match value {
-                    Some(value) => headers.set(name, value),
-                    None => headers.remove(name),
+            // the claim's value, or removed when there is none; then the token header
+            // goes. (A refused request is never forwarded, so it needs no stripping.)
+            // One host call per header at most, none to remove a header the request
+            // does not have. An edit Envoy refuses would forward what the client sent:
+            // the request is answered 500 instead.
+            for edit in grant.header_edits(&shared.auth.config().output_headers) {
+                let (name, done) = match edit {
+                    HeaderEdit::Set(name, value) => (name, headers.set(name, value)),
+                    HeaderEdit::Remove(name) => (name, headers.remove(name)),
                 };
-            }
-            for name in &grant.remove_headers {
-                let _ = headers.remove(name);
+                if let Err(status) = done {
+                    log::warn!(
+                        "wasmgate-jwt: Envoy refused to edit header {name} ({status:?}): request answered 500"
+                    );
+                    return finish(
+                        Outcome::Deny(AuthError::HeaderEditFailed),
+                        shared,
+                        metrics,
+                        headers,
+                    );
+                }
             }
             Action::Continue
         }

@@ -16,14 +16,16 @@ use wasmgate_jwt_auth::host_verifier::HostVerifier;
 use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
 use wasmgate_jwt_auth::{
     Attempt, AuthError, Authenticator, FetchReport, FetchResponse, JwtConfig, Keyring, Outcome,
-    TokenCache,
+    TokenCache, WaitList, Wake,
 };
 
 pub const FILTER: &str = "wasmgate-jwt";
 
 /// How often every VM looks at shared data (new keys, due refreshes) and at its
-/// waiting requests (the combined module runs this stage's tick at this pace). Reading the small `.state` record costs microseconds; a short
-/// period bounds how long a request waits after its keys arrived in another VM.
+/// waiting requests (the combined module runs this stage's tick at this pace).
+/// Reading the small `.state` record costs microseconds, and a waiting request is
+/// looked at only when its keys changed (`WaitList`); a short period bounds how long
+/// a request waits after its keys arrived in another VM.
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// Counters this filter reports (Envoy shows them under `wasmcustom.`).
@@ -116,29 +118,50 @@ impl HostVerifier for EnvoyVerifier {
 }
 
 /// What one configuration needs in one VM: the decision logic, the keys, the
-/// verified-token cache, the host's signature check. Shared by the root and every
-/// request of the VM.
+/// verified-token cache, the host's signature check, the requests waiting for keys.
+/// Shared by the root and every request of the VM.
 pub struct Shared {
     pub auth: Authenticator,
     keyring: RefCell<Keyring>,
     cache: RefCell<TokenCache>,
     verifier: EnvoyVerifier,
+    waiting: RefCell<WaitList>,
 }
 
 impl Shared {
     fn new(config: JwtConfig, holder: u64) -> Self {
         let keyring = Keyring::new(&config, holder);
         let cache = TokenCache::new(config.token_cache_entries);
+        let waiting = WaitList::new(config.max_waiting_requests);
         Self {
             auth: Authenticator::new(config),
             keyring: RefCell::new(keyring),
             cache: RefCell::new(cache),
             verifier: EnvoyVerifier::new(),
+            waiting: RefCell::new(waiting),
         }
     }
 
     pub fn start(&self, request: &RequestInfo<'_>, now: u64) -> Outcome {
         self.decide(now, |auth, cx| auth.start(request, cx))
+    }
+
+    /// Puts request `context_id` to wait (the root finishes it), or refuses it when
+    /// `max_waiting_requests` already wait.
+    pub fn wait(&self, context_id: u32, attempt: Attempt, now: u64) -> Result<(), AuthError> {
+        let view = self.keyring.borrow().view(attempt.provider(), now);
+        self.waiting
+            .borrow_mut()
+            .admit(context_id, attempt, view, now)
+    }
+
+    /// A request that went away: it waits no more.
+    pub fn forget(&self, context_id: u32) {
+        // Never borrowed across a host call, so this cannot fail; if it did, the entry
+        // would go at its deadline (its context is gone by then).
+        if let Ok(mut waiting) = self.waiting.try_borrow_mut() {
+            waiting.remove(context_id);
+        }
     }
 
     fn check(&self, attempt: Attempt, now: u64) -> Outcome {
@@ -162,22 +185,15 @@ impl Shared {
     }
 }
 
-/// A request paused until keys arrive or its deadline passes.
-pub struct Waiter {
-    pub context_id: u32,
-    pub shared: Rc<Shared>,
-    pub attempt: Attempt,
-}
-
-pub type Waiters = Rc<RefCell<Vec<Waiter>>>;
-
 pub struct JwtRoot {
     context_id: u32,
     /// Identifies this VM in the JWKS fetch lease.
     holder: u64,
     shared: Option<Rc<Shared>>,
+    /// Configurations an update replaced while requests waited for their keys: they
+    /// are woken as the current one's, until none is left.
+    retired: Vec<Rc<Shared>>,
     metrics: Option<Rc<Metrics>>,
-    waiters: Waiters,
     /// Callout token -> the configuration and provider it fetches for.
     callouts: HashMap<u32, (Rc<Shared>, usize)>,
     /// How a request that waited for keys goes on once let through.
@@ -203,8 +219,8 @@ impl JwtRoot {
             context_id,
             holder,
             shared: None,
+            retired: Vec::new(),
             metrics: None,
-            waiters: Rc::new(RefCell::new(Vec::new())),
             callouts: HashMap::new(),
             continuation,
             tick,
@@ -216,7 +232,11 @@ impl JwtRoot {
         let shared = Rc::new(Shared::new(config, self.holder));
         // Fixed keys, created up front where missing: every later write is a CAS.
         shared.keyring.borrow().create_shared_keys(&HostStore);
-        self.shared = Some(shared);
+        if let Some(old) = self.shared.replace(shared) {
+            if !old.waiting.borrow().is_empty() {
+                self.retired.push(old);
+            }
+        }
         if self.metrics.is_none() {
             self.metrics = Some(Rc::new(Metrics::new()));
         }
@@ -230,7 +250,6 @@ impl JwtRoot {
             context_id,
             Rc::clone(self.shared.as_ref()?),
             Rc::clone(self.metrics.as_ref()?),
-            Rc::clone(&self.waiters),
         ))
     }
 
@@ -301,43 +320,61 @@ impl JwtRoot {
         }
     }
 
-    /// Finishes every waiting request whose keys arrived or whose wait ran out.
+    /// Finishes the waiting requests whose wait ran out or whose keys changed (the
+    /// shared state was read just before, by `fetch_due_keys` or here).
     fn wake_waiters(&mut self, now: u64) {
         let Some(metrics) = self.metrics.clone() else {
             return;
         };
-        let waiting = std::mem::take(&mut *self.waiters.borrow_mut());
-        if waiting.is_empty() {
-            return;
+        // A replaced configuration takes no part in fetching; it reads what the
+        // current one (or another VM) publishes.
+        for old in &self.retired {
+            old.keyring.borrow_mut().sync(&HostStore);
         }
-        let mut still_waiting = Vec::new();
-        for waiter in waiting {
-            let outcome = if now >= waiter.attempt.deadline() {
-                Outcome::Deny(waiter.shared.auth.give_up())
-            } else {
-                waiter.shared.check(waiter.attempt, now)
-            };
-            if let Outcome::Wait(attempt) = outcome {
-                still_waiting.push(Waiter { attempt, ..waiter });
-                continue;
-            }
-            // The request may be gone (client closed): then there is nothing to do.
-            if hostcalls::set_effective_context(waiter.context_id).is_ok()
-                && finish(
-                    outcome,
-                    &waiter.shared,
-                    &metrics,
-                    &mut HeaderSnapshot::request(),
-                ) == Action::Continue
-            {
-                self.continuation.resume(waiter.context_id);
-            }
+        let mut woke = false;
+        for shared in self.shared.iter().chain(&self.retired) {
+            woke |= wake(shared, &metrics, &self.continuation, now);
         }
-        self.waiters.borrow_mut().extend(still_waiting);
-        // Host calls that follow (callouts) must belong to the root again, or they
-        // would die with the request they were made in.
-        let _ = hostcalls::set_effective_context(self.context_id);
+        self.retired.retain(|old| !old.waiting.borrow().is_empty());
+        if woke {
+            // Host calls that follow (callouts) must belong to the root again, or they
+            // would die with the request they were made in.
+            let _ = hostcalls::set_effective_context(self.context_id);
+        }
     }
+}
+
+/// Finishes what is due among `shared`'s waiting requests; whether any was.
+fn wake(shared: &Shared, metrics: &Metrics, continuation: &Continuation, now: u64) -> bool {
+    let due = {
+        let keyring = shared.keyring.borrow();
+        shared
+            .waiting
+            .borrow_mut()
+            .due(now, |provider| keyring.view(provider, now))
+    };
+    let woke = !due.is_empty();
+    for (context_id, wake) in due {
+        let outcome = match wake {
+            Wake::Expired => Outcome::Deny(shared.auth.give_up()),
+            Wake::Recheck(attempt) => shared.check(attempt, now),
+        };
+        let outcome = match outcome {
+            // Still no keys for it: back in the list (there is room: it just left).
+            Outcome::Wait(attempt) => match shared.wait(context_id, attempt, now) {
+                Ok(()) => continue,
+                Err(error) => Outcome::Deny(error),
+            },
+            outcome => outcome,
+        };
+        // The request may be gone (client closed): then there is nothing to do.
+        if hostcalls::set_effective_context(context_id).is_ok()
+            && finish(outcome, shared, metrics, &mut HeaderSnapshot::request()) == Action::Continue
+        {
+            continuation.resume(context_id);
+        }
+    }
+    woke
 }
 
 impl Context for JwtRoot {

@@ -17,14 +17,16 @@ import json
 from .jwt import KeyDir, claims_for
 from .keystore import KeyStore
 from .paths import tool_path
+from .ports import free_ports
 from .shipped import load_shipped
 from .stack import Stack
 from .wait import wait_for
 
 GATEWAY_CONFIG = "envoy-config/gateway.yaml"
 
-# Envoy's own listeners and admin in gateway.yaml: Envoy picks free ports in tests.
-GATEWAY_PORTS = {"main": 8080, "tls": 8443, "admin": 9901}
+# Envoy's own listeners and admin in gateway.yaml: Envoy picks free ports in tests,
+# but for admin, which the `stats` listener's cluster names too.
+GATEWAY_PORTS = {"main": 8080, "tls": 8443, "stats": 9902, "admin": 9901}
 
 # Shipped port → (service, instance): one `wasmgate-demo echo --name SERVICE
 # --instance INSTANCE` each. The collector stands in for an OpenTelemetry collector
@@ -57,11 +59,18 @@ class DemoGateway(Stack):
     signing_keys = None  # KeyDir: the keys the JWKS issuer publishes
     keys = None          # KeyStore: the key store's CLI and counters
 
+    def __init__(self, workdir, certs_dir, upstreams: dict = None):
+        """`upstreams`: {instance: port} of servers a test runs in place of some demo
+        services (they must answer `GET /healthz`)."""
+        super().__init__(workdir, certs_dir)
+        self.upstreams = upstreams or {}
+
     def start(self):
         try:
             ports = {port: 0 for port in GATEWAY_PORTS.values()}
+            ports[GATEWAY_PORTS["admin"]] = free_ports(1)[0]
             for port, (service, instance) in DEMO_SERVICES.items():
-                ports[port] = self.start_echo(service, instance).port
+                ports[port] = self.upstreams.get(instance) or self.start_echo(service, instance).port
             self.signing_keys = KeyDir(self.workdir / "jwks-keys")
             self.signing_keys.add(SIGNING_KEY, "ES256")
             jwks = self.start_server("jwks", [tool_path("demo"), "jwks", "--keys",

@@ -141,6 +141,15 @@ class Envoy:
         """One counter or gauge; wasm metrics are under `wasmcustom.<name>`."""
         return self.stats(f"^{re.escape(name)}$").get(name, default)
 
+    def ejected_hosts(self, cluster: str) -> set:
+        """Ports of the hosts of `cluster` that outlier detection has ejected."""
+        for status in json.loads(self.admin("/clusters?format=json"))["cluster_statuses"]:
+            if status["name"] == cluster:
+                return {host["address"]["socket_address"]["port_value"]
+                        for host in status.get("host_statuses", [])
+                        if host.get("health_status", {}).get("failed_outlier_check")}
+        raise KeyError(f"no cluster {cluster}")
+
     def log(self) -> str:
         try:
             return self.log_file.read_text(errors="replace")

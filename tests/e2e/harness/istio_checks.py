@@ -125,23 +125,35 @@ def load_manifests(path: Path) -> list:
                 for i, doc in enumerate(yaml.safe_load_all(text)) if doc is not None]
 
 
-def shipped_manifests() -> list:
-    """Every Istio object under istio/ (the https merge patches are not objects; the
-    Kubernetes core objects beside them are checked by kubernetes_manifests' users)."""
-    return [m for m in _istio_dir_manifests() if _api_group(m).endswith("istio.io")]
+# Kinds istioctl reads at install time (MeshConfig and friends), not objects of the
+# API server: no CRD to check them against (`install_manifests`).
+INSTALL_KINDS = {"IstioOperator"}
 
 
-def kubernetes_manifests() -> list:
-    """Every object under istio/ of Kubernetes' own APIs (Deployment, Service, ...)."""
-    return [m for m in _istio_dir_manifests() if not _api_group(m).endswith("istio.io")]
-
-
-def _istio_dir_manifests() -> list:
+def _istio_documents() -> list:
     found = []
     for path in sorted(ISTIO_DIR.rglob("*.yaml")):
         if not path.is_relative_to(HTTPS_PATCHES):
             found.extend(load_manifests(path))
     return found
+
+
+def shipped_manifests() -> list:
+    """Every Istio object under istio/ (the https merge patches are not objects, nor are
+    the install-time `INSTALL_KINDS`; Kubernetes' own objects are `kubernetes_manifests`)."""
+    return [m for m in _istio_documents()
+            if _api_group(m).endswith("istio.io") and m.kind not in INSTALL_KINDS]
+
+
+def install_manifests() -> list:
+    """The IstioOperator overlays under istio/ (`istioctl install -f`)."""
+    return [m for m in _istio_documents() if m.kind in INSTALL_KINDS]
+
+
+def kubernetes_manifests() -> list:
+    """Every object under istio/ of Kubernetes' own APIs (Deployment, Service, ...),
+    checked by test_ratelimit_service_manifests.py."""
+    return [m for m in _istio_documents() if not _api_group(m).endswith("istio.io")]
 
 
 def _api_group(manifest) -> str:

@@ -134,7 +134,9 @@ class JwksFixture:
 
 
 def start_jwks(start_service, keys: KeyDir) -> JwksFixture:
-    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path)], "jwks")
+    # --mode-endpoint: tests steer the issuer through POST /__jwks/mode (`mode`).
+    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path), "--mode-endpoint"],
+                            "jwks")
     return JwksFixture(service)
 
 

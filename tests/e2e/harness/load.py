@@ -3,10 +3,15 @@
 - `fire_together` sends N requests at the same instant, each on its own connection (so
   Envoy's kernel-balanced listener spreads them over its workers), and returns every
   answer.
+- `InFlight` keeps many requests open at once (an upstream that holds them), each on
+  its own connection, and collects the answers as they come.
+- `HoldingUpstream` is such an upstream: it takes any number of connections at once
+  and answers nothing but its health check until released.
 - `wrk_distinct_clients` drives `wrk` with a Lua script that gives every request a new
   client id, and stops after a fixed number of answers.
 """
 
+import asyncio
 import http.client
 import re
 import shutil
@@ -68,6 +73,123 @@ def fire_together(port: int, path: str, count: int, headers: dict = None,
     missing = sum(a is None for a in answers)
     assert missing == 0, f"{missing} of {count} requests did not finish within {timeout}s"
     return answers
+
+
+class InFlight:
+    """GETs sent all at once from a thread of their own (asyncio, one connection each,
+    `Connection: close`): `answers` fills in as the server answers, so a test can look
+    at Envoy while the rest are still open. `wait()` returns them all, or fails when
+    some are not answered within `timeout` seconds of the start."""
+
+    def __init__(self, port: int, requests: list, timeout: float = 60.0):
+        self.port = port
+        self.requests = requests  # [(path, {header: value})]
+        self.timeout = timeout
+        self.answers = []
+        self.errors = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
+
+    def start(self) -> "InFlight":
+        self._thread.start()
+        return self
+
+    def wait(self) -> list:
+        self._thread.join(self.timeout + 5)
+        assert not self._thread.is_alive(), "the requests' thread did not finish"
+        assert not self.errors, f"{len(self.errors)} requests failed, e.g. {self.errors[0]!r}"
+        assert len(self.answers) == len(self.requests)
+        return self.answers
+
+    async def _all(self):
+        await asyncio.gather(*(self._one(path, headers) for path, headers in self.requests))
+
+    async def _one(self, path, headers):
+        try:
+            await asyncio.wait_for(self._exchange(path, headers), self.timeout)
+        except Exception as err:  # noqa: BLE001 - reported by wait()
+            self.errors.append(err)
+
+    async def _exchange(self, path, headers):
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            lines = [f"GET {path} HTTP/1.1", "host: localhost", "connection: close",
+                     *(f"{name}: {value}" for name, value in headers.items())]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            await writer.drain()
+            raw = await reader.read()
+        finally:
+            writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.split(":", 1) for line in header_lines if ":" in line)
+        self.answers.append(Answer(int(status_line.split()[1]),
+                                   {k.strip().lower(): v.strip() for k, v in fields.items()}, body))
+
+
+class HoldingUpstream:
+    """An HTTP/1.1 upstream (asyncio, in a thread of its own) that accepts connections
+    as fast as they come (a listen backlog of 4096, no thread per connection) and holds
+    every request but `GET /healthz` until `release()`; then answers each with 200
+    `{}` and keeps the connection for the next. `hold()` starts holding again."""
+
+    def __init__(self):
+        self.port = None
+        self._loop = asyncio.new_event_loop()
+        self._released = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def host(self):
+        return "127.0.0.1"
+
+    def start(self) -> "HoldingUpstream":
+        self._thread.start()
+        assert self._ready.wait(10), "the holding upstream did not start"
+        return self
+
+    def hold(self):
+        self._loop.call_soon_threadsafe(self._released.clear)
+
+    def release(self):
+        self._loop.call_soon_threadsafe(self._released.set)
+
+    def stop(self):
+        """Lets every held request go, then stops (connections close with the loop)."""
+        self.release()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self):
+        asyncio.set_event_loop(self._loop)
+        self._released = asyncio.Event()
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096))
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    async def _serve(self, reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"GET /healthz "):
+                    await self._released.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 _WRK_SCRIPT = """

@@ -78,27 +78,31 @@ def _rewrite_ports(node, ports):
             _rewrite_ports(item, ports)
 
 
-def shipped_plugin_configs(relative_path: str) -> list:
-    """Every wasm filter's JSON configuration in a shipped Envoy config, as
-    (filter name, wasm filename, parsed JSON) tuples."""
-    config = yaml.safe_load((ROOT / relative_path).read_text())
+def shipped_typed_configs(relative_path: str, type_suffix: str) -> list:
+    """Every object of a shipped Envoy config whose `@type` ends with `type_suffix`
+    (`HttpConnectionManager`, `wasm.v3.Wasm`), in file order."""
     found = []
 
     def walk(node):
         if isinstance(node, dict):
-            typed = node.get("typed_config", {})
-            if isinstance(typed, dict) and typed.get("@type", "").endswith("wasm.v3.Wasm"):
-                plugin = typed["config"]
-                found.append((plugin.get("name"), plugin["vm_config"]["code"]["local"]["filename"],
-                              json.loads(plugin["configuration"]["value"])))
+            if str(node.get("@type", "")).endswith(type_suffix):
+                found.append(node)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
             for item in node:
                 walk(item)
 
-    walk(config)
+    walk(yaml.safe_load((ROOT / relative_path).read_text()))
     return found
+
+
+def shipped_plugin_configs(relative_path: str) -> list:
+    """Every wasm filter's JSON configuration in a shipped Envoy config, as
+    (filter name, wasm filename, parsed JSON) tuples."""
+    return [(typed["config"].get("name"), typed["config"]["vm_config"]["code"]["local"]["filename"],
+             json.loads(typed["config"]["configuration"]["value"]))
+            for typed in shipped_typed_configs(relative_path, "wasm.v3.Wasm")]
 
 
 def shipped_envoy_configs() -> list:

@@ -12,20 +12,27 @@
 //! `x-echo-response-header: name=value` adds a response header, and
 //! `x-echo-fail-first: N` answers 503 to the first N attempts that carry the same
 //! `x-request-id` (Envoy keeps the id across retries, so this is a transient failure
-//! that a retry recovers from).
+//! that a retry recovers from). The demo gateway removes these headers from client
+//! requests: behind it, only the control endpoints steer an instance.
 //!
-//! Control endpoints (on the echo's own port, never routed by the demo gateway):
+//! Control endpoints (on the echo's own port, never routed by the demo gateway). None
+//! of them touches `/healthz`, which keeps answering 200 at once: a broken release
+//! whose health endpoint still passes, the failure only passive outlier detection can
+//! see.
 //! - `GET /__echo/stats`: `{"requests": N, "failing_with": status or null}`; `requests`
 //!   counts every answered request except the control endpoints.
 //! - `PUT /__echo/fail` with the status as the body (`500`): from now on every request
-//!   gets that status, except `/healthz`, which keeps answering 200: a broken release
-//!   whose health endpoint still passes, the failure only passive outlier detection
-//!   can see. `DELETE /__echo/fail` heals it. `--fail-status` starts the instance broken.
+//!   gets that status. `DELETE /__echo/fail` heals it. `--fail-status` starts the
+//!   instance broken.
+//! - `PUT /__echo/fail-next` with a count as the body (`1`): the next N requests get
+//!   503 (a transient failure a retry recovers from).
+//! - `PUT /__echo/delay` with milliseconds as the body (`3000`): every request waits
+//!   that long before its answer (at most 60 s); `DELETE /__echo/delay` stops it.
 
 use clap::Args;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use wasmgate_fixture_http::{Reply, Request, Response, Server};
@@ -34,6 +41,7 @@ const MAX_ECHOED_BODY: usize = 64 * 1024;
 /// The health endpoint the demo gateway checks; a broken instance (`/__echo/fail`)
 /// still answers it with 200.
 const HEALTH_PATH: &str = "/healthz";
+/// The longest a request waits: for `x-echo-delay-ms` and `/__echo/delay`.
 const MAX_DELAY_MS: u64 = 60_000;
 /// Request ids remembered for `x-echo-fail-first`; the table is emptied when full
 /// (a forgotten id only means one more failure than asked for, in a test fixture).
@@ -66,6 +74,10 @@ struct EchoState {
     failing_with: AtomicU16,
     /// `x-request-id` → attempts seen, for `x-echo-fail-first`.
     attempts: Mutex<HashMap<String, u32>>,
+    /// Requests still to answer 503 (`/__echo/fail-next`).
+    fail_next: AtomicU32,
+    /// How long every request waits (`/__echo/delay`).
+    delay_ms: AtomicU64,
 }
 
 pub fn serve(args: EchoArgs) -> Result<(), String> {
@@ -77,6 +89,8 @@ pub fn serve(args: EchoArgs) -> Result<(), String> {
         served: AtomicU64::new(0),
         failing_with: AtomicU16::new(args.fail_status.unwrap_or(0)),
         attempts: Mutex::new(HashMap::new()),
+        fail_next: AtomicU32::new(0),
+        delay_ms: AtomicU64::new(0),
     };
     server.serve(move |request| answer(request, &state));
     Ok(())
@@ -126,9 +140,15 @@ fn answer(request: &Request, state: &EchoState) -> Reply {
     if fail_first > 0 && state.attempt(request_id) <= fail_first {
         status = 503;
     }
-    let failing_with = state.failing_with.load(Ordering::SeqCst);
-    if failing_with != 0 && request.path() != HEALTH_PATH {
-        status = failing_with;
+    if request.path() != HEALTH_PATH {
+        let failing_with = state.failing_with.load(Ordering::SeqCst);
+        if failing_with != 0 {
+            status = failing_with;
+        }
+        if state.take_fail_next() {
+            status = 503;
+        }
+        delay_ms = delay_ms.max(state.delay_ms.load(Ordering::SeqCst));
     }
 
     let body = &request.body[..request.body.len().min(MAX_ECHOED_BODY)];
@@ -151,6 +171,13 @@ fn answer(request: &Request, state: &EchoState) -> Reply {
 }
 
 impl EchoState {
+    /// True (and one fewer to go) while `/__echo/fail-next` has failures left.
+    fn take_fail_next(&self) -> bool {
+        self.fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// Counts one more attempt of the request `id` and returns the count (1 = first).
     fn attempt(&self, id: &str) -> u32 {
         // A poisoned lock only means another request thread panicked mid-update; the
@@ -188,12 +215,40 @@ fn control(request: &Request, state: &EchoState) -> Response {
             state.failing_with.store(0, Ordering::SeqCst);
             (200, stats(state))
         }
+        ("PUT", "/__echo/fail-next") => match body_number(request) {
+            Some(count) => {
+                let count = u32::try_from(count).unwrap_or(u32::MAX);
+                state.fail_next.store(count, Ordering::SeqCst);
+                (200, stats(state))
+            }
+            None => (400, json!({"error": "the body must be a count, e.g. 1"})),
+        },
+        ("PUT", "/__echo/delay") => match body_number(request) {
+            Some(ms) => {
+                state.delay_ms.store(ms.min(MAX_DELAY_MS), Ordering::SeqCst);
+                (200, stats(state))
+            }
+            None => (
+                400,
+                json!({"error": "the body must be milliseconds, e.g. 3000"}),
+            ),
+        },
+        ("DELETE", "/__echo/delay") => {
+            state.delay_ms.store(0, Ordering::SeqCst);
+            (200, stats(state))
+        }
         _ => (
             404,
-            json!({"error": "control endpoints: GET /__echo/stats, PUT|DELETE /__echo/fail"}),
+            json!({"error": "control endpoints: GET /__echo/stats, PUT|DELETE /__echo/fail, \
+                             PUT /__echo/fail-next, PUT|DELETE /__echo/delay"}),
         ),
     };
     Response::json(status, body.to_string())
+}
+
+/// The request body as a non-negative integer (`500`, `3000`), if it is one.
+fn body_number(request: &Request) -> Option<u64> {
+    String::from_utf8_lossy(&request.body).trim().parse().ok()
 }
 
 fn stats(state: &EchoState) -> Value {

@@ -5,8 +5,9 @@
 //!   on every request (add a `<kid>.<ALG>.pem` file to rotate).
 //! * `GET /__jwks/stats`: `{"requests": N, "served": M}`, JWKS requests received and
 //!   answered with 200.
-//! * `POST /__jwks/mode` with a JSON body sets how JWKS requests are answered
-//!   (missing fields take their defaults):
+//! * `POST /__jwks/mode` (only with `--mode-endpoint`: it lets anyone who reaches the
+//!   server make it publish keys of their own, so it is off unless asked for) with a
+//!   JSON body sets how JWKS requests are answered (missing fields take their defaults):
 //!   `{"status": 200, "delay_ms": 0, "down": false, "cache_control": null,
 //!   "body": null}`. `down` closes the connection without an answer; `body`
 //!   replaces the JWKS with raw text (a broken document); `cache_control` adds that
@@ -34,6 +35,10 @@ pub struct JwksArgs {
     /// `demo-es256` is generated there.
     #[arg(long)]
     keys: PathBuf,
+    /// Serve `POST /__jwks/mode`, which changes how JWKS requests are answered, down
+    /// to replacing the keys: for tests only. Without it the path answers 404.
+    #[arg(long)]
+    mode_endpoint: bool,
 }
 
 /// How JWKS requests are answered (`POST /__jwks/mode`).
@@ -90,13 +95,14 @@ pub fn serve(args: JwksArgs) -> Result<(), String> {
     server.announce();
     let state = Mutex::new(State::default());
     let keys = args.keys;
-    server.serve(move |request| answer(request, &state, &keys));
+    let mode_endpoint = args.mode_endpoint;
+    server.serve(move |request| answer(request, &state, &keys, mode_endpoint));
     Ok(())
 }
 
-fn answer(request: &Request, state: &Mutex<State>, keys: &Path) -> Reply {
+fn answer(request: &Request, state: &Mutex<State>, keys: &Path, mode_endpoint: bool) -> Reply {
     if let Some(admin) = request.path().strip_prefix("/__jwks/") {
-        let (status, body) = admin_answer(admin, request, state);
+        let (status, body) = admin_answer(admin, request, state, mode_endpoint);
         return Response::json(status, body).into();
     }
 
@@ -131,7 +137,12 @@ fn answer(request: &Request, state: &Mutex<State>, keys: &Path) -> Reply {
     response.into()
 }
 
-fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, String) {
+fn admin_answer(
+    admin: &str,
+    request: &Request,
+    state: &Mutex<State>,
+    mode_endpoint: bool,
+) -> (u16, String) {
     match (request.method.as_str(), admin) {
         ("GET", "stats") => {
             let state = lock(state);
@@ -140,6 +151,11 @@ fn admin_answer(admin: &str, request: &Request, state: &Mutex<State>) -> (u16, S
                 json!({"requests": state.requests, "served": state.served}).to_string(),
             )
         }
+        ("POST", "mode") if !mode_endpoint => (
+            404,
+            json!({"error": "POST /__jwks/mode is off: start the issuer with --mode-endpoint"})
+                .to_string(),
+        ),
         ("POST", "mode") => {
             let text = if request.body.is_empty() {
                 b"{}".as_slice()

@@ -1,10 +1,10 @@
 //! `wasmgate-keystore`: the key store the API-key filter asks, and the CLI that
 //! manages its keys.
 //!
-//! `serve` answers the lookup contract (`GET <prefix>/<hash>`, see the README's
-//! API-key section) from a backend; `keys create|revoke|list` change and show that
-//! backend directly. Backends: Redis (`--store redis://HOST:PORT`), or a JSON file
-//! (`--store file:PATH`, the default). Only hashes and metadata are ever stored.
+//! `serve` answers the lookup contract (`GET <prefix>/<hash>`, see docs/keystore.md)
+//! from a backend; `keys create|revoke|list` change and show that backend directly.
+//! Backends: Redis (`--store redis://HOST:PORT`), or a JSON file (`--store
+//! file:PATH`, the default). Only hashes and metadata are ever stored.
 //!
 //! Like every project server, `serve` prints `listening on http://ADDR` once bound.
 

@@ -2,45 +2,15 @@
 //! JWKS cache with an in-memory store), verification, claims, scopes, caching.
 
 use super::*;
-use crate::host_verifier::NoHostVerifier;
 use crate::jwks_cache::{FetchOrder, FetchReport, FetchResponse};
-use crate::testkit::{self, Keys};
+use crate::testkit::{self, bearer, get, Keys, Vm};
 use crate::token::Alg;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use wasmgate_shared_store::MemoryStore;
 
 const NOW: u64 = 1_700_000_000_000;
 const NOW_SECS: u64 = NOW / 1000;
 const ISS: &str = "https://issuer.test";
-
-struct Request {
-    method: &'static str,
-    path: String,
-    headers: HashMap<String, String>,
-}
-
-impl RequestHeaders for Request {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).cloned()
-    }
-}
-
-fn get(path: &str) -> Request {
-    Request {
-        method: "GET",
-        path: path.to_owned(),
-        headers: HashMap::new(),
-    }
-}
-
-fn bearer(path: &str, token: &str) -> Request {
-    let mut request = get(path);
-    request
-        .headers
-        .insert("authorization".into(), format!("Bearer {token}"));
-    request
-}
 
 fn claims() -> Value {
     json!({
@@ -53,53 +23,6 @@ fn with(field: &str, value: Value) -> Value {
     let mut c = claims();
     c[field] = value;
     c
-}
-
-/// One VM: an authenticator, its keyring and token cache, over a shared store.
-struct Vm {
-    auth: Authenticator,
-    keyring: Keyring,
-    cache: TokenCache,
-}
-
-impl Vm {
-    fn new(config: Value, holder: u64) -> Vm {
-        let config = JwtConfig::from_json(config.to_string().as_bytes()).unwrap();
-        let keyring = Keyring::new(&config, holder);
-        let cache = TokenCache::new(config.token_cache_entries);
-        Vm {
-            auth: Authenticator::new(config),
-            keyring,
-            cache,
-        }
-    }
-
-    fn start(&mut self, store: &MemoryStore, request: &Request, now: u64) -> Outcome {
-        let info = RequestInfo {
-            method: request.method,
-            path: &request.path,
-            headers: request,
-        };
-        let mut cx = Context {
-            keyring: &mut self.keyring,
-            store,
-            cache: &mut self.cache,
-            host: &NoHostVerifier,
-            now,
-        };
-        self.auth.start(&info, &mut cx)
-    }
-
-    fn check(&mut self, store: &MemoryStore, attempt: Attempt, now: u64) -> Outcome {
-        let mut cx = Context {
-            keyring: &mut self.keyring,
-            store,
-            cache: &mut self.cache,
-            host: &NoHostVerifier,
-            now,
-        };
-        self.auth.check(attempt, &mut cx)
-    }
 }
 
 fn inline_config(jwks: Value) -> Value {
@@ -290,6 +213,125 @@ fn tokens_without_kid_try_every_fitting_key() {
 }
 
 #[test]
+fn a_token_without_kid_is_tried_against_three_fitting_keys_at_most() {
+    let keys = testkit::keys();
+    let store = MemoryStore::new();
+    let kidless = keys.sign(Alg::RS256, None, &claims());
+    // The same RSA key under four kids: what counts is how many keys fit the alg.
+    let rsa = |kid: &str| keys.rsa_jwk(kid);
+    let three = json!({"keys": [rsa("r1"), rsa("r2"), rsa("r3"), keys.p256_jwk("p256")]});
+    allow(Vm::new(inline_config(three), 1).start(&store, &bearer("/orders", &kidless), NOW));
+    let four = json!({"keys": [rsa("r1"), rsa("r2"), rsa("r3"), rsa("r4")]});
+    let mut vm = Vm::new(inline_config(four), 1);
+    let forged = format!("{}.AAAA", kidless.rsplit_once('.').unwrap().0);
+    for token in [&kidless, &forged] {
+        assert_eq!(
+            deny(vm.start(&store, &bearer("/orders", token), NOW)),
+            AuthError::KidRequired
+        );
+    }
+    // Naming the key is always fine; a key held to another alg does not fit.
+    allow(vm.start(
+        &store,
+        &bearer("/orders", &keys.sign(Alg::RS256, Some("r4"), &claims())),
+        NOW,
+    ));
+    let mut pss_only = rsa("r4");
+    pss_only["alg"] = json!("PS256");
+    let four = json!({"keys": [rsa("r1"), rsa("r2"), rsa("r3"), pss_only]});
+    allow(Vm::new(inline_config(four), 1).start(&store, &bearer("/orders", &kidless), NOW));
+}
+
+#[test]
+fn required_typ_refuses_other_token_types_before_the_signature_check() {
+    let keys = testkit::keys();
+    let store = MemoryStore::new();
+    let mut config = inline_config(keys.jwks());
+    config["providers"]["idp"]["required_typ"] = json!(["at+jwt"]);
+    let mut vm = Vm::new(config, 1);
+    let typed = |typ: Option<&str>| {
+        let mut header = json!({"alg": "ES256", "kid": "p256"});
+        if let Some(typ) = typ {
+            header["typ"] = json!(typ);
+        }
+        keys.sign_raw(Alg::ES256, &header, &claims())
+    };
+    for accepted in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+        allow(vm.start(&store, &bearer("/orders", &typed(Some(accepted))), NOW));
+    }
+    // An ID token of the same issuer and key (typ JWT), or no typ at all.
+    for refused in [typed(Some("JWT")), typed(None), typed(Some("at+jwt/x"))] {
+        assert_eq!(
+            deny(vm.start(&store, &bearer("/orders", &refused), NOW)),
+            AuthError::WrongType
+        );
+    }
+    // A forgery with the wrong typ costs no signature check: refused for its typ.
+    let forged = format!("{}.AAAA", typed(Some("JWT")).rsplit_once('.').unwrap().0);
+    assert_eq!(
+        deny(vm.start(&store, &bearer("/orders", &forged), NOW)),
+        AuthError::WrongType
+    );
+    // Without required_typ, any typ passes.
+    allow(inline_vm().start(&store, &bearer("/orders", &typed(Some("JWT"))), NOW));
+}
+
+#[test]
+fn a_member_named_twice_in_the_header_or_the_claims_is_refused() {
+    let keys = testkit::keys();
+    let store = MemoryStore::new();
+    let mut vm = inline_vm();
+    let claims = claims().to_string();
+    // Signed properly: the signature covers the bytes, the parse still refuses them.
+    let header = r#"{"alg":"ES256","kid":"p256","kid":"rsa"}"#;
+    assert_eq!(
+        deny(vm.start(
+            &store,
+            &bearer("/orders", &keys.sign_text(Alg::ES256, header, &claims)),
+            NOW
+        )),
+        AuthError::Malformed("header names a member twice")
+    );
+    let twice = format!(r#"{},"sub":"admin"}}"#, claims.trim_end_matches('}'));
+    let token = keys.sign_text(Alg::ES256, r#"{"alg":"ES256","kid":"p256"}"#, &twice);
+    assert_eq!(
+        deny(vm.start(&store, &bearer("/orders", &token), NOW)),
+        AuthError::Malformed("payload names a member twice")
+    );
+}
+
+#[test]
+fn a_grant_lists_every_identity_header_and_the_token_header() {
+    let store = MemoryStore::new();
+    let mut vm = inline_vm();
+    let output = vm.auth.config().output_headers.clone();
+    let grant = allow(vm.start(
+        &store,
+        &bearer("/orders", &sign(Alg::ES256, &claims())),
+        NOW,
+    ));
+    assert_eq!(
+        grant.header_edits(&output).collect::<Vec<_>>(),
+        [
+            HeaderEdit::Set("x-scopes", "orders:read profile"),
+            HeaderEdit::Set("x-tenant-id", "acme"),
+            HeaderEdit::Set("x-user-id", "alice"),
+            HeaderEdit::Remove("authorization"),
+        ]
+    );
+    // A public route: every identity header goes, whatever the client sent.
+    let public = allow(vm.start(&store, &get("/public/x"), NOW));
+    assert_eq!(
+        public.header_edits(&output).collect::<Vec<_>>(),
+        [
+            HeaderEdit::Remove("x-scopes"),
+            HeaderEdit::Remove("x-tenant-id"),
+            HeaderEdit::Remove("x-user-id"),
+        ]
+    );
+}
+
+#[test]
 fn hmac_only_with_opt_in_and_never_with_a_public_key() {
     let keys = testkit::keys();
     let store = MemoryStore::new();
@@ -435,8 +477,8 @@ fn providers_sharing_a_header_are_told_apart_by_issuer() {
     let mut vm = Vm::new(
         json!({
             "providers": {
-                "a": {"issuer": "https://a", "jwks": {"inline": {"keys": [keys.rsa_jwk("rsa")]}}},
-                "b": {"issuer": "https://b", "jwks": {"inline": {"keys": [keys.p256_jwk("p256")]}},
+                "a": {"issuer": "https://a", "audiences": ["orders"], "jwks": {"inline": {"keys": [keys.rsa_jwk("rsa")]}}},
+                "b": {"issuer": "https://b", "audiences": ["orders"], "jwks": {"inline": {"keys": [keys.p256_jwk("p256")]}},
                       "claim_to_headers": {"x-b-user": "sub"}}
             },
             "default": {"providers": ["a", "b"]}
@@ -634,12 +676,12 @@ fn keys_refresh_after_cache_duration_or_max_age_within_bounds() {
             ..
         })
     ));
-    answer.cache_control = Some("max-age=999999999".into()); // over the 24 h ceiling
+    answer.cache_control = Some("max-age=999999999".into()); // over the 1 h ceiling
     one_order(&mut vm, &store, NOW + 630_000 + 3_600_000);
     assert!(matches!(
         vm.keyring.on_response(0, &store, NOW + 4_230_000, &answer),
         Some(FetchReport::Success {
-            time_to_live: 86_400_000,
+            time_to_live: 3_600_000,
             ..
         })
     ));
@@ -808,6 +850,50 @@ fn broken_answers_count_as_failures() {
         assert!(!reason.is_empty());
         now += retry_in;
     }
+}
+
+#[test]
+fn a_removed_key_is_trusted_for_max_cache_duration_plus_max_staleness_at_most() {
+    // The defaults (1 h and 1 h), an IdP that asks for a day of caching, removes the
+    // key right after the fetch, and then fails every fetch (an attacker may be able
+    // to make it fail): the key is trusted for two hours, not a moment more, by the
+    // token cache neither.
+    let keys = testkit::keys();
+    let store = MemoryStore::new();
+    let mut vm = Vm::new(
+        json!({
+            "providers": {"idp": {"issuer": ISS, "audiences": ["orders"],
+                                  "jwks": {"remote": {"cluster": "idp", "path": "/jwks.json"}}}},
+            "default": {"providers": ["idp"]}
+        }),
+        1,
+    );
+    vm.keyring.create_shared_keys(&store);
+    one_order(&mut vm, &store, NOW);
+    let mut answer = ok(&keys.jwks());
+    answer.cache_control = Some("max-age=86400".into());
+    assert!(matches!(
+        vm.keyring.on_response(0, &store, NOW, &answer),
+        Some(FetchReport::Success {
+            time_to_live: 3_600_000,
+            ..
+        })
+    ));
+    let token = sign(Alg::ES256, &with("exp", json!(NOW_SECS + 24 * 3600)));
+    allow(vm.start(&store, &bearer("/x", &token), NOW));
+    let refresh = NOW + 3_600_000;
+    one_order(&mut vm, &store, refresh);
+    vm.keyring.on_response(0, &store, refresh, &down());
+    let bound = refresh + 3_600_000;
+    assert_eq!(
+        allow(vm.start(&store, &bearer("/x", &token), bound - 600_000)).cache,
+        CacheUse::Miss
+    );
+    assert_eq!(
+        allow(vm.start(&store, &bearer("/x", &token), bound - 1)).cache,
+        CacheUse::Hit
+    );
+    wait(vm.start(&store, &bearer("/x", &token), bound));
 }
 
 #[test]
