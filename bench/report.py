@@ -20,6 +20,7 @@ from harness.paths import ROOT, envoy_binary
 from . import targets
 from .run import (BASELINE, FLOOR, Sample, ScenarioResult, Settings, median_range,
                   paired_differences, paired_ratios)
+from .service import render as render_service
 
 MIB = 1024 * 1024
 # Hand-written profiling notes included in the report (see `_findings`).
@@ -212,7 +213,7 @@ def render(settings, env, results: dict, comparison: dict) -> str:
     fig = Figures(results)
     parts = [_header(settings, env), _targets(fig), _scenarios(results), _throughput(fig),
              _memory(results), _floods(results), _callouts(results), _fleet(results),
-             _counters(results),
+             _counters(results), render_service(results),
              _upstreams(settings, env, comparison), _reading(settings, env, fig, comparison),
              _findings(), _failures(results, comparison), _method(settings, env)]
     return "\n\n".join(p for p in parts if p) + "\n"

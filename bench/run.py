@@ -16,7 +16,9 @@
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
 4. **fleet**: 1 to 3 gateways sharing one limit through the rate-limit service, per
    mode of the rate-limit filter: what is admitted against the limit (`fleet.py`).
-5. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
+5. **service**: wasmgate-ratelimit alone, without Envoy (`service.py`): decisions per
+   second and per core, Redis commands per admitted hit.
+6. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
 
 Everything started is stopped when the run ends, however it ends.
@@ -26,6 +28,7 @@ import contextlib
 import http.client
 import signal
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,8 @@ from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
 from .fleet import fleet_run
 from .pinned_envoy import PinnedEnvoy
-from .scenario import CALLOUTS, FLEET, MEMORY, THROUGHPUT, Scenario
+from .scenario import CALLOUTS, FLEET, MEMORY, SERVICE, THROUGHPUT, Scenario
+from .service import service_run
 from .upstream import start_upstream
 
 HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -117,6 +121,7 @@ class ScenarioResult:
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
     fleet: list = field(default_factory=list)  # one dict per (mode, gateways): see fleet.py
+    service: dict = None  # the service pass's runs (service.py)
     upstream: str = None
 
     def fail(self, reason: str):
@@ -285,6 +290,11 @@ class Bench:
         for s in scenarios:
             if FLEET in s.passes and not results[s.name].failure:
                 fleet_run(self, s, results[s.name])
+            if SERVICE in s.passes:
+                try:
+                    service_run(self, s, results[s.name])
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    results[s.name].fail(f"service pass: {err}")
         if self.settings.compare_upstreams and BASELINE in by_name:
             pair = [by_name[BASELINE]] + ([by_name[FLOOR]] if FLOOR in by_name else [])
             self.upstream_pass(pair)

@@ -17,6 +17,7 @@ THROUGHPUT = "throughput"  # interleaved rounds at concurrency 1: req/s, CPU, RS
 MEMORY = "memory"  # RSS idle and under load at the other concurrencies
 CALLOUTS = "callouts"  # fetches through `callout_clusters` per concurrency
 FLEET = "fleet"  # several gateways over one rate-limit service: admitted against the limit
+SERVICE = "service"  # the rate-limit service alone (service.py): decisions per core, Redis
 
 
 @dataclass(frozen=True)

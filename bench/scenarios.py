@@ -18,7 +18,7 @@ from harness.paths import tool_path
 from . import native, wasmgate
 from .load import Distinct, Load, Rotate
 from .scenario import (
-    CALLOUTS, FLEET, MEMORY, THROUGHPUT, Fixture, Probe, Registry, Scenario,
+    CALLOUTS, FLEET, MEMORY, SERVICE, THROUGHPUT, Fixture, Probe, Registry, Scenario,
 )
 from .wasmgate import (
     BENCH_TENANT, HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER,
@@ -546,3 +546,13 @@ _amplified("api-key", "the API-key filter (cached, hide_credentials: false)",
            fixtures=(KEY_STORE,))
 _amplified("rate-limit", "the rate-limit filter", lambda ctx: ctx.wasm("rate-limit"),
            wasmgate.rate_limit_config(), load=lambda ctx: Load(headers={"x-user-id": "user-bench"}))
+
+
+# --- the rate-limit service alone ---------------------------------------------------------
+
+add(Scenario(
+    "ratelimit-service",
+    "wasmgate-ratelimit without Envoy: ShouldRateLimit and Renew over Redis, and "
+    "ShouldRateLimit in memory (service.py).",
+    passes=frozenset({SERVICE}),
+))

@@ -17,8 +17,10 @@ fi
 #    skopeo (an independent OCI implementation) checks the images `make oci` writes;
 #    docker.io (an engine the compose test starts by hand) and busybox-static (sh and
 #    sed for the stand-in Envoy image) run docker-compose.yml for real; docker-registry
-#    (the CNCF distribution server) is the registry `make push` is tested against.
-debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry)
+#    (the CNCF distribution server) is the registry `make push` is tested against;
+#    g++, libssl-dev and pkg-config build the rate-limit service's native dependencies
+#    (limitador's RocksDB, with clang for its bindings; its Redis client's OpenSSL).
+debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry g++ libssl-dev pkg-config)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

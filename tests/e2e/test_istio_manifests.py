@@ -16,8 +16,8 @@ import yaml
 from harness import ROOT
 from harness.istio_checks import (
     CRD_FILE, PLUGIN_ROLES, built_digests, check_agreement, check_clusters, check_order,
-    check_pins, https_variants, install_manifests, load_manifests, merge_patch, module_of,
-    shipped_manifests, wasm_plugins,
+    check_pins, https_variants, install_manifests, kubernetes_manifests, load_manifests,
+    merge_patch, module_of, shipped_manifests, wasm_plugins,
 )
 from harness.shipped import shipped_plugin_configs, shipped_typed_configs
 from harness.istio_crd import CrdCatalog, GoUrl
@@ -211,8 +211,10 @@ def test_every_manifest_file_under_istio_is_loaded():
     document without kind)."""
     files = {p for p in (ROOT / "istio").rglob("*") if p.is_file()}
     assert all(p.suffix == ".yaml" for p in files), files
-    assert ({m.file for m in SHIPPED + INSTALL} | {p.file for p in https_variants(PLUGINS)}) == files
-    assert all(m.kind and m.doc.get("apiVersion") for m in SHIPPED + INSTALL)
+    kubernetes = kubernetes_manifests()  # checked in test_ratelimit_service_manifests.py
+    found = SHIPPED + INSTALL + kubernetes
+    assert ({m.file for m in found} | {p.file for p in https_variants(PLUGINS)}) == files
+    assert all(m.kind and m.doc.get("apiVersion") for m in found)
 
 
 def test_istio_yaml_is_plain_yaml():

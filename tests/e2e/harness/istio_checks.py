@@ -145,14 +145,26 @@ def _istio_documents() -> list:
 
 
 def shipped_manifests() -> list:
-    """Every Kubernetes object under istio/ (the https merge patches are not objects,
-    nor are the install-time `INSTALL_KINDS`)."""
-    return [m for m in _istio_documents() if m.kind not in INSTALL_KINDS]
+    """Every Istio object under istio/ (the https merge patches are not objects, nor are
+    the install-time `INSTALL_KINDS`; Kubernetes' own objects are `kubernetes_manifests`)."""
+    return [m for m in _istio_documents()
+            if _api_group(m).endswith("istio.io") and m.kind not in INSTALL_KINDS]
 
 
 def install_manifests() -> list:
     """The IstioOperator overlays under istio/ (`istioctl install -f`)."""
     return [m for m in _istio_documents() if m.kind in INSTALL_KINDS]
+
+
+def kubernetes_manifests() -> list:
+    """Every object under istio/ of Kubernetes' own APIs (Deployment, Service, ...),
+    checked by test_ratelimit_service_manifests.py."""
+    return [m for m in _istio_documents() if not _api_group(m).endswith("istio.io")]
+
+
+def _api_group(manifest) -> str:
+    api_version = str(manifest.doc.get("apiVersion", "")) if isinstance(manifest.doc, dict) else ""
+    return api_version.rpartition("/")[0]
 
 
 def wasm_plugins(manifests: list) -> list:

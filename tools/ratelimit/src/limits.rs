@@ -352,7 +352,7 @@ struct RawRateLimit {
     #[serde(default)]
     unit: Option<Spanned<Scalar>>,
     #[serde(default)]
-    requests_per_unit: Option<u32>,
+    requests_per_unit: Option<Spanned<Scalar>>,
     #[serde(default)]
     unlimited: bool,
     #[serde(default)]
@@ -537,23 +537,36 @@ impl LimitsBuilder {
                     "rate_limit needs `requests_per_unit` (0 refuses every request)".into(),
                 )
             }
-            (false, Some(unit), Some(requests_per_unit)) => match Unit::parse(&unit.value.0) {
-                Some(unit) => Rate::PerUnit {
-                    requests_per_unit,
-                    unit,
-                },
-                None => {
+            (false, Some(unit), Some(requests_per_unit)) => {
+                let Ok(requests_per_unit) = requests_per_unit.value.0.parse::<u32>() else {
                     return Err(ConfigError::at(
                         file,
-                        &unit.referenced,
+                        &requests_per_unit.referenced,
                         format!(
-                            "{path}: unknown rate_limit unit `{}` (one of {})",
-                            unit.value.0,
-                            Unit::NAMES
+                            "{path}: requests_per_unit must be a whole number from 0 to {} (not `{}`)",
+                            u32::MAX,
+                            requests_per_unit.value.0
                         ),
-                    ))
+                    ));
+                };
+                match Unit::parse(&unit.value.0) {
+                    Some(unit) => Rate::PerUnit {
+                        requests_per_unit,
+                        unit,
+                    },
+                    None => {
+                        return Err(ConfigError::at(
+                            file,
+                            &unit.referenced,
+                            format!(
+                                "{path}: unknown rate_limit unit `{}` (one of {})",
+                                unit.value.0,
+                                Unit::NAMES
+                            ),
+                        ))
+                    }
                 }
-            },
+            }
         };
         let name = raw.name.map(|n| n.0).filter(|n| !n.is_empty());
         let mut replaces = Vec::with_capacity(raw.replaces.len());
@@ -581,8 +594,17 @@ impl LimitsBuilder {
 
 /// serde-saphyr's messages may carry a source snippet on further lines; the error names the
 /// line and column itself.
+/// Its `error: line L column C: ` prefix is dropped too.
 fn first_line(message: &str) -> String {
-    message.lines().next().unwrap_or(message).trim().to_owned()
+    let line = message.lines().next().unwrap_or(message).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line
+        .strip_prefix("line ")
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((position, rest)) if position.contains(" column ") => rest.to_owned(),
+        _ => line.to_owned(),
+    }
 }
 
 #[cfg(test)]

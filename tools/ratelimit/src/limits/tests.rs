@@ -224,7 +224,7 @@ fn refusals_name_the_line() {
         ("domain: d\n---\ndomain: d\n", (3, "domain `d` is configured twice")),
         (
             "domain: d\ndescriptors:\n  - key: a\n    rate_limit: {unit: second, requests_per_unit: -1}\n",
-            (4, ""),
+            (4, "requests_per_unit must be a whole number from 0 to 4294967295 (not `-1`)"),
         ),
         (
             "domain: d\ndescriptors:\n  - key: a\n    rate_limit:\n      name: n\n      unit: second\n      requests_per_unit: 1\n      replaces: [{name: n}]\n",
