@@ -137,7 +137,7 @@ def test_phases_and_priorities_give_the_intended_order():
 
 
 def test_callout_clusters_are_created_by_service_entries_or_services():
-    assert check_clusters(PLUGINS, SHIPPED) == []
+    assert check_clusters(PLUGINS, SHIPPED + kubernetes_manifests()) == []
 
 
 def gateway_configs() -> dict:
@@ -156,7 +156,7 @@ def test_plugin_configs_agree_with_the_envoy_gateway():
 
 CHECKS = {
     "order": lambda extra: check_order(PLUGINS + [extra]),
-    "clusters": lambda extra: check_clusters([extra], SHIPPED),
+    "clusters": lambda extra: check_clusters([extra], SHIPPED + kubernetes_manifests()),
     "pins": lambda extra: check_pins([extra], built_digests()),
     "agreement": lambda extra: check_agreement([extra], gateway_configs()),
 }
