@@ -11,11 +11,28 @@
 # and change its runtime, so nothing outside the container may reach it (the `stats`
 # listener serves /stats/prometheus). Upstream endpoints (`- endpoint: {address: ...`)
 # stay on 127.0.0.1, where the services of the same network namespace listen.
+#
+# $WASMGATE_PORT_MAP ("FROM:TO FROM:TO ...", empty by default) moves the gateway's own
+# ports, for a second gateway in the same network namespace: every `port_value: FROM`
+# becomes `port_value: TO` (the listeners', admin's, and the `admin` cluster's that the
+# stats listener asks). Map only ports that name nothing else in the file.
 # Needs only sh and sed (the stock Envoy image has both).
 set -eu
 config="$1"
 shift
 bind="${WASMGATE_BIND_ADDRESS:-0.0.0.0}"
+moves=""
+for pair in ${WASMGATE_PORT_MAP:-}; do
+    # Two passes (FROM -> @FROM@ -> TO), so that a TO equal to another FROM moves once.
+    moves="$moves -e s/(port_value:[[:space:]]*)${pair%%:*}([^0-9]|$)/\1@${pair%%:*}@\2/g"
+done
+for pair in ${WASMGATE_PORT_MAP:-}; do
+    moves="$moves -e s/@${pair%%:*}@/${pair#*:}/g"
+done
 sed -E "/^  listeners:/,/^  clusters:/ s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" \
     "$config" >/tmp/envoy.yaml
+if [ -n "$moves" ]; then
+    # shellcheck disable=SC2086 # each -e expression is one word
+    sed -E -i $moves /tmp/envoy.yaml
+fi
 exec envoy -c /tmp/envoy.yaml "$@"

@@ -101,6 +101,15 @@ def what_runs(service) -> str:
     return command[0]
 
 
+# The second gateway's ports (docker-compose.yml moves them with WASMGATE_PORT_MAP).
+SECOND_GATEWAY_PORTS = {"main": 8082, "tls": 8444, "stats": 9904, "admin": 9903}
+
+
+def port_map(ports: dict) -> str:
+    """WASMGATE_PORT_MAP for a gateway on `ports` ({listener: port}, as GATEWAY_PORTS)."""
+    return " ".join(f"{GATEWAY_PORTS[name]}:{ports[name]}" for name in GATEWAY_PORTS)
+
+
 def test_compose_runs_what_gateway_yaml_routes_to():
     config = resolved((BASE,))
     services = config["services"]
@@ -154,6 +163,30 @@ def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind):
                                   shipped["static_resources"]["listeners"]):
         listener["address"] = original["address"]
     assert seen == shipped
+
+
+def test_the_entrypoint_moves_a_second_gateways_own_ports_and_nothing_else(tmp_path):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "envoy").write_text(f'#!/bin/sh\ncp "$2" {tmp_path}/seen.yaml\n')
+    (fake_bin / "envoy").chmod(0o755)
+    subprocess.run(["sh", str(ROOT / "docker" / "gateway-entrypoint.sh"), GATEWAY_CONFIG],
+                   cwd=ROOT, check=True, timeout=30,
+                   env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
+                        "WASMGATE_BIND_ADDRESS": "127.0.0.1",
+                        "WASMGATE_PORT_MAP": port_map(SECOND_GATEWAY_PORTS)})
+    shipped = yaml.safe_load((ROOT / GATEWAY_CONFIG).read_text())
+    seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
+    listeners = {l["name"]: l["address"]["socket_address"]["port_value"]
+                 for l in seen["static_resources"]["listeners"]}
+    assert listeners == {name: SECOND_GATEWAY_PORTS[name] for name in listeners}
+    assert seen["admin"]["address"]["socket_address"]["port_value"] == SECOND_GATEWAY_PORTS["admin"]
+    # The stats listener asks this gateway's admin; every other cluster is untouched.
+    clusters = {c["name"]: c for c in seen["static_resources"]["clusters"]}
+    endpoint = clusters.pop("admin")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == SECOND_GATEWAY_PORTS["admin"]
+    assert clusters == {c["name"]: c for c in shipped["static_resources"]["clusters"]
+                        if c["name"] != "admin"}
 
 
 @pytest.fixture
