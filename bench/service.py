@@ -9,10 +9,9 @@ Per run, with every call admitted (the limit is far above the load):
   ShouldRateLimit, and for Renew per leased hit (each holder spends every grant in full,
   `want` hits at a time, and settles it in the next renewal).
 
-Which binary: `build/bin/wasmgate-ratelimit` (the debug build `make tools` makes) unless
-WASMGATE_BENCH_RATELIMIT names another (an optimized build: `cargo build --release -p
-wasmgate-ratelimit`). The report says which; a debug build's CPU figures are many times an
-optimized one's.
+Which binary: `build/bin/wasmgate-ratelimit` (`make tools`: Cargo.toml's optimized `service`
+profile) unless WASMGATE_BENCH_RATELIMIT names another. The report says which; a debug
+build's CPU figures are many times an optimized one's.
 """
 
 import json
@@ -51,7 +50,7 @@ def binary() -> tuple:
     override = os.environ.get("WASMGATE_BENCH_RATELIMIT")
     if override:
         return override, f"{override} (WASMGATE_BENCH_RATELIMIT)"
-    return tool_path("ratelimit"), "build/bin/wasmgate-ratelimit (debug build, `make tools`)"
+    return tool_path("ratelimit"), "build/bin/wasmgate-ratelimit (`make tools`, service profile)"
 
 
 def _commandstats(redis) -> dict:
