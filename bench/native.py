@@ -132,3 +132,31 @@ def header_mutation(rules: dict) -> dict:
             "mutations": {"request_mutations": request, "response_mutations": response},
         },
     }
+
+
+def ratelimit(cluster: str, domain: str, timeout: str) -> dict:
+    """Envoy's own `ratelimit` filter against the rate-limit service on `cluster`, with
+    the draft-03 `x-ratelimit-*` headers (as wasmgate's filter adds its headers) and
+    failing closed (as the wasmgate scenarios' `failure_mode: deny`). Its descriptors
+    come from the route (`route_rate_limits`)."""
+    return {
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": f"{_TYPES}.ratelimit.v3.RateLimit",
+            "domain": domain,
+            "timeout": timeout,
+            "failure_mode_deny": True,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+                                   "transport_api_version": "V3"},
+        },
+    }
+
+
+def route_rate_limits(tenant_header: str) -> dict:
+    """The route's `rate_limits` that send the descriptor wasmgate's filter sends:
+    rule=api, then the tenant header under its own name."""
+    return {"rate_limits": [{"actions": [
+        {"generic_key": {"descriptor_key": "rule", "descriptor_value": "api"}},
+        {"request_headers": {"header_name": tenant_header, "descriptor_key": tenant_header}},
+    ]}]}

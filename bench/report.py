@@ -20,6 +20,7 @@ from harness.paths import ROOT, envoy_binary
 from . import targets
 from .run import (BASELINE, FLOOR, Sample, ScenarioResult, Settings, median_range,
                   paired_differences, paired_ratios)
+from .service import render as render_service
 
 MIB = 1024 * 1024
 # Hand-written profiling notes included in the report (see `_findings`).
@@ -190,6 +191,16 @@ class Figures:
     def p99_ms(self, r):
         return median_range([s.latency_p99_us / 1000 for s in r.samples])
 
+    def p50_ms(self, r):
+        return median_range([s.latency_p50_us / 1000 for s in r.samples])
+
+    def added_latency_us(self, r, percentile: str):
+        """The client's p50 or p99 (`percentile`: "p50", "p99") minus `bare`'s in the
+        same round, in µs."""
+        field = f"latency_{percentile}_us"
+        return median_range(paired_differences(r.samples, self.base_samples,
+                                               lambda s: getattr(s, field)))
+
 
 # --- Markdown ---------------------------------------------------------------------------
 
@@ -201,8 +212,8 @@ def write_markdown(path: Path, settings, env, results: dict, comparison: dict):
 def render(settings, env, results: dict, comparison: dict) -> str:
     fig = Figures(results)
     parts = [_header(settings, env), _targets(fig), _scenarios(results), _throughput(fig),
-             _memory(results), _floods(results), _callouts(results), _keystore(results),
-             _counters(results),
+             _memory(results), _floods(results), _callouts(results), _fleet(results),
+             _keystore(results), _counters(results), render_service(results),
              _upstreams(settings, env, comparison), _reading(settings, env, fig, comparison),
              _findings(), _failures(results, comparison), _method(settings, env)]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -242,7 +253,10 @@ def _targets(fig: Figures) -> str:
             "request (req/s in brackets). *P3*: added CPU per request of the cold JWT path "
             "over native `jwt_authn`'s. *P4*: Envoy RSS under load against `bare`'s at the "
             "same concurrency, and the floods' growth over their second half. *P5*: JWKS "
-            "fetches during a run (start, probes and load). What limits a missed target: "
+            "fetches during a run (start, probes and load). *G1*–*G4* (issue 12, the "
+            "rate-limit filter's global tier): the client's added p50/p99 latency and Envoy's "
+            "added CPU per request against the scenario compared, each against `bare` in the "
+            "same round; the fleet pass's admissions. What limits a missed target: "
             "[Findings](#findings).\n\n"
             + _table(["", "target", "measured", "verdict"], rows))
 
@@ -263,6 +277,30 @@ def _floods(results: dict) -> str:
             "bounded tables were full.\n\n"
             + _table(["scenario", "concurrency", "idle", "halfway", "after", "second half"],
                      rows))
+
+
+def _fleet(results: dict) -> str:
+    rows = []
+    for r in results.values():
+        for row in r.fleet:
+            bound = row.get("bound")
+            rows.append((f"`{row['mode']}`", row["gateways"], row["limit"], row["offered"],
+                         row["admitted"], f"{row['admitted'] / row['limit']:.2f}",
+                         row["refused"], row["failed"],
+                         "–" if bound is None else f"{row['limit'] - bound}–{row['limit']}",
+                         row["counted"]))
+    if not rows:
+        return ""
+    return ("## Fleet: one limit across gateways\n\n"
+            "A burst for one tenant, spread over 1 to 3 gateways that share a limit "
+            "(`fleet-accuracy`; bench/fleet.py). *local*: each gateway's own bucket of the "
+            "limit (shared data does not leave an Envoy, so N gateways admit N times it); "
+            "*exact*: the global tier asking the service per request; *lease*: the global "
+            "tier spending leases. *documented range*: what the lease mode may admit (at "
+            "most the limit; at least the limit less two leases per gateway). *Redis "
+            "counted*: the service's counter once every lease was settled.\n\n"
+            + _table(["mode", "gateways", "limit", "offered", "admitted", "× limit", "refused",
+                      "failed", "documented range", "Redis counted"], rows))
 
 
 def _findings() -> str:
@@ -291,6 +329,7 @@ def _throughput(fig: Figures) -> str:
             "–" if r.name == BASELINE else _spread(fig.added_cpu_us(r), "{:+.1f}"),
             _spread(fig.envoy_share(r), "{:.0%}"),
             _spread(fig.others_share(r), "{:.0%}"),
+            _spread(fig.p50_ms(r), "{:.2f}"),
             _spread(fig.p99_ms(r), "{:.1f}"),
         ))
     if not rows:
@@ -308,7 +347,7 @@ def _throughput(fig: Figures) -> str:
             "over the run's wall time (near 100%: Envoy was the bottleneck, as intended); "
             "*others* is what other processes took of Envoy's CPU meanwhile (noise).\n\n"
             + _table(["scenario", "req/s", "× bare", "× bare (CPU)", "anchor", "Envoy µs/req",
-                      "+µs vs bare", "Envoy CPU", "others", "p99 ms"], rows))
+                      "+µs vs bare", "Envoy CPU", "others", "p50 ms", "p99 ms"], rows))
 
 
 def _memory(results: dict) -> str:

@@ -14,9 +14,13 @@
    also halfway through its run and after it.
 3. **callouts**: scenarios with `callout_clusters` run at each concurrency asked;
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
-4. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
+4. **fleet**: 1 to 3 gateways sharing one limit through the rate-limit service, per
+   mode of the rate-limit filter: what is admitted against the limit (`fleet.py`).
+5. **service**: wasmgate-ratelimit alone, without Envoy (`service.py`): decisions per
+   second and per core, Redis commands per admitted hit.
+6. **keystore**: the key store alone, new server against old (bench/keystore.py).
+7. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
-5. **keystore**: the key store alone, new server against old (bench/keystore.py).
 
 Everything started is stopped when the run ends, however it ends.
 """
@@ -36,10 +40,16 @@ from harness.envoy import EnvoyFailedToStart
 from .context import BenchContext
 from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
+from .fleet import fleet_run
 from .pinned_envoy import PinnedEnvoy
 from .keystore import KeystoreBench
-from .scenario import CALLOUTS, KEYSTORE, MEMORY, THROUGHPUT, Scenario
+from .scenario import CALLOUTS, FLEET, KEYSTORE, MEMORY, SERVICE, THROUGHPUT, Scenario
+from .service import service_run
 from .upstream import start_upstream
+
+HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
 
 BASELINE = "bare"
 FLOOR = "wasm-floor"
@@ -113,6 +123,8 @@ class ScenarioResult:
     rss_after: dict = field(default_factory=dict)  # concurrency -> bytes after the run (floods)
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
+    fleet: list = field(default_factory=list)  # one dict per (mode, gateways): see fleet.py
+    service: dict = None  # the service pass's runs (service.py)
     upstream: str = None
     keystore: list = field(default_factory=list)  # KeystoreSample.as_dict() per run
 
@@ -191,9 +203,11 @@ class Bench:
         clusters = [cluster("upstream", upstream.host, upstream.port)]
         for fixture in scenario.fixtures:
             service = self.ctx.fixture(fixture)
-            clusters.append(cluster(fixture.cluster, service.host, service.port))
+            extra = {"typed_extension_protocol_options": HTTP2} if fixture.http2 else {}
+            clusters.append(cluster(fixture.cluster, service.host, service.port, **extra))
         listener = http_listener(
-            "main", scenario.filters(self.ctx), [route("/", "upstream", name="default")],
+            "main", scenario.filters(self.ctx),
+            [route("/", "upstream", name="default", **scenario.route_action)],
             # The same connection manager everywhere; PASS_THROUGH lets header rules
             # remove the upstream's `server` (Envoy would write its own afterwards).
             hcm_extra={"server_header_transformation": "PASS_THROUGH"})
@@ -278,6 +292,13 @@ class Bench:
                     if not results[s.name].failure:
                         self.callout_run(s, concurrency, results[s.name])
         for s in scenarios:
+            if FLEET in s.passes and not results[s.name].failure:
+                fleet_run(self, s, results[s.name])
+            if SERVICE in s.passes:
+                try:
+                    service_run(self, s, results[s.name])
+                except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                    results[s.name].fail(f"service pass: {err}")
             if KEYSTORE in s.passes:
                 self.keystore_pass(results[s.name])
         if self.settings.compare_upstreams and BASELINE in by_name:

@@ -16,6 +16,8 @@ from .load import Load
 THROUGHPUT = "throughput"  # interleaved rounds at concurrency 1: req/s, CPU, RSS
 MEMORY = "memory"  # RSS idle and under load at the other concurrencies
 CALLOUTS = "callouts"  # fetches through `callout_clusters` per concurrency
+FLEET = "fleet"  # several gateways over one rate-limit service: admitted against the limit
+SERVICE = "service"  # the rate-limit service alone (service.py): decisions per core, Redis
 KEYSTORE = "keystore"  # no Envoy: the key store's lookups, new server against old (keystore.py)
 ENVOY_PASSES = frozenset({THROUGHPUT, MEMORY, CALLOUTS})
 
@@ -27,12 +29,14 @@ class Fixture:
     Started once per run on the load CPU, by `argv(ctx)`: a server that prints
     `listening on http://ADDR` first (the project's convention; `--listen
     127.0.0.1:0`). Every Envoy of a scenario that lists the fixture gets a STATIC
-    cluster named `cluster` pointing at it; filters reach it through that name.
+    cluster named `cluster` pointing at it (HTTP/2 with `http2`: a gRPC service);
+    filters reach it through that name.
     """
 
     name: str
     cluster: str
     argv: Callable
+    http2: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Scenario:
       callouts (JWKS or key-store fetches), reported by the callouts pass.
     - `counters`: {label: Envoy stat} read after the throughput pass, so the report
       shows that e.g. a cached scenario hit its cache and a cold one did not.
+    - `route_action`: fields added to the route's action (Envoy's own ratelimit filter
+      takes its descriptors from the route's `rate_limits`).
     - `anchor`: the ratio to bare measured before (NOTES.md), shown for comparison.
     - `seconds`: the length of this scenario's memory and callout runs, when the pass's
       default is too short (a flood must last long enough to send its `limit`).
@@ -95,6 +101,7 @@ class Scenario:
     fixtures: tuple = ()
     callout_clusters: tuple = ()
     counters: dict = field(default_factory=dict)
+    route_action: dict = field(default_factory=dict)
     passes: frozenset = frozenset({THROUGHPUT, MEMORY})
     anchor: float = None
     seconds: int = None

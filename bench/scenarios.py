@@ -17,9 +17,14 @@ from harness.paths import tool_path
 
 from . import native, wasmgate
 from .load import Distinct, Load, Rotate
-from .scenario import (CALLOUTS, KEYSTORE, MEMORY, THROUGHPUT, Fixture, Probe, Registry,
-                       Scenario)
-from .wasmgate import HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER
+from .scenario import (
+    CALLOUTS, FLEET, KEYSTORE, MEMORY, SERVICE, THROUGHPUT, Fixture, Probe, Registry,
+    Scenario,
+)
+from .wasmgate import (
+    BENCH_TENANT, HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER,
+    RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_LIMITS, RATELIMIT_TIMEOUT,
+)
 
 REGISTRY = Registry()
 add = REGISTRY.add
@@ -54,6 +59,17 @@ KEY_STORE = Fixture(
     "keystore", cluster=KEYSTORE_CLUSTER,
     argv=lambda ctx: [tool_path("keystore"), "--store", f"file:{ctx.keystore_file()}",
                       "serve", "--listen", "127.0.0.1:0"],
+)
+
+# The rate-limit service of the global tier's scenarios: `wasmgate-ratelimit` on its
+# memory store (what is compared is the filters' cost around the same call; the
+# service on Redis is measured in its own tests), limits in the run's directory.
+RATELIMIT_SERVICE = Fixture(
+    "ratelimit", cluster=RATELIMIT_CLUSTER, http2=True,
+    argv=lambda ctx: [tool_path("ratelimit"), "serve",
+                      "--config", ctx.write("ratelimit/limits.yaml", RATELIMIT_LIMITS),
+                      "--store", "memory", "--listen", "127.0.0.1:0",
+                      "--metrics-listen", "127.0.0.1:0", "--log-level", "warn"],
 )
 
 # --- probes and counters -------------------------------------------------------------
@@ -199,6 +215,31 @@ add(Scenario(
     counters=WASM_RATE_LIMIT_COUNTERS,
 ))
 
+# The global tier, on the same load (one tenant, never limited) and the same service as
+# Envoy's own ratelimit filter below: `exact` makes one call per request, `lease` one
+# per thousand.
+_TENANT = {"x-user-id": "user-bench", "x-tenant-id": BENCH_TENANT}
+WASM_GLOBAL_COUNTERS = {
+    "rate limit allowed": _WASM + "rate_limit.allowed_total",
+    "service calls": _WASM + "rate_limit.global_calls_total",
+    "lease renewals": _WASM + "rate_limit.lease_renewals_total",
+    "hits leased": _WASM + "rate_limit.lease_granted_hits_total",
+    "failures (denied)": _WASM + "rate_limit.result=.=deny;.;global_failure_decisions_total"}
+
+for _mode, _how in (("exact", "one ShouldRateLimit call per request"),
+                    ("lease", "leases of 1,000 hits spent in shared data")):
+    add(Scenario(
+        f"rate-limit-{_mode}", f"wasmgate rate-limit filter as `rate-limit`, plus a global "
+        f"tier in {_mode} mode on the tenant ({_how}), wasmgate-ratelimit (memory store)",
+        filters=lambda ctx, m=_mode: [wasmgate.rate_limit(ctx, wasmgate.rate_limit_global_config(m))],
+        load=lambda ctx: Load(headers=_TENANT),
+        probes=lambda ctx: [Probe("counted locally and globally: the response says how many "
+                                  "remain", headers=_TENANT,
+                                  response={"x-ratelimit-limit": str(RATE_LIMIT_NEVER)})],
+        fixtures=(RATELIMIT_SERVICE,),
+        counters=WASM_GLOBAL_COUNTERS,
+    ))
+
 # --- chains: the gateway's three filters ---------------------------------------------
 
 
@@ -282,6 +323,20 @@ add(Scenario(
     counters={"ok": "bench_rate_limit.http_local_rate_limit.ok",
               "limited": "bench_rate_limit.http_local_rate_limit.rate_limited"},
     anchor=0.96,
+))
+
+add(Scenario(
+    "native-ratelimit", "native ratelimit (the global rate limit filter), one call per request "
+    "to wasmgate-ratelimit (memory store), the same descriptor as `rate-limit-exact`",
+    filters=lambda ctx: [native.ratelimit(RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_TIMEOUT)],
+    load=lambda ctx: Load(headers=_TENANT),
+    probes=lambda ctx: [Probe("the service was asked: its answer's headers came back",
+                              headers=_TENANT,
+                              response={"x-ratelimit-limit": "4000000000, 4000000000;w=1"})],
+    fixtures=(RATELIMIT_SERVICE,),
+    route_action=native.route_rate_limits("x-tenant-id"),
+    counters={"ok": "cluster.ratelimit.ratelimit.ok",
+              "errors": "cluster.ratelimit.ratelimit.error"},
 ))
 
 add(Scenario(
@@ -399,6 +454,15 @@ add(Scenario(
     flood=True,
 ))
 
+# --- the fleet: one limit over 1-3 gateways --------------------------------------------
+
+add(Scenario(
+    "fleet-accuracy", "1-3 gateways (Envoy, concurrency 2) sharing one limit of 100 a minute "
+    "through wasmgate-ratelimit (two replicas, Redis): local, exact and lease modes, a burst "
+    "of 300 requests for one tenant",
+    passes=frozenset({FLEET}),
+))
+
 # --- callout counting ----------------------------------------------------------------
 
 for _async, _when in ((False, "on the first request that needs it"),
@@ -486,6 +550,17 @@ _amplified("api-key", "the API-key filter (cached, hide_credentials: false)",
            fixtures=(KEY_STORE,))
 _amplified("rate-limit", "the rate-limit filter", lambda ctx: ctx.wasm("rate-limit"),
            wasmgate.rate_limit_config(), load=lambda ctx: Load(headers={"x-user-id": "user-bench"}))
+
+
+# --- the rate-limit service alone ---------------------------------------------------------
+
+add(Scenario(
+    "ratelimit-service",
+    "wasmgate-ratelimit without Envoy: ShouldRateLimit and Renew over Redis, and "
+    "ShouldRateLimit in memory (service.py).",
+    passes=frozenset({SERVICE}),
+))
+
 
 # --- the key store on its own (no Envoy) --------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The performance targets of issue 8 (P1-P5), evaluated on a run's results.
+"""The performance targets of issue 8 (P1-P5) and issue 12 (G1-G4), evaluated on a
+run's results.
 
 Each target names the scenarios it compares and its threshold; `evaluate` turns a
 run's results into rows (target, measured, verdict) for BENCHMARKS.md. A target whose
@@ -30,6 +31,15 @@ P4_FLAT_MIB = 2.0
 P4_FLOODS = ("rate-limit-flood", "api-key-flood")
 # P5: (scenario, callout cluster): one fetch per Envoy at every concurrency.
 P5_FETCHES = (("jwt-rs256-cached", "jwks"),)
+
+
+# G1: (wasmgate's exact tier, Envoy's ratelimit filter on the same service, at most):
+# the client's added p50 and p99 latency.
+G1_PAIR = ("rate-limit-exact", "native-ratelimit", 1.3)
+# G2: (the lease tier, the local tier alone, at most): added Envoy CPU per request.
+G2_PAIR = ("rate-limit-lease", "rate-limit", 1.1)
+# G3, G4: the fleet pass.
+FLEET_SCENARIO = "fleet-accuracy"
 
 
 @dataclass
@@ -156,7 +166,62 @@ def p5(results: dict) -> list:
     return rows
 
 
+def _ok(r) -> bool:
+    return bool(r and r.samples and not r.failure)
+
+
+def g1(figures) -> list:
+    ours_name, theirs_name, most = G1_PAIR
+    rows = []
+    for percentile in ("p50", "p99"):
+        target = (f"`{ours_name}` added {percentile} latency ≤ {most:g}× `{theirs_name}`'s")
+        ours, theirs = figures.results.get(ours_name), figures.results.get(theirs_name)
+        if not (_ok(ours) and _ok(theirs)):
+            rows.append(Row("G1", target, "–", "not measured"))
+            continue
+        a, b = (figures.added_latency_us(r, percentile) for r in (ours, theirs))
+        if a is None or b is None or b[0] <= 0:
+            rows.append(Row("G1", target, "–", "not measured"))
+            continue
+        ratio = a[0] / b[0]
+        rows.append(Row("G1", target, f"{ratio:.2f}× ({a[0]:+.0f} µs against {b[0]:+.0f} µs)",
+                        _verdict(ratio <= most)))
+    return rows
+
+
+def g2(figures) -> list:
+    name, other, most = G2_PAIR
+    target = f"`{name}` added cost ≤ {most:g}× `{other}`'s (Envoy CPU per request)"
+    ours, theirs = _added_us(figures, name), _added_us(figures, other)
+    if ours is None or not theirs or theirs <= 0:
+        return [Row("G2", target, "–", "not measured")]
+    ratio = ours / theirs
+    return [Row("G2", target, f"{ratio:.2f}× ({ours:+.1f} µs against {theirs:+.1f} µs)",
+                _verdict(ratio <= most))]
+
+
+def g3_g4(results: dict) -> list:
+    r = results.get(FLEET_SCENARIO)
+    rows = []
+    for code, mode, target in (
+            ("G3", "exact", "`exact`: 1-3 gateways admit exactly the limit"),
+            ("G4", "lease", "`lease`: 1-3 gateways admit at most the limit, at least the "
+                            "limit less two leases per gateway")):
+        found = [row for row in (r.fleet if r and not r.failure else []) if row["mode"] == mode]
+        if not found:
+            rows.append(Row(code, target, "–", "not measured"))
+            continue
+        text = ", ".join(f"{row['admitted']}/{row['limit']} at {row['gateways']}" for row in found)
+        if mode == "exact":
+            ok = all(row["admitted"] == row["limit"] for row in found)
+        else:
+            ok = all(row["limit"] - row["bound"] <= row["admitted"] <= row["limit"]
+                     for row in found)
+        rows.append(Row(code, target, text, _verdict(ok)))
+    return rows
+
+
 def evaluate(figures) -> list:
-    """Every target's row, in the issue's order."""
+    """Every target's row, in the issues' order."""
     return [*p1(figures), *p2(figures), *p3(figures), *p4(figures.results),
-            *p5(figures.results)]
+            *p5(figures.results), *g1(figures), *g2(figures), *g3_g4(figures.results)]

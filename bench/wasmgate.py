@@ -15,6 +15,7 @@ from .tokens import AUDIENCE, ISSUER
 # The clusters the fixtures are reached through (scenarios.py starts the fixtures).
 JWKS_CLUSTER = "jwks"
 KEYSTORE_CLUSTER = "keystore"
+RATELIMIT_CLUSTER = "ratelimit"
 
 # The header rules the shipped gateway used when this was written (five identity
 # headers stripped, two request headers set, response cleanup, request id echoed),
@@ -73,6 +74,38 @@ def rate_limit_config(identity_header: str = None, slots: int = 100_000) -> dict
         "rules": [{"name": "api", "match": {"prefix": "/api/"},
                    "limits": [{"name": "per-second", "requests": RATE_LIMIT_NEVER, "per": "1s"}]}],
     }
+
+
+# The global tier's scenarios: one tenant, a limit the service never reaches; the
+# descriptor the filter sends (rule=api, x-tenant-id=...) is the one Envoy's own
+# ratelimit filter is configured to send (native.py), against the same service.
+BENCH_TENANT = "tenant-bench"
+RATELIMIT_DOMAIN = "wasmgate"
+RATELIMIT_LIMITS = f"""
+domain: {RATELIMIT_DOMAIN}
+descriptors:
+  - key: rule
+    value: api
+    descriptors:
+      - key: x-tenant-id
+        rate_limit: {{name: per-tenant, unit: second, requests_per_unit: 4000000000}}
+"""
+# Both the filter and Envoy's ratelimit filter wait this long for an answer: a loaded
+# bench must measure the call, not the failure mode.
+RATELIMIT_TIMEOUT = "1s"
+
+
+def rate_limit_global_config(mode: str, lease_size: int = 1000) -> dict:
+    """`rate_limit_config()` with a global tier in `mode` ("exact" or "lease") on the
+    tenant (`x-tenant-id`); a lease asks for `lease_size` hits at a time."""
+    config = rate_limit_config()
+    tier = {"mode": mode, "cluster": RATELIMIT_CLUSTER, "domain": RATELIMIT_DOMAIN,
+            "timeout": RATELIMIT_TIMEOUT, "failure_mode": "deny",
+            "identity": [{"header": "x-tenant-id"}]}
+    if mode == "lease":
+        tier["lease"] = {"size": lease_size, "period": "1s"}
+    config["rules"][0]["global"] = tier
+    return config
 
 
 def headers(ctx, rules: dict = None) -> dict:

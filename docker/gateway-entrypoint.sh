@@ -13,6 +13,11 @@
 # stay on 127.0.0.1, where the services of the same network namespace listen.
 # With WASMGATE_TRACING=on, the config's `#~ ` lines (gateway.yaml's tracing) are
 # turned on; off (the default) leaves them commented out.
+#
+# $WASMGATE_PORT_MAP ("FROM:TO FROM:TO ...", empty by default) moves the gateway's own
+# ports, for a second gateway in the same network namespace: every `port_value: FROM`
+# becomes `port_value: TO` (the listeners', admin's, and the `admin` cluster's that the
+# stats listener asks). Map only ports that name nothing else in the file.
 # Needs only sh and sed (the stock Envoy image has both).
 set -eu
 config="$1"
@@ -23,6 +28,18 @@ case "${WASMGATE_TRACING:-off}" in
     off) tracing='' ;;
     *) echo "gateway-entrypoint: WASMGATE_TRACING must be on or off, not '$WASMGATE_TRACING'" >&2; exit 2 ;;
 esac
+moves=""
+for pair in ${WASMGATE_PORT_MAP:-}; do
+    # Two passes (FROM -> @FROM@ -> TO), so that a TO equal to another FROM moves once.
+    moves="$moves -e s/(port_value:[[:space:]]*)${pair%%:*}([^0-9]|$)/\1@${pair%%:*}@\2/g"
+done
+for pair in ${WASMGATE_PORT_MAP:-}; do
+    moves="$moves -e s/@${pair%%:*}@/${pair#*:}/g"
+done
 sed -E -e "/^  listeners:/,/^  clusters:/ s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" \
     -e "$tracing" "$config" >/tmp/envoy.yaml
+if [ -n "$moves" ]; then
+    # shellcheck disable=SC2086 # each -e expression is one word
+    sed -E -i $moves /tmp/envoy.yaml
+fi
 exec envoy -c /tmp/envoy.yaml "$@"

@@ -8,6 +8,9 @@
 #       links, and busybox's sh and sed for docker/gateway-entrypoint.sh
 #   wasmgate/demo-standin:latest   for docker/demo.Dockerfile: build/bin/wasmgate-demo,
 #       build/bin/wasmgate-keystore, the glibc libraries they link, /var/lib/wasmgate
+#   wasmgate/ratelimit-standin:latest  for docker/ratelimit.Dockerfile:
+#       build/bin/wasmgate-ratelimit and the libraries it links
+#   wasmgate/redis-standin:7       for redis:7.2-bookworm: Debian's redis-server
 #   wasmgate/prometheus-standin:2.42.0  for prom/prometheus:v2.42.0: Debian's
 #       prometheus 2.42 (the binary, the libraries it links, its web UI's files) at the
 #       image's places (/bin/prometheus, /prometheus)
@@ -15,7 +18,7 @@
 #   scripts/docker-standin-images.sh      (DOCKER_HOST picks the engine, as for docker)
 #
 # Needs `make build` (the demo binaries), `make setup` (Envoy, busybox-static,
-# prometheus).
+# prometheus, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker="${DOCKER:-docker}"
@@ -55,6 +58,12 @@ add_binary "$work/demo" build/bin/wasmgate-demo /usr/local/bin/wasmgate-demo
 add_binary "$work/demo" build/bin/wasmgate-keystore /usr/local/bin/wasmgate-keystore
 mkdir -p "$work/demo/var/lib/wasmgate"
 import "$work/demo" wasmgate/demo-standin:latest '["/usr/local/bin/wasmgate-demo"]'
+
+add_binary "$work/ratelimit" build/bin/wasmgate-ratelimit /usr/local/bin/wasmgate-ratelimit
+import "$work/ratelimit" wasmgate/ratelimit-standin:latest '["/usr/local/bin/wasmgate-ratelimit"]'
+
+add_binary "$work/redis" "$(command -v redis-server)" /usr/bin/redis-server
+import "$work/redis" wasmgate/redis-standin:7 '[]'
 
 add_binary "$work/prometheus" "$(command -v prometheus)" /bin/prometheus
 mkdir -p "$work/prometheus/usr/share/prometheus" "$work/prometheus/prometheus"

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# `make run`: the demo gateway until Ctrl-C. Starts the demo services and Envoy on
-# envoy-config/gateway.yaml, waits until Envoy is ready, prints a walk-through, and
-# stops everything it started when interrupted.
+# `make run`: the demo gateway until Ctrl-C. Starts the demo services, Redis and the
+# rate-limit service, and two Envoys on envoy-config/gateway.yaml (the second one shows
+# a limit that holds across gateways), waits until they are ready, prints a
+# walk-through, and stops everything it started when interrupted.
 #
 # Ports and places, from the environment (defaults in brackets):
 #   WASMGATE_HTTP_PORT [8080]  WASMGATE_HTTPS_PORT [8443]  WASMGATE_ADMIN_PORT [9901]
 #   WASMGATE_STATS_PORT [9902] (/stats/prometheus only)
+#   WASMGATE_SECOND_HTTP_PORT [8082]  WASMGATE_SECOND_HTTPS_PORT [8444]
+#   WASMGATE_SECOND_ADMIN_PORT [9903]  WASMGATE_SECOND_STATS_PORT [9904]  the second gateway
 #   WASMGATE_PORT_<INSTANCE>   a demo service, e.g. WASMGATE_PORT_USERS_A [18081]
 #   WASMGATE_PORT_JWKS [18090]  the JWKS issuer   WASMGATE_PORT_KEYSTORE [18091]  the key store
+#   WASMGATE_PORT_RATELIMIT [18092]  the rate-limit service (gRPC)
+#   WASMGATE_PORT_REDIS [a free port]  its Redis (Debian's redis-server, no persistence)
 #   WASMGATE_TRACING [off]     on: gateway.yaml's tracing, spans posted (OTLP/HTTP) to a
 #                              collector you run on WASMGATE_OTLP_PORT [4318]
 #   WASMGATE_PROMETHEUS_PORT [9090, or a free port if 9090 is taken]  Prometheus (Debian's),
 #                              scraping the gateway; `off`: no Prometheus
 #   WASMGATE_CERTS_DIR [build/certs]  WASMGATE_RUN_DIR [.run] (logs, the demo's signing
 #   keys, key store and token: made at run time, never committed)
-# With the defaults Envoy runs envoy-config/gateway.yaml itself; otherwise a copy
-# with the ports and paths replaced, written to the run directory.
+# With the defaults the first Envoy runs envoy-config/gateway.yaml itself; otherwise,
+# and always for the second, a copy with the ports and paths replaced, written to the
+# run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +32,12 @@ https_port="${WASMGATE_HTTPS_PORT:-8443}"
 admin_port="${WASMGATE_ADMIN_PORT:-9901}"
 stats_port="${WASMGATE_STATS_PORT:-9902}"
 otlp_port="${WASMGATE_OTLP_PORT:-4318}"
+second_http_port="${WASMGATE_SECOND_HTTP_PORT:-8082}"
+second_https_port="${WASMGATE_SECOND_HTTPS_PORT:-8444}"
+second_admin_port="${WASMGATE_SECOND_ADMIN_PORT:-9903}"
+second_stats_port="${WASMGATE_SECOND_STATS_PORT:-9904}"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+redis_port="${WASMGATE_PORT_REDIS:-$(free_port)}"
 tracing="${WASMGATE_TRACING:-off}"
 case "$tracing" in
     on|off) ;;
@@ -45,6 +57,7 @@ services=(
 callouts=(
     "jwks 18090"
     "keystore 18091"
+    "ratelimit 18092"
 )
 
 port_of() {  # port_of INSTANCE DEFAULT: WASMGATE_PORT_<INSTANCE> or DEFAULT
@@ -53,10 +66,12 @@ port_of() {  # port_of INSTANCE DEFAULT: WASMGATE_PORT_<INSTANCE> or DEFAULT
     echo "${!var:-$2}"
 }
 
-for tool in build/bin/wasmgate-demo build/bin/wasmgate-keystore build/wasm/headers.wasm \
-    build/wasm/jwt.wasm build/wasm/api-key.wasm build/wasm/rate-limit.wasm .venv/bin/envoy-bin; do
+for tool in build/bin/wasmgate-demo build/bin/wasmgate-keystore build/bin/wasmgate-ratelimit \
+    build/wasm/headers.wasm build/wasm/jwt.wasm build/wasm/api-key.wasm build/wasm/rate-limit.wasm \
+    .venv/bin/envoy-bin; do
     [ -e "$tool" ] || { echo "run: $tool is missing: run \`make run\` (it builds first)" >&2; exit 1; }
 done
+command -v redis-server >/dev/null || { echo "run: redis-server is missing: run \`make setup\`" >&2; exit 1; }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 declare -A port_map=([8080]="$http_port" [8443]="$https_port" [9901]="$admin_port" [9902]="$stats_port"
@@ -69,9 +84,9 @@ for entry in "${callouts[@]}"; do
     read -r name shipped <<<"$entry"
     port_map[$shipped]="$(port_of "$name" "$shipped")"
 done
-for shipped in "${!port_map[@]}"; do
-    port="${port_map[$shipped]}"
-    if [ "$shipped" != 4318 ] && port_busy "$port"; then
+for port in "${port_map[@]}" "$second_http_port" "$second_https_port" "$second_admin_port" \
+    "$second_stats_port" "$redis_port"; do
+    if [ "$port" != "$otlp_port" ] && port_busy "$port"; then
         echo "run: port $port on 127.0.0.1 is already in use; stop whatever holds it or choose" \
              "another (see the top of scripts/run-demo.sh)" >&2
         exit 1
@@ -102,6 +117,18 @@ fi
 mkdir -p "$run_dir"
 scripts/demo-certs.sh "$certs" >/dev/null
 
+# gateway.yaml with the ports of `port_map` replaced and the certificates in $certs:
+# two passes (port → @port@ → new port), so that a new port equal to another shipped
+# port is not replaced twice.
+render_config() {  # render_config OUTPUT
+    local mark=() final=() shipped
+    for shipped in "${!port_map[@]}"; do
+        mark+=(-e "s/port_value: $shipped}/port_value: @$shipped@}/g")
+        final+=(-e "s/@$shipped@/${port_map[$shipped]}/g")
+    done
+    sed "${mark[@]}" envoy-config/gateway.yaml | sed "${final[@]}" -e "s#build/certs/#${certs%/}/#g" \
+        "${tracing_sed[@]}" >"$1"
+}
 config=envoy-config/gateway.yaml
 custom=""
 for shipped in "${!port_map[@]}"; do
@@ -115,17 +142,16 @@ if [ "$tracing" = on ]; then
     tracing_sed=(-e 's/^\( *\)#~ /\1/')
 fi
 if [ -n "$custom" ]; then
-    # Two passes (port → @port@ → new port), so that a new port equal to another
-    # shipped port is not replaced twice.
-    mark=() final=()
-    for shipped in "${!port_map[@]}"; do
-        mark+=(-e "s/port_value: $shipped}/port_value: @$shipped@}/g")
-        final+=(-e "s/@$shipped@/${port_map[$shipped]}/g")
-    done
-    sed "${mark[@]}" "$config" | sed "${final[@]}" -e "s#build/certs/#${certs%/}/#g" \
-        "${tracing_sed[@]}" >"$run_dir/gateway.yaml"
     config="$run_dir/gateway.yaml"
+    render_config "$config"
 fi
+# The second gateway: the same file, its own listeners and admin.
+second_config="$run_dir/gateway-2.yaml"
+port_map[8080]="$second_http_port"; port_map[8443]="$second_https_port"
+port_map[9901]="$second_admin_port"; port_map[9902]="$second_stats_port"
+render_config "$second_config"
+port_map[8080]="$http_port"; port_map[8443]="$https_port"; port_map[9901]="$admin_port"
+port_map[9902]="$stats_port"
 
 pids=()
 cleanup() {
@@ -152,12 +178,48 @@ pids+=($!)
 build/bin/wasmgate-keystore --store "file:$run_dir/keys.json" serve \
     --listen "127.0.0.1:${port_map[18091]}" >"$run_dir/keystore.log" 2>&1 &
 pids+=($!)
-# Envoy's stdout is the JSON access log; its own log goes to envoy.log.
+# The rate-limit filter's global tier: Redis (no persistence) and wasmgate-ratelimit on it.
+redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
+    >"$run_dir/redis.log" 2>&1 &
+pids+=($!)
+build/bin/wasmgate-ratelimit serve --config envoy-config/gateway-limits.yaml \
+    --store "redis://127.0.0.1:$redis_port" --listen "127.0.0.1:${port_map[18092]}" \
+    --metrics-listen 127.0.0.1:0 >"$run_dir/ratelimit.log" 2>&1 &
+pids+=($!)
+# Envoy's stdout is the JSON access log; its own log goes to envoy.log (the second
+# gateway's to envoy-2.log and access-2.log).
 .venv/bin/envoy-bin -c "$config" --concurrency 2 --disable-hot-restart \
     --file-flush-interval-msec 1000 --log-path "$run_dir/envoy.log" >"$run_dir/access.log" &
 envoy_pid=$!
 pids+=("$envoy_pid")
+.venv/bin/envoy-bin -c "$second_config" --concurrency 2 --disable-hot-restart \
+    --file-flush-interval-msec 1000 --log-path "$run_dir/envoy-2.log" >"$run_dir/access-2.log" &
+second_pid=$!
+pids+=("$second_pid")
 
+wait_ready() {  # wait_ready ADMIN_URL PID LOG
+    local admin=$1 pid=$2 log=$3
+    for _ in $(seq 1 300); do
+        [ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] && break
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "run: Envoy exited; its log:" >&2; tail -n 30 "$log" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    [ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] || { echo "run: Envoy did not become ready" >&2; exit 1; }
+    # Until every service passed a health check, Envoy balances in panic mode (all
+    # hosts, healthy or not); on a busy machine the first round can time out. Wait for
+    # the next.
+    for _ in $(seq 1 300); do
+        curl -s "$admin/clusters" | grep -q 'health_flags::/failed_active_hc' || break
+        sleep 0.1
+    done
+    # The JWT filter fetches the JWKS on its first timer tick: start with the keys in place.
+    for _ in $(seq 1 300); do
+        curl -s "$admin/stats?filter=result=.=success;.;jwks_fetches_total" | grep -q ': [1-9]' && break
+        sleep 0.1
+    done
+}
 # Prometheus (Debian's) on observability/prometheus/: scrapes this gateway's stats listener every
 # 5 s and evaluates wasmgate's rules. Its samples go to the run directory, removed at exit.
 prometheus="http://127.0.0.1:$prometheus_port"
@@ -174,25 +236,8 @@ if [ "$prometheus_port" != off ]; then
 fi
 
 admin="http://127.0.0.1:$admin_port"
-for _ in $(seq 1 300); do
-    [ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] && break
-    if ! kill -0 "$envoy_pid" 2>/dev/null; then
-        echo "run: Envoy exited; its log:" >&2; tail -n 30 "$run_dir/envoy.log" >&2; exit 1
-    fi
-    sleep 0.1
-done
-[ "$(curl -s "$admin/ready" 2>/dev/null)" = "LIVE" ] || { echo "run: Envoy did not become ready" >&2; exit 1; }
-# Until every service passed a health check, Envoy balances in panic mode (all hosts,
-# healthy or not); on a busy machine the first round can time out. Wait for the next.
-for _ in $(seq 1 300); do
-    curl -s "$admin/clusters" | grep -q 'health_flags::/failed_active_hc' || break
-    sleep 0.1
-done
-# The JWT filter fetches the JWKS on its first timer tick: start with the keys in place.
-for _ in $(seq 1 300); do
-    curl -s "$admin/stats?filter=jwks_fetches_total" | grep -q 'result=.=success;.;jwks_fetches_total: [1-9]' && break
-    sleep 0.1
-done
+wait_ready "$admin" "$envoy_pid" "$run_dir/envoy.log"
+wait_ready "http://127.0.0.1:$second_admin_port" "$second_pid" "$run_dir/envoy-2.log"
 
 if [ "$prometheus_port" != off ]; then
     for _ in $(seq 1 300); do
@@ -204,6 +249,7 @@ if [ "$prometheus_port" != off ]; then
 fi
 
 gw="http://127.0.0.1:$http_port"
+gw2="http://127.0.0.1:$second_http_port"
 users_b="http://127.0.0.1:${port_map[18082]}"
 products="http://127.0.0.1:${port_map[18085]}"
 # Printed into the commands as they are: each step runs in a shell of its own, so the
@@ -229,7 +275,8 @@ wasmgate demo is up.
   admin     $admin   (/stats/prometheus, /clusters, /config_dump; loopback only)
   metrics   http://127.0.0.1:$stats_port/stats/prometheus   (nothing else of admin)
   services  $(for e in "${services[@]}"; do read -r i _ p <<<"$e"; printf '%s :%s  ' "$i" "${port_map[$p]}"; done)
-  callouts  JWKS issuer :${port_map[18090]}   key store :${port_map[18091]}
+  callouts  JWKS issuer :${port_map[18090]}   key store :${port_map[18091]}   rate-limit service :${port_map[18092]} (Redis :$redis_port)
+  gateway 2 $gw2   admin http://127.0.0.1:$second_admin_port   (the same gateway.yaml: a second replica)
   logs      $run_dir/   (access.log: one JSON line per request)
 $(if [ "$prometheus_port" != off ]; then
     echo "  metrics   Prometheus $prometheus   (scrapes the gateway every 5 s: /graph, /targets, /alerts)"
@@ -308,6 +355,9 @@ step "The partner host, partner.wasmgate.test: API keys only (a token gets 401),
 step "Rate limit: the gold plan allows 10 requests a minute on /partner (other plans 5). Past it: 429 with Retry-After and the X-RateLimit-* and RateLimit headers." \
     "for i in \$(seq 12); do curl -s -o /dev/null -w '%{http_code} ' $api_key $gw/partner/orders; done; echo" \
     "curl -s -i $api_key $gw/partner/orders"
+step "Global limit: a gold tenant may make 15 requests a minute across every gateway (envoy-config/gateway-limits.yaml), counted by the rate-limit service in Redis. Through the second gateway, where the key's own bucket starts full, 5 more pass, then 429 from the global limit (violated-policies: per-tenant)." \
+    "for i in \$(seq 8); do curl -s -o /dev/null -w '%{http_code} ' $api_key $gw2/partner/orders; done; echo" \
+    "curl -s -i $api_key $gw2/partner/orders"
 step "The access log: one JSON line per request (request id, user, tenant, API key id, status, latency...)." \
     "tail -n 2 $run_dir/access.log"
 step "Metrics in Prometheus format: the filters' own (those that counted something) and Envoy's." \

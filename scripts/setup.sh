@@ -26,9 +26,11 @@ fi
 #    docker.io (an engine the compose test starts by hand) and busybox-static (sh and
 #    sed for the stand-in Envoy image) run docker-compose.yml for real; docker-registry
 #    (the CNCF distribution server) is the registry `make push` is tested against;
+#    g++, libssl-dev and pkg-config build the rate-limit service's native dependencies
+#    (limitador's RocksDB, with clang for its bindings; its Redis client's OpenSSL);
 #    prometheus (with promtool) scrapes the demo gateway and checks the alerting rules.
 debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry
-      prometheus)
+      g++ libssl-dev pkg-config prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -19,7 +19,9 @@ import yaml
 
 import compose
 from harness import ROOT, Seen, wait_for
-from harness.demo_gateway import CALLOUT_SERVICES, DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS, OTLP_PORT
+from harness.demo_gateway import (
+    CALLOUT_SERVICES, DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_LIMITS, GATEWAY_PORTS, OTLP_PORT,
+)
 from harness.dockerd import PrivateDockerd
 from harness.ports import free_ports
 from harness.shipped import load_shipped, with_tracing
@@ -110,6 +112,15 @@ def what_runs(service) -> str:
     return command[0]
 
 
+# The second gateway's ports (docker-compose.yml moves them with WASMGATE_PORT_MAP).
+SECOND_GATEWAY_PORTS = {"main": 8082, "tls": 8444, "stats": 9904, "admin": 9903}
+
+
+def port_map(ports: dict) -> str:
+    """WASMGATE_PORT_MAP for a gateway on `ports` ({listener: port}, as GATEWAY_PORTS)."""
+    return " ".join(f"{GATEWAY_PORTS[name]}:{ports[name]}" for name in GATEWAY_PORTS)
+
+
 def test_compose_runs_what_gateway_yaml_routes_to():
     config = resolved((BASE,))
     services = config["services"]
@@ -124,6 +135,28 @@ def test_compose_runs_what_gateway_yaml_routes_to():
         (Path("observability/prometheus"), "/etc/prometheus")]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
     assert f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}" in prometheus["command"]
+    # The second gateway: the same file and mounts, its own ports, in the same namespace.
+    second = services.pop("gateway-2")
+    assert second["image"] == gateway["image"] and second["command"] == gateway["command"]
+    assert (sorted(second["environment"]["WASMGATE_PORT_MAP"].split())
+            == sorted(port_map(SECOND_GATEWAY_PORTS).split()))
+    assert second["network_mode"] == "service:gateway"
+    assert second["volumes"] == gateway["volumes"]
+    assert second["environment"]["WASMGATE_TRACING"] == gateway["environment"]["WASMGATE_TRACING"]
+    # The rate-limit service on the port of gateway.yaml's `ratelimit` cluster, on the
+    # Redis of the same namespace, with the gateway's limits.
+    ratelimit, redis = services.pop("ratelimit"), services.pop("redis")
+    command = ratelimit["command"]
+    assert command[0] == "serve"
+    assert listen_port(ratelimit) == next(p for p, n in CALLOUT_SERVICES.items() if n == "ratelimit")
+    redis_port = int(redis["command"][redis["command"].index("--port") + 1])
+    assert command[command.index("--store") + 1] == f"redis://127.0.0.1:{redis_port}"
+    assert command[command.index("--config") + 1] == "/wasmgate/envoy-config/gateway-limits.yaml"
+    assert {v["target"]: Path(v["source"]).relative_to(ROOT) for v in ratelimit["volumes"]} == {
+        "/wasmgate/envoy-config": Path("envoy-config")}
+    assert redis["command"][:1] == ["redis-server"] and "--save" in redis["command"]
+    for service in (ratelimit, redis):
+        assert service["network_mode"] == "service:gateway"
     # Every demo service and callout server of gateway.yaml, on the port gateway.yaml
     # sends it to.
     expected = {instance: (f"echo {service}", port) for port, (service, instance)
@@ -140,7 +173,8 @@ def test_compose_runs_what_gateway_yaml_routes_to():
         assert services[name]["volumes"][0]["type"] == "volume"
     # Every listener published, admin not: it stays on the container's loopback.
     published = {(p["published"], p["target"]) for p in gateway["ports"]}
-    assert published == {(str(port), port) for name, port in GATEWAY_PORTS.items() if name != "admin"} | {
+    assert published == {(str(port), port) for ports in (GATEWAY_PORTS, SECOND_GATEWAY_PORTS)
+                         for name, port in ports.items() if name != "admin"} | {
         (str(PROMETHEUS_PORT), PROMETHEUS_PORT)}
     mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
     assert mounts["/wasmgate/envoy-config"] == Path("envoy-config")
@@ -188,6 +222,24 @@ def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind, tr
     assert seen == shipped
 
 
+def test_the_entrypoint_moves_a_second_gateways_own_ports_and_nothing_else(tmp_path):
+    code, seen, _ = run_entrypoint(tmp_path, WASMGATE_BIND_ADDRESS="127.0.0.1",
+                                   WASMGATE_PORT_MAP=port_map(SECOND_GATEWAY_PORTS))
+    assert code == 0
+    shipped = yaml.safe_load((ROOT / GATEWAY_CONFIG).read_text())
+    seen = yaml.safe_load(seen)
+    listeners = {l["name"]: l["address"]["socket_address"]["port_value"]
+                 for l in seen["static_resources"]["listeners"]}
+    assert listeners == {name: SECOND_GATEWAY_PORTS[name] for name in listeners}
+    assert seen["admin"]["address"]["socket_address"]["port_value"] == SECOND_GATEWAY_PORTS["admin"]
+    # The stats listener asks this gateway's admin; every other cluster is untouched.
+    clusters = {c["name"]: c for c in seen["static_resources"]["clusters"]}
+    endpoint = clusters.pop("admin")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert endpoint["endpoint"]["address"]["socket_address"]["port_value"] == SECOND_GATEWAY_PORTS["admin"]
+    assert clusters == {c["name"]: c for c in shipped["static_resources"]["clusters"]
+                        if c["name"] != "admin"}
+
+
 def test_the_entrypoint_refuses_an_unknown_tracing_switch(tmp_path):
     code, seen, stderr = run_entrypoint(tmp_path, WASMGATE_TRACING="yes")
     assert (code, seen) == (2, None)
@@ -212,12 +264,18 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
                    check=True, capture_output=True, timeout=300)
     shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES, *CALLOUT_SERVICES, OTLP_PORT,
                       PROMETHEUS_PORT})
-    ports = dict(zip(shipped, free_ports(len(shipped))))
-    jwks_port, keystore_port = (next(p for p, n in CALLOUT_SERVICES.items() if n == name)
-                                for name in ("jwks", "keystore"))
+    # Drawn at once: every port distinct.
+    drawn = free_ports(len(shipped) + len(GATEWAY_PORTS) + 1)
+    ports = dict(zip(shipped, drawn))
+    second = dict(zip(GATEWAY_PORTS, drawn[len(shipped):]))
+    redis_port = drawn[-1]
+    jwks_port, keystore_port, ratelimit_port = (
+        next(p for p, n in CALLOUT_SERVICES.items() if n == name)
+        for name in ("jwks", "keystore", "ratelimit"))
     config_dir = tmp_path / "envoy-config"
     config_dir.mkdir()
     (config_dir / "gateway.yaml").write_text(yaml.safe_dump(load_shipped(GATEWAY_CONFIG, ports)))
+    (config_dir / "gateway-limits.yaml").write_text((ROOT / GATEWAY_LIMITS).read_text())
     # Prometheus's shipped config and rules, scraping the stats listener of this gateway.
     prometheus_dir = tmp_path / "prometheus"
     shutil.copytree(ROOT / "observability" / "prometheus", prometheus_dir)
@@ -246,12 +304,32 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
                              "--keys", "/var/lib/wasmgate/jwks-keys"]},
         "keystore": {"command": ["--store", "file:/var/lib/wasmgate/keys.json", "serve",
                                  "--listen", f"127.0.0.1:{ports[keystore_port]}"]},
+        # The second gateway's ports are moved from the test's copy of gateway.yaml.
+        "gateway-2": {
+            "volumes": [
+                {"type": "bind", "source": str(config_dir), "target": "/wasmgate/envoy-config",
+                 "read_only": True},
+                {"type": "bind", "source": str(demo_certs), "target": "/wasmgate/build/certs",
+                 "read_only": True},
+            ],
+            "environment": {"WASMGATE_PORT_MAP": " ".join(
+                f"{ports[port]}:{second[name]}" for name, port in GATEWAY_PORTS.items())}},
+        "ratelimit": {"command": [
+            "serve", "--config", "/wasmgate/envoy-config/gateway-limits.yaml",
+            "--store", f"redis://127.0.0.1:{redis_port}",
+            "--listen", f"127.0.0.1:{ports[ratelimit_port]}", "--metrics-listen", "127.0.0.1:0"],
+            "volumes": [{"type": "bind", "source": str(config_dir),
+                         "target": "/wasmgate/envoy-config", "read_only": True}]},
+        "redis": {"command": ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port),
+                              "--save", "", "--appendonly", "no"]},
     }}
     test_override = tmp_path / "docker-compose.test.yml"
     test_override.write_text(yaml.safe_dump(override))
     files = (BASE, HOST, test_override)
     env = {**dockerd.env, "ENVOY_IMAGE": "wasmgate/envoy-standin:1.40.0",
            "WASMGATE_DEMO_IMAGE": "wasmgate/demo-standin:latest",
+           "WASMGATE_RATELIMIT_IMAGE": "wasmgate/ratelimit-standin:latest",
+           "WASMGATE_REDIS_IMAGE": "wasmgate/redis-standin:7",
            "PROMETHEUS_IMAGE": "wasmgate/prometheus-standin:2.42.0"}
     project = ["-p", f"wasmgate-test-{os.getpid()}"]
     compose_run(*project, "up", "-d", "--no-build", "--pull", "never", files=files, env=env, timeout=300)
@@ -289,6 +367,19 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         partner = Seen(requests.get(f"{gateway}/partner/orders", headers={"x-api-key": api_key},
                                     timeout=TIMEOUT))
         assert (partner.header("x-tenant-id"), partner.header("x-plan")) == ("globex", "gold")
+        # The partner's tenant has 15 a minute across both gateways (gateway-limits.yaml),
+        # its key 10 in each: 9 more through the first, then the second admits 5.
+        gateway_2 = f"http://127.0.0.1:{second['main']}"
+        wait_for(lambda: requests.get(f"{gateway_2}/public/ping", timeout=2).status_code == 200,
+                 60, "the second gateway to answer")
+        key = {"x-api-key": api_key}
+        first = [requests.get(f"{gateway}/partner/orders", headers=key, timeout=TIMEOUT).status_code
+                 for _ in range(9)]
+        assert first == [200] * 9
+        through_second = [requests.get(f"{gateway_2}/partner/orders", headers=key,
+                                       timeout=TIMEOUT) for _ in range(7)]
+        assert [r.status_code for r in through_second] == [200] * 5 + [429] * 2
+        assert through_second[-1].headers["x-ratelimit-limit"] == "15"
         # Metrics come from the stats listener (admin itself stays on loopback).
         admin = requests.get(f"http://127.0.0.1:{ports[9902]}/stats/prometheus", timeout=TIMEOUT).text
         for metric in ("headers_requests", "jwt_allowed", "api_key_allowed", "rate_limit_allowed"):

@@ -24,7 +24,10 @@ ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMI
                      "WASMGATE_STATS_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
                      "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS",
-                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE", "WASMGATE_PROMETHEUS_PORT"]
+                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE", "WASMGATE_PORT_RATELIMIT",
+                     "WASMGATE_PORT_REDIS", "WASMGATE_SECOND_HTTP_PORT",
+                     "WASMGATE_SECOND_HTTPS_PORT", "WASMGATE_SECOND_ADMIN_PORT",
+                     "WASMGATE_SECOND_STATS_PORT", "WASMGATE_PROMETHEUS_PORT"]
 JWT = re.compile(r"^eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+$")
 
 
@@ -104,6 +107,18 @@ def limited(out):
             and '"status":429' in body)
 
 
+def limited_globally(out):
+    """Through the second gateway: 5 more pass (the tenant's 15 a minute, 10 of them
+    spent through the first), then the global limit refuses, as a local one would."""
+    codes = out.splitlines()[0].split()
+    (status, head, body), = answers(out)
+    problem = json.loads(body)
+    return (codes == ["200"] * 5 + ["429"] * 3 and status == 429
+            and "retry-after: " in head and "x-ratelimit-limit: 15\n" in head
+            and "x-ratelimit-remaining: 0\n" in head
+            and problem["violated-policies"] == ["per-tenant"])
+
+
 # A phrase of each step's title → what the output of its commands must show. A step
 # with no check here fails the test: a walk-through step nobody verified may be wrong.
 STEP_CHECKS = {
@@ -143,6 +158,7 @@ STEP_CHECKS = {
         and re.search(r"^key_\w+ +acme +gold +active", out, re.M) is not None),
     "The partner route takes API keys": partner_answers,
     "Rate limit": limited,
+    "Global limit": limited_globally,
     "The access log": access_log_lines,
     "Metrics in Prometheus format": lambda out: all(
         f"wasmgate_{name} " in out for name in (

@@ -16,9 +16,8 @@ import yaml
 from harness import ROOT
 from harness.istio_checks import (
     CRD_FILE, PLUGIN_ROLES, built_digests, check_agreement, check_clusters, check_order,
-    check_pins, https_variants, install_manifests, load_manifests, merge_patch, module_of,
-    role_of,
-    shipped_manifests, wasm_plugins,
+    check_pins, https_variants, install_manifests, kubernetes_manifests, load_manifests,
+    merge_patch, module_of, role_of, shipped_manifests, wasm_plugins,
 )
 from harness.shipped import shipped_plugin_configs, shipped_typed_configs
 from harness.istio_crd import CrdCatalog, GoUrl
@@ -154,8 +153,8 @@ def test_phases_and_priorities_give_the_intended_order():
     assert check_order(PLUGINS) == []
 
 
-def test_callout_clusters_are_created_by_service_entries():
-    assert check_clusters(PLUGINS, SHIPPED) == []
+def test_callout_clusters_are_created_by_service_entries_or_services():
+    assert check_clusters(PLUGINS, SHIPPED + kubernetes_manifests()) == []
 
 
 def gateway_configs() -> dict:
@@ -180,7 +179,7 @@ def test_plugin_configs_agree_with_the_envoy_gateway():
 
 CHECKS = {
     "order": lambda extra: check_order(PLUGINS + [extra]),
-    "clusters": lambda extra: check_clusters([extra], SHIPPED),
+    "clusters": lambda extra: check_clusters([extra], SHIPPED + kubernetes_manifests()),
     "pins": lambda extra: check_pins([extra], built_digests()),
     "agreement": lambda extra: check_agreement([extra], gateway_configs()),
 }
@@ -235,8 +234,10 @@ def test_every_manifest_file_under_istio_is_loaded():
     document without kind)."""
     files = {p for p in (ROOT / "istio").rglob("*") if p.is_file()}
     assert all(p.suffix == ".yaml" for p in files), files
-    assert ({m.file for m in SHIPPED + INSTALL} | {p.file for p in https_variants(PLUGINS)}) == files
-    assert all(m.kind and m.doc.get("apiVersion") for m in SHIPPED + INSTALL)
+    kubernetes = kubernetes_manifests()  # checked in test_ratelimit_service_manifests.py
+    found = SHIPPED + INSTALL + kubernetes
+    assert ({m.file for m in found} | {p.file for p in https_variants(PLUGINS)}) == files
+    assert all(m.kind and m.doc.get("apiVersion") for m in found)
 
 
 def test_istio_yaml_is_plain_yaml():

@@ -240,7 +240,8 @@ fn surveyed() -> Vec<(&'static str, serde_json::Value, Vec<Object>)> {
             json!({
                 "table": {},
                 "identity": [{"header": "x-user-id"}, {"address": {}}],
-                "rules": [{"name": "r", "match": {"prefix": "/"}, "limits": [{"requests": 1, "per": "1s"}]}],
+                "rules": [{"name": "r", "match": {"prefix": "/"}, "limits": [{"requests": 1, "per": "1s"}],
+                           "global": {"mode": "lease", "cluster": "rls", "lease": {}}}],
                 "default": {"limits": [{"requests": 1, "per": "1s"}]}
             }),
             vec![
@@ -253,6 +254,8 @@ fn surveyed() -> Vec<(&'static str, serde_json::Value, Vec<Object>)> {
                 object("/identity/1/address"),
                 object("/rules/0"),
                 object("/rules/0/limits/0"),
+                object("/rules/0/global"),
+                object("/rules/0/global/lease"),
                 object("/default"),
             ],
         ),

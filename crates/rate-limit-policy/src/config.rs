@@ -3,17 +3,24 @@
 
 use crate::bucket::{Limit, LimitSet, MAX_CAPACITY, MAX_LIMITS, MAX_PERIOD_MS, MAX_TOKENS};
 use crate::digest_memo::DigestMemo;
+use crate::global::{GlobalMode, GlobalSpec};
 use crate::identity::IdentitySource;
+use crate::lease::LeaseTable;
 use crate::table::BucketTable;
-use crate::{overflow_digest, Answers, Endpoint, Plan, RateLimitPolicy, ResetFormat, Rule};
+use crate::{
+    overflow_digest, Answers, Endpoint, Fallback, Plan, RateLimitPolicy, ResetFormat, Rule,
+};
 use serde::Deserialize;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::time::Duration;
 use wasmgate_config::{number, ConfigError, HeaderName, RouteMatch, RouteTable};
 
 pub const DEFAULT_SLOTS: u64 = 100_000;
 pub const MAX_SLOTS: u64 = 10_000_000;
 pub const DEFAULT_PROBE: u64 = 8;
+pub const DEFAULT_LEASE_SLOTS: u64 = 10_000;
 pub const MAX_PROBE: u64 = 64;
 const MAX_IDENTITY_SOURCES: usize = 8;
 const MAX_COMPOUND_HEADERS: usize = 4;
@@ -54,11 +61,13 @@ struct TableSpec {
     slots: Option<u64>,
     #[serde(default, deserialize_with = "number::optional_u64")]
     probe: Option<u64>,
+    #[serde(default, deserialize_with = "number::optional_u64")]
+    lease_slots: Option<u64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
-enum IdentitySpec {
+pub(crate) enum IdentitySpec {
     Header(HeaderName),
     Headers(Vec<HeaderName>),
     Address(AddressSpec),
@@ -66,7 +75,7 @@ enum IdentitySpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AddressSpec {
+pub(crate) struct AddressSpec {
     #[serde(default, deserialize_with = "number::optional_u32")]
     ipv4_prefix: Option<u32>,
     #[serde(default, deserialize_with = "number::optional_u32")]
@@ -88,6 +97,7 @@ struct RuleSpec {
     cost: Option<u64>,
     #[serde(default)]
     shadow: bool,
+    global: Option<GlobalSpec>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +120,7 @@ pub fn parse(bytes: &[u8]) -> Result<RateLimitPolicy, ConfigError> {
 
 impl PolicySpec {
     fn compile(self) -> Result<RateLimitPolicy, ConfigError> {
-        let table = self.table.compile().map_err(|e| e.within("table"))?;
+        let (table, lease_slots) = self.table.compile().map_err(|e| e.within("table"))?;
         let identity = match self.identity {
             None => vec![IdentitySource::Address {
                 ipv4_prefix: 32,
@@ -158,7 +168,7 @@ impl PolicySpec {
                 )
                 .within(&at));
             }
-            rules.push((route, rule));
+            rules.push((route, Rc::new(rule)));
         }
         let fallback = match self.default {
             None => None,
@@ -184,11 +194,23 @@ impl PolicySpec {
                     )
                     .within("default"));
                 }
-                Some(rule)
+                Some(Rc::new(rule))
             }
         };
+        let leases = rules
+            .iter()
+            .map(|(_, rule)| rule)
+            .chain(&fallback)
+            .any(|rule| {
+                matches!(
+                    rule.global.as_ref().map(|g| &g.mode),
+                    Some(GlobalMode::Lease(_))
+                )
+            })
+            .then(|| LeaseTable::new(&table.name, lease_slots, table.probe));
         Ok(RateLimitPolicy {
-            table,
+            table: table.buckets,
+            leases,
             identity,
             plan_header,
             rules: RouteTable::new(rules, fallback),
@@ -199,12 +221,21 @@ impl PolicySpec {
                 admitted_headers: self.admitted_headers,
             },
             digests: DigestMemo::default(),
+            lease_digests: DigestMemo::default(),
+            desk: RefCell::default(),
         })
     }
 }
 
+/// The bucket table, and what the lease table (if any rule leases) is made of.
+struct Tables {
+    buckets: BucketTable,
+    name: String,
+    probe: u32,
+}
+
 impl TableSpec {
-    fn compile(self) -> Result<BucketTable, ConfigError> {
+    fn compile(self) -> Result<(Tables, u32), ConfigError> {
         let name = self.name.unwrap_or_else(|| "default".to_owned());
         let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
         if name.is_empty() || name.len() > MAX_TABLE_NAME_LEN || !name.chars().all(valid) {
@@ -229,8 +260,23 @@ impl TableSpec {
                 format!("{probe}: between 1 and {MAX_PROBE}, and at most \"slots\" ({slots})"),
             ));
         }
-        // Both fit in u32: MAX_SLOTS and MAX_PROBE are far below u32::MAX.
-        Ok(BucketTable::new(&name, slots as u32, probe as u32))
+        let lease_slots = self.lease_slots.unwrap_or(DEFAULT_LEASE_SLOTS.max(probe));
+        if !(probe..=MAX_SLOTS).contains(&lease_slots) {
+            return Err(ConfigError::new(
+                "lease_slots",
+                format!("{lease_slots}: between \"probe\" ({probe}) and {MAX_SLOTS}"),
+            ));
+        }
+        // All fit in u32: MAX_SLOTS and MAX_PROBE are far below u32::MAX.
+        let buckets = BucketTable::new(&name, slots as u32, probe as u32);
+        Ok((
+            Tables {
+                buckets,
+                name,
+                probe: probe as u32,
+            },
+            lease_slots as u32,
+        ))
     }
 }
 
@@ -300,29 +346,82 @@ impl RuleSpec {
         if cost == 0 {
             return Err(ConfigError::new("cost", "a request costs at least 1"));
         }
-        let limits = compile_limits(self.limits, cost).map_err(|e| e.within("limits"))?;
-        let mut plans = Vec::with_capacity(self.plans.len());
-        for (plan, specs) in self.plans {
-            let at = format!("plans.{plan}");
-            check_name(&plan).map_err(|p| ConfigError::new(&at, p))?;
-            let limits = compile_limits(specs, cost).map_err(|e| e.within(&at))?;
-            let overflow = overflow_digest(&name, &plan, &limits);
-            plans.push(Plan {
-                name: plan,
+        let global = match self.global {
+            None => None,
+            Some(mut spec) => {
+                let identity = spec
+                    .identity
+                    .take()
+                    .map(compile_identity)
+                    .transpose()
+                    .map_err(|e| e.within("global.identity"))?;
+                Some(spec.compile(identity).map_err(|e| e.within("global"))?)
+            }
+        };
+        let share = global
+            .as_ref()
+            .filter(|g| g.failure_mode == crate::FailureMode::Local && g.fallback_share < 1.0)
+            .map(|g| g.fallback_share);
+        let plan = |plan: &str, limits: LimitSet| -> Result<Plan, ConfigError> {
+            let fallback = match share {
+                None => None,
+                Some(share) => {
+                    let limits = scale(&limits, share)
+                        .map_err(|p| ConfigError::new("global.fallback_share", p))?;
+                    let overflow = overflow_digest(&format!("{name}/fallback"), plan, &limits);
+                    Some(Fallback { limits, overflow })
+                }
+            };
+            Ok(Plan {
+                overflow: overflow_digest(&name, plan, &limits),
+                name: plan.to_owned(),
                 limits,
-                overflow,
-            });
+                fallback,
+            })
+        };
+        let limits = compile_limits(self.limits, cost).map_err(|e| e.within("limits"))?;
+        let default = plan("", limits)?;
+        let mut plans = Vec::with_capacity(self.plans.len());
+        for (name, specs) in self.plans {
+            let at = format!("plans.{name}");
+            check_name(&name).map_err(|p| ConfigError::new(&at, p))?;
+            let limits = compile_limits(specs, cost).map_err(|e| e.within(&at))?;
+            plans.push(plan(&name, limits)?);
         }
         Ok(Rule {
-            default_overflow: overflow_digest(&name, "", &limits),
             rule_endpoint: format!("rule={name}"),
             name,
             endpoint: self.endpoint,
-            default_plan: limits,
+            default,
             plans,
             shadow: self.shadow,
+            global,
         })
     }
+}
+
+/// `limits` with every `requests` and `burst` scaled by `share` (rounded up, at least 1),
+/// for a global tier's per-instance fallback.
+fn scale(limits: &LimitSet, share: f64) -> Result<LimitSet, String> {
+    let scaled: Vec<Limit> = limits
+        .limits()
+        .iter()
+        .map(|l| Limit {
+            name: l.name.clone(),
+            requests: ((l.requests as f64 * share).ceil() as u64).max(1),
+            period_ms: l.period_ms,
+            burst: ((l.burst as f64 * share).ceil() as u64).max(1),
+        })
+        .collect();
+    if let Some(small) = scaled.iter().find(|l| l.burst < limits.cost()) {
+        return Err(format!(
+            "{share} of limit {:?} holds {} but a request costs {}: no request could pass while the service is away",
+            small.name,
+            small.burst,
+            limits.cost()
+        ));
+    }
+    Ok(LimitSet::new(scaled, limits.cost()))
 }
 
 fn compile_limits(specs: Vec<LimitSpec>, cost: u64) -> Result<LimitSet, ConfigError> {
@@ -420,7 +519,7 @@ fn duration_text(ms: u64) -> String {
 
 /// Rule, plan and limit names: they appear in bucket keys, response headers and the 429
 /// body, so they are kept to characters that need no quoting anywhere.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     if name.is_empty() || name.len() > MAX_NAME_LEN || !name.chars().all(valid) {
         return Err(format!(

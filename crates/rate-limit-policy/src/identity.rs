@@ -52,6 +52,36 @@ impl IdentitySource {
     }
 }
 
+impl IdentitySource {
+    /// The same identity as descriptor entries for a rate-limit service (key, value):
+    /// each header under its own name, an address as `remote_address` (the key Envoy's own
+    /// `remote_address` action uses), with its prefix length when masked.
+    pub(crate) fn entries(&self, view: &dyn RequestView) -> Option<Vec<(String, String)>> {
+        match self {
+            IdentitySource::Header(name) => {
+                header(view, name).map(|v| vec![(name.as_str().to_owned(), v)])
+            }
+            IdentitySource::Headers(names) => names
+                .iter()
+                .map(|name| header(view, name).map(|v| (name.as_str().to_owned(), v)))
+                .collect(),
+            IdentitySource::Address {
+                ipv4_prefix,
+                ipv6_prefix,
+            } => {
+                let ip = parse_ip(&view.source_address()?)?;
+                let value = match ip {
+                    IpAddr::V4(v4) if *ipv4_prefix == 32 => v4.to_string(),
+                    IpAddr::V4(v4) => format!("{}/{ipv4_prefix}", mask_v4(v4, *ipv4_prefix)),
+                    IpAddr::V6(v6) if *ipv6_prefix == 128 => v6.to_string(),
+                    IpAddr::V6(v6) => format!("{}/{ipv6_prefix}", mask_v6(v6, *ipv6_prefix)),
+                };
+                Some(vec![("remote_address".to_owned(), value)])
+            }
+        }
+    }
+}
+
 /// The identity of a request: the first source with a value, else [`ANONYMOUS`].
 pub fn identify(sources: &[IdentitySource], view: &dyn RequestView) -> String {
     sources
@@ -179,6 +209,38 @@ mod tests {
                 "{addr}"
             );
         }
+    }
+
+    #[test]
+    fn descriptor_entries_name_where_the_identity_came_from() {
+        let view = FakeRequest::default()
+            .with_header("x-tenant-id", "acme")
+            .with_header("x-user-id", "alice")
+            .with_address("10.1.2.3:4444");
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        assert_eq!(
+            IdentitySource::Header(name("x-tenant-id")).entries(&view),
+            Some(vec![pair("x-tenant-id", "acme")])
+        );
+        assert_eq!(
+            IdentitySource::Headers(vec![name("x-tenant-id"), name("x-user-id")]).entries(&view),
+            Some(vec![
+                pair("x-tenant-id", "acme"),
+                pair("x-user-id", "alice")
+            ])
+        );
+        assert_eq!(
+            address(32, 64).entries(&view),
+            Some(vec![pair("remote_address", "10.1.2.3")])
+        );
+        assert_eq!(
+            address(24, 64).entries(&view),
+            Some(vec![pair("remote_address", "10.1.2.0/24")])
+        );
+        assert_eq!(
+            IdentitySource::Header(name("x-api-key-id")).entries(&view),
+            None
+        );
     }
 
     #[test]

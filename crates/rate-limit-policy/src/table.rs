@@ -1,11 +1,9 @@
 //! The bounded table of token buckets in shared data, exact across Envoy workers.
 //!
-//! Envoy never frees a shared-data key, and a client can invent a new identity for every
-//! request, so buckets live in a fixed number of slots (`wasmgate.rate_limit.<table>.<i>`)
-//! created when the filter is configured. A bucket key's digest picks a start slot; the
-//! bucket lives in the first slot of the next `probe` slots that holds its digest. Every
-//! write is a compare-and-swap on one slot, which holds every limit of that key, so a
-//! request takes from all its buckets or from none.
+//! Buckets live in the fixed slots of a [`SlotTable`] (`wasmgate.rate_limit.<table>.<i>`)
+//! created when the filter is configured. Every write is a compare-and-swap on one slot,
+//! which holds every limit of that key, so a request takes from all its buckets or from
+//! none.
 //!
 //! Eviction never hands anyone a fresh bucket: a slot is reused only when it is vacant or
 //! its bucket has refilled completely (a full bucket is the same as a new one). When the
@@ -15,24 +13,21 @@
 //! This module does not parse configuration, identify clients or speak HTTP.
 
 use crate::bucket::{Levels, LimitSet, Shortfall};
+use crate::slots::{Fit, Place, Reader, Slot, SlotTable};
 use std::fmt::Write as _;
-use wasmgate_shared_store::{Cas, SetError, SharedStore};
+use wasmgate_shared_store::{SetError, SharedStore};
+
+pub use crate::slots::Digest;
 
 /// Write attempts per request before giving up on a slot that keeps changing under us.
 /// Each worker runs one request at a time, so a conflict means another worker wrote the
 /// same slot between our read and our write; several in a row are very unlikely.
 pub const MAX_ATTEMPTS: u32 = 8;
 
-/// Identifies a bucket: the first 16 bytes of a SHA-256 over rule, plan, endpoint,
-/// identity and the limits' shape.
-pub type Digest = [u8; 16];
-
-/// The fixed-size table of slots, and where its keys live in shared data.
+/// The fixed-size table of bucket slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketTable {
-    prefix: String,
-    slots: u32,
-    probe: u32,
+    slots: SlotTable,
 }
 
 /// How a request fared in the table.
@@ -84,32 +79,9 @@ pub struct TableCensus {
     pub occupied: u64,
 }
 
-/// Where a key's bucket is, or where it will go.
-enum Place {
-    /// The key's own record.
-    Found {
-        key: String,
-        cas: Cas,
-        levels: Levels,
-    },
-    /// A slot the key may take: vacant, or holding a bucket that has fully refilled.
-    Claim { key: String, cas: Cas, vacant: bool },
-    /// No slot in the probe window: the overflow bucket.
-    Overflow,
-}
-
-/// One slot's content.
+/// One bucket: when it is full again (from then on its slot may be reused), and its levels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Slot {
-    Vacant,
-    Bucket(Record),
-    /// Bytes this version cannot read (another format): reusable like a full bucket.
-    Unreadable,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Record {
-    digest: Digest,
+struct Bucket {
     full_at_ms: u64,
     levels: Levels,
 }
@@ -119,69 +91,85 @@ struct Record {
 const FORMAT: u8 = 1;
 const HEADER_LEN: usize = 1 + 16 + 8 + 8;
 
-impl Record {
-    fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * self.levels.levels.len());
-        bytes.push(FORMAT);
-        bytes.extend_from_slice(&self.digest);
-        bytes.extend_from_slice(&self.levels.updated_ms.to_le_bytes());
-        bytes.extend_from_slice(&self.full_at_ms.to_le_bytes());
-        for level in &self.levels.levels {
-            bytes.extend_from_slice(&level.to_le_bytes());
-        }
-        bytes
+fn encode(digest: &Digest, bucket: &Bucket) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN + 8 * bucket.levels.levels.len());
+    bytes.push(FORMAT);
+    bytes.extend_from_slice(digest);
+    bytes.extend_from_slice(&bucket.levels.updated_ms.to_le_bytes());
+    bytes.extend_from_slice(&bucket.full_at_ms.to_le_bytes());
+    for level in &bucket.levels.levels {
+        bytes.extend_from_slice(&level.to_le_bytes());
+    }
+    bytes
+}
+
+/// A slot as the bucket of `digest` (with `levels` limits) sees it at `now_ms`, from
+/// the fixed part of its bytes alone (no decoding of the levels).
+fn fit(bytes: &[u8], digest: &Digest, levels: usize, now_ms: u64) -> Fit {
+    if bytes.is_empty() {
+        return Fit::Vacant;
+    }
+    if bytes[0] != FORMAT
+        || bytes.len() < HEADER_LEN
+        || !(bytes.len() - HEADER_LEN).is_multiple_of(8)
+    {
+        return Fit::Reusable;
+    }
+    let mut reader = Reader(&bytes[1..]);
+    let (Some(held), Some(_updated), Some(full_at_ms)) =
+        (reader.digest(), reader.u64(), reader.u64())
+    else {
+        return Fit::Reusable;
+    };
+    if held == *digest && (bytes.len() - HEADER_LEN) / 8 == levels {
+        Fit::Mine
+    } else if full_at_ms <= now_ms {
+        Fit::Reusable
+    } else {
+        Fit::Taken
     }
 }
 
-impl Slot {
-    fn decode(bytes: &[u8]) -> Slot {
-        if bytes.is_empty() {
-            return Slot::Vacant;
-        }
-        let Some((&FORMAT, rest)) = bytes.split_first() else {
-            return Slot::Unreadable;
-        };
-        if bytes.len() < HEADER_LEN || !(bytes.len() - HEADER_LEN).is_multiple_of(8) {
-            return Slot::Unreadable;
-        }
-        let (digest, rest) = rest.split_at(16);
-        let mut words = rest
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])));
-        let (Some(updated_ms), Some(full_at_ms)) = (words.next(), words.next()) else {
-            return Slot::Unreadable;
-        };
-        Slot::Bucket(Record {
-            digest: digest.try_into().unwrap_or([0; 16]),
-            full_at_ms,
-            levels: Levels {
-                updated_ms,
-                levels: words.collect(),
-            },
-        })
+fn decode(bytes: &[u8]) -> Slot<Bucket> {
+    if bytes.is_empty() {
+        return Slot::Vacant;
     }
+    if bytes[0] != FORMAT
+        || bytes.len() < HEADER_LEN
+        || !(bytes.len() - HEADER_LEN).is_multiple_of(8)
+    {
+        return Slot::Unreadable;
+    }
+    let mut reader = Reader(&bytes[1..]);
+    let (Some(digest), Some(updated_ms), Some(full_at_ms)) =
+        (reader.digest(), reader.u64(), reader.u64())
+    else {
+        return Slot::Unreadable;
+    };
+    let levels = std::iter::from_fn(|| reader.u64()).collect();
+    Slot::Held(
+        digest,
+        Bucket {
+            full_at_ms,
+            levels: Levels { updated_ms, levels },
+        },
+    )
 }
 
 impl BucketTable {
     /// `name` is already validated (short, `[a-z0-9_-]`); `1 <= probe <= slots`.
     pub(crate) fn new(name: &str, slots: u32, probe: u32) -> Self {
         Self {
-            prefix: format!("wasmgate.rate_limit.{name}."),
-            slots,
-            probe,
+            slots: SlotTable::new(format!("wasmgate.rate_limit.{name}."), slots, probe),
         }
     }
 
     pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
-    fn slot_key(&self, index: u32) -> String {
-        format!("{}{index}", self.prefix)
+        self.slots.slots()
     }
 
     fn overflow_key(&self, digest: &Digest) -> String {
-        let mut key = format!("{}overflow.", self.prefix);
+        let mut key = format!("{}overflow.", self.slots.prefix());
         for byte in &digest[..8] {
             // Writing to a String cannot fail.
             let _ = write!(key, "{byte:02x}");
@@ -189,36 +177,14 @@ impl BucketTable {
         key
     }
 
-    fn start(&self, digest: &Digest) -> u32 {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&digest[..8]);
-        (u64::from_le_bytes(head) % u64::from(self.slots)) as u32
-    }
-
     /// Creates every slot and overflow bucket that does not exist yet, and counts the
-    /// slots in use. Run at configuration time, before this VM serves a request: a write
-    /// to a key that does not exist ignores compare-and-swap, so keys are created here
-    /// (vacant) and only ever updated with compare-and-swap afterwards.
+    /// slots in use. Run at configuration time, before this VM serves a request.
     pub fn prepare(&self, store: &dyn SharedStore, overflow: &[Digest]) -> TableCensus {
-        let mut census = TableCensus::default();
-        let keys = (0..self.slots)
-            .map(|i| (self.slot_key(i), true))
-            .chain(overflow.iter().map(|d| (self.overflow_key(d), false)));
-        for (key, is_slot) in keys {
-            match store.get(&key) {
-                Some((bytes, _)) => {
-                    if is_slot && matches!(Slot::decode(&bytes), Slot::Bucket(_)) {
-                        census.occupied += 1;
-                    }
-                }
-                None => {
-                    if store.set(&key, &[], None).is_ok() {
-                        census.created += 1;
-                    }
-                }
-            }
-        }
-        census
+        let extra: Vec<String> = overflow.iter().map(|d| self.overflow_key(d)).collect();
+        let (created, occupied) = self.slots.prepare(store, &extra, |bytes| {
+            matches!(decode(bytes), Slot::Held(..))
+        });
+        TableCensus { created, occupied }
     }
 
     /// Counts one request against the bucket `digest`, or against the overflow bucket
@@ -235,18 +201,29 @@ impl BucketTable {
         let mut events = TableEvents::default();
         for _ in 0..MAX_ATTEMPTS {
             events.overflow = false;
-            let (key, cas, current, claim) = match self.locate(store, digest, limits, now_ms) {
-                Place::Found { key, cas, levels } => (key, cas, Some(levels), None),
-                Place::Claim { key, cas, vacant } => (key, cas, None, Some(vacant)),
-                Place::Overflow => {
+            let levels = limits.limits().len();
+            let place = self
+                .slots
+                .locate(store, digest, |bytes| fit(bytes, digest, levels, now_ms));
+            let (key, cas, current, claim) = match place {
+                Place::Found {
+                    key, cas, bytes, ..
+                } => match decode(&bytes) {
+                    Slot::Held(_, bucket) => (key, cas, Some(bucket.levels), None),
+                    Slot::Vacant | Slot::Unreadable => (key, cas, None, None),
+                },
+                Place::Claim {
+                    key, cas, vacant, ..
+                } => (key, cas, None, Some(vacant)),
+                Place::Full => {
                     events.overflow = true;
                     let key = self.overflow_key(overflow);
                     let Some((bytes, cas)) = store.get(&key) else {
                         return unavailable(StoreTrouble::Refused, events);
                     };
-                    let current = match Slot::decode(&bytes) {
-                        Slot::Bucket(r) if r.digest == *overflow && limits.fits(&r.levels) => {
-                            Some(r.levels)
+                    let current = match decode(&bytes) {
+                        Slot::Held(d, b) if d == *overflow && limits.fits(&b.levels) => {
+                            Some(b.levels)
                         }
                         _ => None,
                     };
@@ -266,17 +243,17 @@ impl BucketTable {
                     }
                 }
             };
-            let record = Record {
-                digest: if events.overflow { *overflow } else { *digest },
+            let owner = if events.overflow { overflow } else { digest };
+            let bucket = Bucket {
                 full_at_ms: limits.full_at(&after),
                 levels: after,
             };
-            match store.set(&key, &record.encode(), Some(cas)) {
+            match store.set(&key, &encode(owner, &bucket), Some(cas)) {
                 Ok(()) => {
                     events.occupied_vacant_slot = claim == Some(true);
                     events.reclaimed_slot = claim == Some(false);
                     return TableOutcome {
-                        verdict: TableVerdict::Taken(record.levels),
+                        verdict: TableVerdict::Taken(bucket.levels),
                         events,
                     };
                 }
@@ -285,50 +262,6 @@ impl BucketTable {
             }
         }
         unavailable(StoreTrouble::Contention, events)
-    }
-
-    /// Scans the probe window: the key's own record if it is there, else the first slot it
-    /// may take, else overflow.
-    ///
-    /// Two workers placing the same new key at the same time read the same window and pick
-    /// the same first free slot, so the compare-and-swap lets only one of them create it.
-    /// (Only if a bucket in the window becomes full between their two reads can they pick
-    /// different slots. The key then has a second record, holding one request's count,
-    /// that later lookups skip because they use the first in probe order: that one request
-    /// goes uncounted, nobody gets a bucket fresher than a new one, and the spare record
-    /// is reclaimed once full.)
-    fn locate(
-        &self,
-        store: &dyn SharedStore,
-        digest: &Digest,
-        limits: &LimitSet,
-        now_ms: u64,
-    ) -> Place {
-        let start = self.start(digest);
-        let mut claim = None;
-        for step in 0..self.probe {
-            let key = self.slot_key((start + step) % self.slots);
-            let Some((bytes, cas)) = store.get(&key) else {
-                continue;
-            };
-            let vacant = match Slot::decode(&bytes) {
-                Slot::Bucket(record) if record.digest == *digest && limits.fits(&record.levels) => {
-                    return Place::Found {
-                        key,
-                        cas,
-                        levels: record.levels,
-                    };
-                }
-                Slot::Bucket(record) if record.full_at_ms <= now_ms => false,
-                Slot::Bucket(_) => continue,
-                Slot::Vacant => true,
-                Slot::Unreadable => false,
-            };
-            if claim.is_none() {
-                claim = Some(Place::Claim { key, cas, vacant });
-            }
-        }
-        claim.unwrap_or(Place::Overflow)
     }
 }
 
@@ -344,7 +277,7 @@ mod tests {
     use super::*;
     use crate::bucket::Limit;
     use std::cell::Cell;
-    use wasmgate_shared_store::MemoryStore;
+    use wasmgate_shared_store::{Cas, MemoryStore};
 
     const HOUR: u64 = 3_600_000;
 
@@ -514,8 +447,8 @@ mod tests {
         )));
         let holders = (0..64)
             .filter(|i| {
-                matches!(Slot::decode(&store.get(&table.slot_key(*i)).unwrap().0),
-                    Slot::Bucket(r) if r.digest == digest(9))
+                matches!(decode(&store.get(&table.slots.slot_key(*i)).unwrap().0),
+                    Slot::Held(d, _) if d == digest(9))
             })
             .count();
         assert_eq!(holders, 1);
@@ -619,7 +552,9 @@ mod tests {
         );
         table.prepare(&store, &[OVERFLOW]);
         for i in 0..4 {
-            store.set(&table.slot_key(i), b"\x09garbage", None).unwrap();
+            store
+                .set(&table.slots.slot_key(i), b"\x09garbage", None)
+                .unwrap();
         }
         // Bytes of another format are reusable.
         let outcome = table.take(&store, &digest(1), &OVERFLOW, &per_hour(1), 0);
@@ -628,18 +563,18 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let record = Record {
-            digest: digest(42),
+        let bucket = Bucket {
             full_at_ms: 99,
             levels: Levels {
                 updated_ms: 7,
                 levels: vec![1, u64::MAX, 0],
             },
         };
-        assert_eq!(Slot::decode(&record.encode()), Slot::Bucket(record.clone()));
-        assert_eq!(Slot::decode(&[]), Slot::Vacant);
-        let mut truncated = record.encode();
+        let bytes = encode(&digest(42), &bucket);
+        assert_eq!(decode(&bytes), Slot::Held(digest(42), bucket.clone()));
+        assert_eq!(decode(&[]), Slot::Vacant);
+        let mut truncated = bytes;
         truncated.pop();
-        assert_eq!(Slot::decode(&truncated), Slot::Unreadable);
+        assert_eq!(decode(&truncated), Slot::Unreadable);
     }
 }

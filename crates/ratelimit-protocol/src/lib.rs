@@ -7,7 +7,9 @@
 //!   never reads (`quota`, `dynamic_metadata`, ...) are left out and skipped when decoding.
 //! - [`lease`]: wasmgate's lease renewal (`wasmgate.ratelimit.v1.LeaseService/Renew`, the
 //!   contract is `proto/wasmgate/ratelimit/v1/lease.proto`): budgets an Envoy instance spends
-//!   locally and settles when it renews.
+//!   locally and settles when it renews. The service's side of the bargain (grants end with
+//!   their window, unsettled holds count in full, settling twice counts once) is written in
+//!   the `.proto`.
 //!
 //! The types are declared with prost derives rather than generated: the filter is built for
 //! `wasm32-wasip1`, where Envoy's generated Rust types (`envoy-types`, which needs tonic's
@@ -208,8 +210,11 @@ pub mod lease {
     /// `wasmgate.ratelimit.v1.LeaseGrant`.
     #[derive(Clone, PartialEq, Eq, Hash, prost::Message)]
     pub struct LeaseGrant {
-        /// OK: `granted` > 0 (maybe less than wanted). OVER_LIMIT: nothing left in this window.
-        /// UNKNOWN: not served (no limit applies, or the store failed).
+        /// OK: `granted` > 0 (maybe less than wanted), or 0 for a `want` of 0. OK without a
+        /// `lease_id`: no limit applies to the descriptor (no rule, or an unlimited one), the
+        /// grant is the whole `want` and there is nothing to settle. OVER_LIMIT: nothing left
+        /// in this window. UNKNOWN: not served (the store failed; the previous lease, if any,
+        /// may not be settled yet: settle it again next time).
         #[prost(enumeration = "Code", tag = "1")]
         pub code: i32,
         #[prost(string, tag = "2")]

@@ -113,6 +113,10 @@ impl CombinedRequest {
 }
 
 impl Context for CombinedRequest {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.on_rate_limit_answer(token_id, status_code, response_size);
+    }
+
     fn on_done(&mut self) -> bool {
         // A request that went away while paused: no stage is to wake it.
         self.paused.borrow_mut().remove(&self.context_id);
@@ -120,6 +124,32 @@ impl Context for CombinedRequest {
             jwt.on_request_done();
         }
         true
+    }
+}
+
+impl CombinedRequest {
+    /// The rate-limit stage's exact-mode answer (the stage sent the call from this
+    /// context): once the stage lets the request through, the later stages run, then
+    /// Envoy resumes it.
+    fn on_rate_limit_answer(&mut self, token: u32, status: u32, size: usize) {
+        let action = match self.stages.borrow_mut().rate_limit.as_mut() {
+            Some(stage) => stage.on_grpc_call_response(token, status, size),
+            None => return,
+        };
+        if action != Action::Continue {
+            return;
+        }
+        let Some(stages) = self.paused.borrow_mut().remove(&self.context_id) else {
+            return;
+        };
+        let action = stages.borrow_mut().go_on();
+        if action == Action::Continue {
+            if let Err(status) = proxy_wasm::hostcalls::resume_http_request() {
+                log::debug!("cannot resume request {}: {status:?}", self.context_id);
+            }
+        } else {
+            self.paused.borrow_mut().insert(self.context_id, stages);
+        }
     }
 }
 

@@ -28,6 +28,8 @@ pub struct CombinedRoot {
     /// period is due.
     jwt_tick: TickDemand,
     api_key_tick: TickDemand,
+    /// The rate-limit stage's share (lease renewals and the requests waiting for them).
+    rate_limit_tick: TickDemand,
 }
 
 impl CombinedRoot {
@@ -36,15 +38,21 @@ impl CombinedRoot {
         let ticks = Rc::new(TickPeriods::default());
         let jwt_tick = ticks.demand();
         let api_key_tick = ticks.demand();
+        let rate_limit_tick = ticks.demand();
         Self {
             headers: HeadersRoot::default(),
             jwt: JwtRoot::stage(context_id, continuation(&paused), jwt_tick.clone()),
             api_key: ApiKeyRoot::stage(context_id, continuation(&paused), api_key_tick.clone()),
-            rate_limit: RateLimitRoot::default(),
+            rate_limit: RateLimitRoot::stage(
+                context_id,
+                continuation(&paused),
+                rate_limit_tick.clone(),
+            ),
             running: Vec::new(),
             paused,
             jwt_tick,
             api_key_tick,
+            rate_limit_tick,
         }
     }
 
@@ -72,7 +80,7 @@ impl CombinedRoot {
             None
         };
         let rate_limit = if self.runs(Stage::RateLimit) {
-            Some(self.rate_limit.new_request()?)
+            Some(self.rate_limit.new_request(context_id)?)
         } else {
             None
         };
@@ -80,8 +88,8 @@ impl CombinedRoot {
     }
 }
 
-/// What the JWT and API-key stages do with a request they let through after it
-/// waited: the later stages run (they may answer it, or pause it again), then Envoy
+/// What the JWT, API-key and rate-limit stages do with a request they let through after
+/// it waited: the later stages run (they may answer it, or pause it again), then Envoy
 /// resumes it.
 fn continuation(paused: &Paused) -> Continuation {
     let paused = Rc::clone(paused);
@@ -100,6 +108,13 @@ fn continuation(paused: &Paused) -> Continuation {
 }
 
 impl Context for CombinedRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if self.rate_limit.awaits(token_id) {
+            self.rate_limit
+                .on_grpc_call_response(token_id, status_code, response_size);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -153,6 +168,9 @@ impl RootContext for CombinedRoot {
         }
         if self.api_key_tick.due(now) {
             self.api_key.on_tick();
+        }
+        if self.rate_limit_tick.due(now) {
+            self.rate_limit.on_tick();
         }
     }
 

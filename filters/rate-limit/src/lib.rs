@@ -1,12 +1,14 @@
 //! wasmgate's rate-limit filter as a proxy-wasm module (`rate-limit.wasm`), and as the
 //! `rate_limit` stage of the combined module.
 //!
-//! Glue only: the limits, identities, token buckets and the bounded table live in
-//! `wasmgate-rate-limit-policy`. `root.rs` loads the configuration once per VM and
-//! creates the bucket table in shared data; `request.rs` counts each request and adds
-//! the rate-limit headers to its response, or answers it when it is over a limit. The
-//! entry point (`main!`) is the `standalone` feature, on by default; the combined
-//! module uses the crate as a library without it.
+//! Glue only: the limits, identities, token buckets, leases and the bounded tables live
+//! in `wasmgate-rate-limit-policy`. `root.rs` loads the configuration once per VM,
+//! creates the tables in shared data, and for rules that lease from a rate-limit service
+//! sends the renewals (gRPC) and wakes the requests that waited for a lease;
+//! `request.rs` counts each request and adds the rate-limit headers to its response,
+//! answers it when it is over a limit, or pauses it for the global tier (an exact-mode
+//! call it sends itself, or a lease). The entry point (`main!`) is the `standalone`
+//! feature, on by default; the combined module uses the crate as a library without it.
 
 mod request;
 mod root;
@@ -17,5 +19,5 @@ pub use root::{RateLimitRoot, FILTER};
 #[cfg(feature = "standalone")]
 proxy_wasm::main! {{
     wasmgate_host::init(root::FILTER);
-    proxy_wasm::set_root_context(|_| Box::new(root::RateLimitRoot::default()));
+    proxy_wasm::set_root_context(|context_id| Box::new(root::RateLimitRoot::new(context_id)));
 }}

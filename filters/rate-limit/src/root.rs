@@ -1,11 +1,24 @@
-use crate::request::RateLimitRequest;
+//! The root context: loads the configuration, creates the tables in shared data, and, for
+//! rules that lease from a rate-limit service, sends the renewals and wakes the requests
+//! that waited for a lease.
+
+use crate::request::{self, Finish, RateLimitRequest};
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
+use proxy_wasm::types::{BufferType, ContextType};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
-use wasmgate_host::{Counter, Gauge, HostStore};
-use wasmgate_rate_limit_policy::{RateLimitPolicy, TableEvents};
+use wasmgate_host::{Continuation, Counter, Gauge, Histogram, HostStore, TickDemand};
+use wasmgate_rate_limit_policy::{
+    Decision, FailureMode, LeaseAnswer, RateLimitPolicy, ResponseHeaders, ServiceFailure,
+    TableEvents, Verdict, Waiter, LEASE_METHOD, LEASE_SERVICE,
+};
 
 pub const FILTER: &str = "wasmgate-rate-limit";
+
+/// Largest gRPC answer read from a rate-limit service.
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 /// What this filter reports (Envoy shows them under `wasmcustom.`).
 pub struct Metrics {
@@ -20,6 +33,21 @@ pub struct Metrics {
     pub slots_reclaimed: Counter,
     /// Table slots holding a bucket; all VMs add to the same Envoy gauge.
     pub slots_in_use: Gauge,
+    /// The global tier: exact-mode calls sent, and how long they took.
+    pub global_calls: Counter,
+    pub global_call_ms: Histogram,
+    /// Requests the global limit refused (or would have, in shadow mode).
+    pub global_over_limit: Counter,
+    /// Requests the global tier could not decide, by cause and by the failure mode that did.
+    global_failures: Vec<(&'static str, Counter)>,
+    failure_modes: [(FailureMode, Counter); 3],
+    /// Lease renewal calls sent, hits granted, keys refused (over the limit) or failed,
+    /// and requests that waited for a lease.
+    pub lease_renewals: Counter,
+    pub lease_granted: Counter,
+    pub lease_over_limit: Counter,
+    pub lease_failed: Counter,
+    pub lease_waits: Counter,
 }
 
 impl Metrics {
@@ -34,6 +62,27 @@ impl Metrics {
             overflow: Counter::new(&name("overflow_total")),
             slots_reclaimed: Counter::new(&name("slots_reclaimed_total")),
             slots_in_use: Gauge::new(&name("slots_in_use")),
+            global_calls: Counter::new(&name("global_calls_total")),
+            global_call_ms: Histogram::new(&name("global_call_duration_milliseconds")),
+            global_over_limit: Counter::new(&name("global_over_limit_total")),
+            global_failures: ServiceFailure::KINDS
+                .iter()
+                .map(|kind| {
+                    let metric = name("global_failures_total");
+                    (*kind, Counter::tagged(&metric, &[("kind", kind)]))
+                })
+                .collect(),
+            failure_modes: [FailureMode::Allow, FailureMode::Deny, FailureMode::Local].map(
+                |mode| {
+                    let metric = name("global_failure_decisions_total");
+                    (mode, Counter::tagged(&metric, &[("result", mode.name())]))
+                },
+            ),
+            lease_renewals: Counter::new(&name("lease_renewals_total")),
+            lease_granted: Counter::new(&name("lease_granted_hits_total")),
+            lease_over_limit: Counter::new(&name("lease_over_limit_total")),
+            lease_failed: Counter::new(&name("lease_failed_total")),
+            lease_waits: Counter::new(&name("lease_waits_total")),
         }
     }
 
@@ -51,15 +100,210 @@ impl Metrics {
             self.slots_in_use.add(1);
         }
     }
+
+    /// Everything a decision did, but its verdict (counted where it is carried out).
+    pub fn record_decision(&self, decision: &Decision) {
+        self.record(&decision.events);
+        if decision.global.over_limit {
+            self.global_over_limit.increment();
+        }
+        if let Some((failure, mode)) = decision.global.failure {
+            if let Some((_, counter)) = self
+                .global_failures
+                .iter()
+                .find(|(kind, _)| *kind == failure.kind())
+            {
+                counter.increment();
+            }
+            if let Some((_, counter)) = self.failure_modes.iter().find(|(m, _)| *m == mode) {
+                counter.increment();
+            }
+        }
+    }
+
+    fn record_lease_answer(&self, answer: &LeaseAnswer) {
+        if answer.granted > 0 {
+            self.lease_granted.add(answer.granted);
+        }
+        if answer.over_limit > 0 {
+            self.lease_over_limit.add(u64::from(answer.over_limit));
+        }
+        if answer.failed > 0 {
+            self.lease_failed.add(u64::from(answer.failed));
+        }
+    }
 }
 
-#[derive(Default)]
+/// Everything one configuration of the filter shares in one VM: the root context and
+/// every request context of the worker hold it.
+pub struct FilterState {
+    pub policy: RateLimitPolicy,
+    pub metrics: Rc<Metrics>,
+    root_context_id: u32,
+    tick: TickDemand,
+    /// How a request that waited for a lease goes on once let through.
+    continuation: Continuation,
+    /// The response headers of requests waiting for a lease, filled when they are let
+    /// through.
+    waiting: RefCell<HashMap<u32, Rc<RefCell<ResponseHeaders>>>>,
+}
+
+impl FilterState {
+    /// Asks for the tick the leases need. Works from a request context too: Envoy
+    /// applies it to the request's root.
+    pub fn adjust_tick(&self) {
+        self.tick.want(self.policy.lease_tick_period());
+    }
+
+    /// A request pauses until its key has a lease.
+    pub fn park(&self, context_id: u32, headers: Rc<RefCell<ResponseHeaders>>) {
+        self.waiting.borrow_mut().insert(context_id, headers);
+        self.metrics.lease_waits.increment();
+        self.adjust_tick();
+    }
+
+    /// A request that waited went away.
+    pub fn forget(&self, context_id: u32) {
+        self.policy.forget_waiter(context_id);
+        if let Ok(mut waiting) = self.waiting.try_borrow_mut() {
+            waiting.remove(&context_id);
+        }
+    }
+
+    fn on_tick(&self, now: u64) {
+        let tick = self.policy.lease_tick(&HostStore, now);
+        for waiter in tick.ready {
+            self.wake(waiter, now);
+        }
+        for call in tick.calls {
+            let token = hostcalls::dispatch_grpc_call(
+                &call.cluster,
+                LEASE_SERVICE,
+                LEASE_METHOD,
+                Vec::new(),
+                Some(&call.message),
+                call.timeout,
+            );
+            let token = match token {
+                Ok(token) => {
+                    self.metrics.lease_renewals.increment();
+                    Some(token)
+                }
+                Err(status) => {
+                    log::warn!(
+                        "{FILTER}: cannot send a lease renewal to cluster {:?}: {status:?}",
+                        call.cluster
+                    );
+                    None
+                }
+            };
+            let answer = self
+                .policy
+                .lease_dispatched(call.id, token, &HostStore, now);
+            self.settle(answer, now);
+        }
+        self.adjust_tick();
+    }
+
+    fn on_renewal_answer(&self, token: u32, grpc_status: u32, size: usize, now: u64) {
+        let message = read_grpc_answer(grpc_status, size);
+        if grpc_status != 0 {
+            log::debug!("{FILTER}: lease renewal failed: gRPC status {grpc_status}");
+        }
+        let answer = self
+            .policy
+            .lease_answer(token, grpc_status, &message, &HostStore, now);
+        self.settle(answer, now);
+        self.adjust_tick();
+    }
+
+    fn settle(&self, answer: LeaseAnswer, now: u64) {
+        self.metrics.record_lease_answer(&answer);
+        for waiter in answer.ready {
+            self.wake(waiter, now);
+        }
+    }
+
+    /// Decides a request that waited for its lease, from the root.
+    fn wake(&self, waiter: Waiter, now: u64) {
+        let context_id = waiter.context_id;
+        let decision = self.policy.resume(waiter, &HostStore, now);
+        self.finish_waiter(context_id, decision);
+    }
+
+    /// This configuration is being replaced: its waiting requests are decided now
+    /// (nothing would wake them later).
+    fn retire(&self, now: u64) {
+        for (context_id, decision) in self.policy.release_waiters(&HostStore, now) {
+            self.finish_waiter(context_id, decision);
+        }
+    }
+
+    /// Carries out the decision about a request that waited, then makes the root the
+    /// effective context again (later host calls, a renewal above all, stay the root's).
+    fn finish_waiter(&self, context_id: u32, decision: Decision) {
+        self.metrics.record_decision(&decision);
+        if let Verdict::AwaitLease(wait) = decision.verdict {
+            self.policy.wait_for_lease(context_id, wait);
+            return;
+        }
+        let headers = self.waiting.borrow_mut().remove(&context_id);
+        // A request that is gone cannot be made effective; nothing to do then.
+        if hostcalls::set_effective_context(context_id).is_ok() {
+            match request::finish(&self.metrics, decision.verdict) {
+                Finish::Continue(response_headers) => {
+                    if let Some(cell) = headers {
+                        *cell.borrow_mut() = response_headers;
+                    }
+                    self.continuation.resume(context_id);
+                }
+                Finish::Answered | Finish::Wait(_) | Finish::Ask(_) => {}
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.root_context_id);
+    }
+}
+
+/// The message of a gRPC answer being delivered (empty when it failed or is too large).
+pub fn read_grpc_answer(grpc_status: u32, size: usize) -> Vec<u8> {
+    if grpc_status != 0 || size == 0 || size > MAX_ANSWER {
+        return Vec::new();
+    }
+    hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 pub struct RateLimitRoot {
-    policy: Option<Rc<RateLimitPolicy>>,
+    context_id: u32,
+    state: Option<Rc<FilterState>>,
     metrics: Option<Rc<Metrics>>,
+    continuation: Continuation,
+    tick: TickDemand,
 }
 
 impl RateLimitRoot {
+    /// The filter on its own: it resumes requests in Envoy and owns its root's tick.
+    pub fn new(context_id: u32) -> Self {
+        Self::stage(
+            context_id,
+            Continuation::resume_in_envoy(),
+            TickDemand::alone(),
+        )
+    }
+
+    /// The filter as a stage of the combined module, whose root is `context_id`.
+    pub fn stage(context_id: u32, continuation: Continuation, tick: TickDemand) -> Self {
+        Self {
+            context_id,
+            state: None,
+            metrics: None,
+            continuation,
+            tick,
+        }
+    }
+
     /// Puts a validated configuration in place (at start, or on an update).
     pub fn install(&mut self, policy: RateLimitPolicy) {
         let metrics = Rc::clone(self.metrics.get_or_insert_with(|| Rc::new(Metrics::new())));
@@ -73,18 +317,73 @@ impl RateLimitRoot {
             census.created,
             census.occupied
         );
-        self.policy = Some(Rc::new(policy));
+        for (rule, tier) in policy.global_rules() {
+            log::info!(
+                "{FILTER}: rule {rule:?} is also limited across the fleet ({:?}, cluster {:?}, domain {:?})",
+                tier.mode,
+                tier.cluster,
+                tier.domain
+            );
+        }
+        if let Some(table) = policy.lease_table() {
+            log::info!("{FILTER}: lease table of {} slots ready", table.slots());
+            let holder = wasmgate_host::property_text(&["node", "id"])
+                .filter(|id| !id.is_empty())
+                .unwrap_or_else(|| "envoy".to_owned());
+            policy.set_lease_holder(holder);
+        }
+        let state = Rc::new(FilterState {
+            policy,
+            metrics,
+            root_context_id: self.context_id,
+            tick: self.tick.clone(),
+            continuation: self.continuation.clone(),
+            waiting: RefCell::default(),
+        });
+        state.adjust_tick();
+        if let Some(previous) = self.state.replace(state) {
+            previous.retire(wasmgate_host::now_millis());
+        }
     }
 
     /// A new request's context, once a configuration is in place.
-    pub fn new_request(&self) -> Option<RateLimitRequest> {
-        let policy = Rc::clone(self.policy.as_ref()?);
-        let metrics = Rc::clone(self.metrics.as_ref()?);
-        Some(RateLimitRequest::new(policy, metrics))
+    pub fn new_request(&self, context_id: u32) -> Option<RateLimitRequest> {
+        let state = Rc::clone(self.state.as_ref()?);
+        Some(RateLimitRequest::new(context_id, state))
+    }
+
+    /// Whether a gRPC answer with this token is one of this filter's lease renewals.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|state| state.policy.awaits_lease_answer(token))
+    }
+
+    /// The root's tick (or this stage's share of it).
+    pub fn on_tick(&self) {
+        if let Some(state) = &self.state {
+            state.on_tick(wasmgate_host::now_millis());
+        }
+    }
+
+    /// A lease renewal answered.
+    pub fn on_grpc_call_response(&self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(state) = &self.state {
+            state.on_renewal_answer(
+                token,
+                status_code,
+                response_size,
+                wasmgate_host::now_millis(),
+            );
+        }
     }
 }
 
-impl Context for RateLimitRoot {}
+impl Context for RateLimitRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        RateLimitRoot::on_grpc_call_response(self, token_id, status_code, response_size);
+    }
+}
 
 impl RootContext for RateLimitRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -100,8 +399,12 @@ impl RootContext for RateLimitRoot {
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        wasmgate_host::Unconfigured::or_refusal(FILTER, self.new_request())
+    fn on_tick(&mut self) {
+        RateLimitRoot::on_tick(self);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        wasmgate_host::Unconfigured::or_refusal(FILTER, self.new_request(context_id))
     }
 
     fn get_type(&self) -> Option<ContextType> {

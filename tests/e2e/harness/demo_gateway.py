@@ -17,7 +17,7 @@ import json
 from .jwt import KeyDir, claims_for
 from .keystore import KeyStore
 from .otlp import OtlpReceiver
-from .paths import tool_path
+from .paths import ROOT, tool_path
 from .ports import free_ports
 from .shipped import load_shipped
 from .stack import Stack
@@ -43,11 +43,14 @@ DEMO_SERVICES = {
 # (OTLP/HTTP), here `OtlpReceiver`.
 OTLP_PORT = 4318
 
-# Shipped port → the server behind an auth filter's callout cluster.
+# Shipped port → the server behind a filter's callout cluster.
 CALLOUT_SERVICES = {
-    18090: "jwks",      # `wasmgate-demo jwks`: the JWT filter's JWKS
-    18091: "keystore",  # `wasmgate-keystore serve`: the API-key filter's key store
+    18090: "jwks",       # `wasmgate-demo jwks`: the JWT filter's JWKS
+    18091: "keystore",   # `wasmgate-keystore serve`: the API-key filter's key store
+    18092: "ratelimit",  # `wasmgate-ratelimit serve`: the rate-limit filter's global tier
 }
+# The limits the rate-limit service keeps for gateway.yaml.
+GATEWAY_LIMITS = "envoy-config/gateway-limits.yaml"
 
 # What gateway.yaml's JWT filter accepts.
 TOKEN_ISSUER = "https://issuer.wasmgate.test"
@@ -93,7 +96,14 @@ class DemoGateway(Stack):
             store = f"file:{self.workdir / 'keys.json'}"
             self.keys = KeyStore(store, self.start_server(
                 "keystore", [tool_path("keystore"), "--store", store, "serve"]))
+            # The global tier's counts, in the service's memory (`make run` keeps them
+            # in Redis; the tests of Redis and of several gateways are elsewhere).
+            ratelimit = self.start_server("ratelimit", [
+                tool_path("ratelimit"), "serve", "--config", ROOT / GATEWAY_LIMITS,
+                "--store", "memory", "--listen", "127.0.0.1:0",
+                "--metrics-listen", "127.0.0.1:0"])
             ports[18090], ports[18091] = jwks.port, self.keys.service.port
+            ports[18092] = ratelimit.port
             # Access log lines reach stdout within 250 ms (Envoy's default is 10 s).
             self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports, tracing=self.tracing,
                                           extra_args=["--file-flush-interval-msec", "250"])

@@ -12,8 +12,9 @@ here find them offline, for every WasmPlugin found under istio/:
   (`PLUGIN_ROLES`, by role: a module may play two, as the rate-limit filter does
   before and after authentication), as istiod orders them;
 - `check_clusters`: every Istio cluster name in a pluginConfig
-  (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry (and a
-  DestinationRule subset), and fields named `cluster` hold such names;
+  (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry, or by a Kubernetes
+  Service in the mesh (`<name>.<namespace>.svc.cluster.local`), and a DestinationRule
+  subset; fields named `cluster` hold such names;
 - `check_agreement`: each pluginConfig is the configuration the same filter has in
   envoy-config/gateway.yaml, but for the fields `DEPLOYMENT_SPECIFIC` names.
 
@@ -106,7 +107,12 @@ DEPLOYMENT_SPECIFIC = {
         ("pepper_env",): "keys hashed with a pepper from the proxy's environment; the "
                          "demo gateway keeps plain SHA-256",
     },
-    "rate-limit": {},
+    "rate-limit": {
+        ("rules", 0, "global", "cluster"): "Istio's outbound cluster of the rate-limit "
+                                           "service's Service",
+        ("rules", 0, "global", "timeout"): "the demo gateway's is generous for a busy "
+                                           "laptop; the mesh keeps a production one",
+    },
     "pre-auth": {},
 }
 
@@ -156,14 +162,26 @@ def _istio_documents() -> list:
 
 
 def shipped_manifests() -> list:
-    """Every Kubernetes object under istio/ (the https merge patches are not objects,
-    nor are the install-time `INSTALL_KINDS`)."""
-    return [m for m in _istio_documents() if m.kind not in INSTALL_KINDS]
+    """Every Istio object under istio/ (the https merge patches are not objects, nor are
+    the install-time `INSTALL_KINDS`; Kubernetes' own objects are `kubernetes_manifests`)."""
+    return [m for m in _istio_documents()
+            if _api_group(m).endswith("istio.io") and m.kind not in INSTALL_KINDS]
 
 
 def install_manifests() -> list:
     """The IstioOperator overlays under istio/ (`istioctl install -f`)."""
     return [m for m in _istio_documents() if m.kind in INSTALL_KINDS]
+
+
+def kubernetes_manifests() -> list:
+    """Every object under istio/ of Kubernetes' own APIs (Deployment, Service, ...),
+    checked by test_ratelimit_service_manifests.py."""
+    return [m for m in _istio_documents() if not _api_group(m).endswith("istio.io")]
+
+
+def _api_group(manifest) -> str:
+    api_version = str(manifest.doc.get("apiVersion", "")) if isinstance(manifest.doc, dict) else ""
+    return api_version.rpartition("/")[0]
 
 
 def wasm_plugins(manifests: list) -> list:
@@ -287,6 +305,10 @@ def check_clusters(plugins: list, manifests: list) -> list:
         if m.kind == "ServiceEntry":
             for host in spec.get("hosts", []):
                 ports.update((host, p["number"]) for p in spec.get("ports", []))
+        elif m.kind == "Service" and str(m.doc.get("apiVersion")) == "v1":
+            meta = m.doc.get("metadata") or {}
+            host = f"{meta.get('name')}.{meta.get('namespace', 'default')}.svc.cluster.local"
+            ports.update((host, p["port"]) for p in spec.get("ports", []))
         elif m.kind == "DestinationRule":
             subsets.update((spec.get("host"), s["name"]) for s in spec.get("subsets", []))
     problems = []
@@ -301,7 +323,7 @@ def check_clusters(plugins: list, manifests: list) -> list:
             direction, port, subset, host = name.groups()
             if direction != "outbound" or (host, int(port)) not in ports:
                 problems.append(f"{plugin.label}: pluginConfig.{path} names {value!r}, but no "
-                                f"ServiceEntry under istio/ has host {host} port {port}")
+                                f"ServiceEntry or Service under istio/ has host {host} port {port}")
             elif subset and (host, subset) not in subsets:
                 problems.append(f"{plugin.label}: pluginConfig.{path} names subset {subset!r}, "
                                 f"which no DestinationRule for {host} defines")
@@ -341,17 +363,22 @@ def check_agreement(plugins: list, gateway_configs: dict) -> list:
         for path in _differences(ours, theirs):
             problems.append(f"{plugin.label}: pluginConfig.{path} differs from "
                             f"envoy-config/gateway.yaml (allowed to differ: "
-                            f"{', '.join('.'.join(p) for p in allowed) or 'nothing'})")
+                            f"{', '.join('.'.join(map(str, p)) for p in allowed) or 'nothing'})")
     return problems
 
 
 def _without(config, paths):
-    """A deep copy of `config` without the fields at `paths`."""
+    """A deep copy of `config` without the fields at `paths` (keys, and list indices)."""
     config = json.loads(json.dumps(config))
     for path in paths:
         node = config
         for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node = node.get(key)
+            elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+                node = node[key]
+            else:
+                node = None
         if isinstance(node, dict):
             node.pop(path[-1], None)
     return config
