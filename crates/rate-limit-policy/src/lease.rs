@@ -510,10 +510,13 @@ impl LeaseTable {
         self.slots.slots()
     }
 
-    /// Creates the slots that do not exist yet; returns (created, occupied).
+    /// Creates the slots' creation guards that do not exist yet (slots are created when
+    /// first needed); returns (keys created, slots holding a lease).
     pub fn prepare(&self, store: &dyn SharedStore) -> (u64, u64) {
-        self.slots
-            .prepare(store, &[], |bytes| matches!(decode(bytes), Slot::Held(..)))
+        let census = self
+            .slots
+            .prepare(store, &[], |bytes| matches!(decode(bytes), Slot::Held(..)));
+        (census.created, census.held)
     }
 
     /// Spends a request's hits from `digest`'s lease (see [`LeaseRecord::spend`]).
@@ -541,6 +544,7 @@ impl LeaseTable {
                 Place::Claim {
                     index, key, cas, ..
                 } => (index, key, cas, Vec::new()),
+                Place::Busy => continue,
                 Place::Full => return SpendOutcome::NoSlot,
             };
             let mut record = match decode(&bytes) {
