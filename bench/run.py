@@ -18,7 +18,8 @@
    mode of the rate-limit filter: what is admitted against the limit (`fleet.py`).
 5. **service**: wasmgate-ratelimit alone, without Envoy (`service.py`): decisions per
    second and per core, Redis commands per admitted hit.
-6. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
+6. **keystore**: the key store alone, new server against old (bench/keystore.py).
+7. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
 
 Everything started is stopped when the run ends, however it ends.
@@ -41,7 +42,8 @@ from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
 from .fleet import fleet_run
 from .pinned_envoy import PinnedEnvoy
-from .scenario import CALLOUTS, FLEET, MEMORY, SERVICE, THROUGHPUT, Scenario
+from .keystore import KeystoreBench
+from .scenario import CALLOUTS, FLEET, KEYSTORE, MEMORY, SERVICE, THROUGHPUT, Scenario
 from .service import service_run
 from .upstream import start_upstream
 
@@ -69,6 +71,7 @@ class Settings:
     compare_upstreams: bool
     only: tuple = ()
     bare_every: int = 0  # load `bare` again before every N scenarios of a round (0: once)
+    keystore_old: str = None  # the old key store binary to compare with (None: build it)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class ScenarioResult:
     fleet: list = field(default_factory=list)  # one dict per (mode, gateways): see fleet.py
     service: dict = None  # the service pass's runs (service.py)
     upstream: str = None
+    keystore: list = field(default_factory=list)  # KeystoreSample.as_dict() per run
 
     def fail(self, reason: str):
         self.failure = self.failure or reason
@@ -295,6 +299,8 @@ class Bench:
                     service_run(self, s, results[s.name])
                 except (RuntimeError, OSError, subprocess.SubprocessError) as err:
                     results[s.name].fail(f"service pass: {err}")
+            if KEYSTORE in s.passes:
+                self.keystore_pass(results[s.name])
         if self.settings.compare_upstreams and BASELINE in by_name:
             pair = [by_name[BASELINE]] + ([by_name[FLOOR]] if FLOOR in by_name else [])
             self.upstream_pass(pair)
@@ -413,6 +419,20 @@ class Bench:
 
         self.single_run(scenario, concurrency, self.settings.callout_seconds, "callouts", result,
                         after=count)
+
+    def keystore_pass(self, result: ScenarioResult):
+        try:
+            with KeystoreBench(self.settings, self.placement, self.workdir, self.say,
+                               self.settings.keystore_old) as keystore:
+                samples = keystore.run()
+        except (RuntimeError, OSError, LoadError, subprocess.SubprocessError) as err:
+            result.fail(f"{type(err).__name__}: {err}")
+            return
+        result.keystore = [s.as_dict() for s in samples]
+        bad = [s for s in samples if not s.clean]
+        if bad:
+            result.fail(f"{len(bad)} of {len(samples)} key store runs had unexpected answers "
+                        f"or socket errors")
 
     def upstream_pass(self, scenarios: list, rounds: int = 3):
         """The given scenarios against each kind of upstream, interleaved, for at most

@@ -18,6 +18,8 @@ MEMORY = "memory"  # RSS idle and under load at the other concurrencies
 CALLOUTS = "callouts"  # fetches through `callout_clusters` per concurrency
 FLEET = "fleet"  # several gateways over one rate-limit service: admitted against the limit
 SERVICE = "service"  # the rate-limit service alone (service.py): decisions per core, Redis
+KEYSTORE = "keystore"  # no Envoy: the key store's lookups, new server against old (keystore.py)
+ENVOY_PASSES = frozenset({THROUGHPUT, MEMORY, CALLOUTS})
 
 
 @dataclass(frozen=True)

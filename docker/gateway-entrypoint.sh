@@ -11,6 +11,8 @@
 # and change its runtime, so nothing outside the container may reach it (the `stats`
 # listener serves /stats/prometheus). Upstream endpoints (`- endpoint: {address: ...`)
 # stay on 127.0.0.1, where the services of the same network namespace listen.
+# With WASMGATE_TRACING=on, the config's `#~ ` lines (gateway.yaml's tracing) are
+# turned on; off (the default) leaves them commented out.
 #
 # $WASMGATE_PORT_MAP ("FROM:TO FROM:TO ...", empty by default) moves the gateway's own
 # ports, for a second gateway in the same network namespace: every `port_value: FROM`
@@ -21,6 +23,11 @@ set -eu
 config="$1"
 shift
 bind="${WASMGATE_BIND_ADDRESS:-0.0.0.0}"
+case "${WASMGATE_TRACING:-off}" in
+    on) tracing='s/^( *)#~ /\1/' ;;
+    off) tracing='' ;;
+    *) echo "gateway-entrypoint: WASMGATE_TRACING must be on or off, not '$WASMGATE_TRACING'" >&2; exit 2 ;;
+esac
 moves=""
 for pair in ${WASMGATE_PORT_MAP:-}; do
     # Two passes (FROM -> @FROM@ -> TO), so that a TO equal to another FROM moves once.
@@ -29,8 +36,8 @@ done
 for pair in ${WASMGATE_PORT_MAP:-}; do
     moves="$moves -e s/@${pair%%:*}@/${pair#*:}/g"
 done
-sed -E "/^  listeners:/,/^  clusters:/ s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" \
-    "$config" >/tmp/envoy.yaml
+sed -E -e "/^  listeners:/,/^  clusters:/ s/^( *address: \{socket_address: \{address: )127\.0\.0\.1,/\1${bind},/" \
+    -e "$tracing" "$config" >/tmp/envoy.yaml
 if [ -n "$moves" ]; then
     # shellcheck disable=SC2086 # each -e expression is one word
     sed -E -i $moves /tmp/envoy.yaml

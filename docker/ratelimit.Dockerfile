@@ -8,9 +8,9 @@
 # Building it compiles Kuadrant's limitador with RocksDB (C++: clang and g++ in the
 # build stage, several minutes); the service links OpenSSL for rediss://, so the image
 # carries libssl3 and the CA certificates (libstdc++, which RocksDB links, is in Debian
-# slim). It runs as an unprivileged user. The build stage's Rust is the one the locked
-# dependencies need (limitador's r2d2 pulls parking_lot 0.13: Rust 1.95), with the lock
-# file as it is (--locked).
+# slim). It runs as an unprivileged user. The build stage runs on the Rust that
+# rust-toolchain.toml pins, with the lock file as it is (--locked), in Cargo.toml's
+# `service` profile, as `make tools` builds it.
 FROM rust:1.95.0-slim-bookworm AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends clang libclang-dev g++ libssl-dev pkg-config \
@@ -21,12 +21,13 @@ COPY crates crates
 COPY filters filters
 COPY tools tools
 COPY bench bench
-RUN cargo build --release --locked -p wasmgate-ratelimit
+COPY fuzz fuzz
+RUN cargo build --locked --profile service -p wasmgate-ratelimit
 
 FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libssl3 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=build /src/target/release/wasmgate-ratelimit /usr/local/bin/
+COPY --from=build /src/target/service/wasmgate-ratelimit /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/wasmgate-ratelimit"]

@@ -11,11 +11,14 @@
 #   wasmgate/ratelimit-standin:latest  for docker/ratelimit.Dockerfile:
 #       build/bin/wasmgate-ratelimit and the libraries it links
 #   wasmgate/redis-standin:7       for redis:7.2-bookworm: Debian's redis-server
+#   wasmgate/prometheus-standin:2.42.0  for prom/prometheus:v2.42.0: Debian's
+#       prometheus 2.42 (the binary, the libraries it links, its web UI's files) at the
+#       image's places (/bin/prometheus, /prometheus)
 #
 #   scripts/docker-standin-images.sh      (DOCKER_HOST picks the engine, as for docker)
 #
 # Needs `make build` (the demo binaries), `make setup` (Envoy, busybox-static,
-# redis-server).
+# prometheus, redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker="${DOCKER:-docker}"
@@ -61,3 +64,8 @@ import "$work/ratelimit" wasmgate/ratelimit-standin:latest '["/usr/local/bin/was
 
 add_binary "$work/redis" "$(command -v redis-server)" /usr/bin/redis-server
 import "$work/redis" wasmgate/redis-standin:7 '[]'
+
+add_binary "$work/prometheus" "$(command -v prometheus)" /bin/prometheus
+mkdir -p "$work/prometheus/usr/share/prometheus" "$work/prometheus/prometheus"
+cp -r /usr/share/prometheus/web "$work/prometheus/usr/share/prometheus/"
+import "$work/prometheus" wasmgate/prometheus-standin:2.42.0 '["/bin/prometheus"]'

@@ -12,6 +12,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
     rustup target add wasm32-wasip1
 fi
 
+# 1b. cargo-fuzz (`make fuzz`, and a short run in `make test`), pinned and --locked.
+#     The fuzz targets build on stable: with the sanitizer off, no nightly is needed.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+    say "installing cargo-fuzz $cargo_fuzz_version"
+    cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
+
 # 2. Debian packages: clang/llvm build ring's C code for wasm32; redis-server backs
 #    the key store; nginx and wrk serve the benchmark; openssl makes demo certificates;
 #    skopeo (an independent OCI implementation) checks the images `make oci` writes;
@@ -19,8 +27,10 @@ fi
 #    sed for the stand-in Envoy image) run docker-compose.yml for real; docker-registry
 #    (the CNCF distribution server) is the registry `make push` is tested against;
 #    g++, libssl-dev and pkg-config build the rate-limit service's native dependencies
-#    (limitador's RocksDB, with clang for its bindings; its Redis client's OpenSSL).
-debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry g++ libssl-dev pkg-config)
+#    (limitador's RocksDB, with clang for its bindings; its Redis client's OpenSSL);
+#    prometheus (with promtool) scrapes the demo gateway and checks the alerting rules.
+debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry
+      g++ libssl-dev pkg-config prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -22,7 +22,6 @@ from harness.bootstrap import wasm_filter
 from harness.paths import wasm_path
 from harness.ratelimit_service import RedisTcp, replace_file, start_ratelimit
 
-STAT = "wasmcustom.wasmgate.rate_limit."
 GATEWAYS = 3
 LEASE_SIZE = 5
 
@@ -119,8 +118,9 @@ class Fleet:
     def held(self, tenant: str) -> int:
         return sum(sum(h.values()) for k, h in self.redis.holds().items() if tenant in k)
 
-    def stat(self, name: str) -> int:
-        return sum(envoy.stat(STAT + name) for envoy in self.envoys)
+    def metric(self, name: str, **tags) -> int:
+        """A wasmgate metric (its Prometheus name) summed over every gateway."""
+        return sum(envoy.metric(name, **tags) for envoy in self.envoys)
 
     def replicas_answer(self) -> bool:
         """Every live replica decides again (asked directly, with its own client)."""
@@ -164,7 +164,7 @@ def test_a_fleet_admits_exactly_the_global_limit_and_leases_stay_within_their_bo
     seen = fleet.send("/exact/orders", "t-exact", 120)
     assert seen == {200: 40, 429: 80}, seen
     assert fleet.counted("t-exact") == 40
-    assert fleet.stat("global.over_limit") == 80
+    assert fleet.metric("wasmgate_rate_limit_global_over_limit_total") == 80
 
     # Lease: never more than the limit; at most 2 leases per gateway held back unspent.
     seen = fleet.send("/lease/orders", "t-lease", 180)
@@ -173,7 +173,8 @@ def test_a_fleet_admits_exactly_the_global_limit_and_leases_stay_within_their_bo
     bound = GATEWAYS * 2 * LEASE_SIZE
     assert 60 - bound <= admitted <= 60, seen
     # Far fewer calls than requests: one per lease, not one per request.
-    assert fleet.stat("lease.renewals") < 60, fleet.stat("lease.renewals")
+    renewals = fleet.metric("wasmgate_rate_limit_lease_renewals_total")
+    assert renewals < 60, renewals
     # Within a few periods idle leases are given back: Redis then counts exactly what
     # was admitted, and holds nothing.
     wait_for(lambda: fleet.held("t-lease") == 0, 15, "idle leases to be settled")
@@ -217,7 +218,9 @@ def test_through_faults_each_failure_mode_does_what_it_says(fleet):
         assert fleet.one_each("/deny/x", "t-frozen") == [503] * GATEWAYS
     finally:
         fleet.redis.thaw()
-    assert fleet.stat("global.failure.timeout") + fleet.stat("global.failure.status") >= 2 * GATEWAYS
+    failures = (fleet.metric("wasmgate_rate_limit_global_failures_total", kind="timeout")
+                + fleet.metric("wasmgate_rate_limit_global_failures_total", kind="status"))
+    assert failures >= 2 * GATEWAYS
     wait_for(fleet.replicas_answer, 20, "both replicas to answer again")
     assert fleet.one_each("/deny/x", "t-thawed") == [200] * GATEWAYS
     fleet.check_unharmed()
@@ -251,5 +254,5 @@ def test_a_service_slower_than_the_timeout_meets_the_failure_mode(start_envoy, h
     assert [a.status for a in burst([envoy.port()], "/deny/x", {"x-tenant-id": "slow"}, 2)] == [503] * 2
     # Each waited for its 300 ms timeout, no longer (generously bounded on a busy machine).
     assert time.monotonic() - started < 10
-    assert envoy.stat(STAT + "global.failure.timeout") == 6
+    assert envoy.metric("wasmgate_rate_limit_global_failures_total", kind="timeout") == 6
     assert envoy.alive() and not wasm_trouble(envoy.log())

@@ -16,7 +16,6 @@ from harness.load import get
 from harness.ports import free_ports
 from harness.ratelimit_service import start_ratelimit
 
-STAT = "wasmcustom.wasmgate.rate_limit."
 
 LIMITS = """
 domain: wasmgate
@@ -87,9 +86,9 @@ def test_exact_refuses_past_the_global_limit_with_the_usual_answer(deployment, s
     assert problem["retry_after"] == int(refused.header("retry-after"))
     # Another tenant has its own count.
     assert get(envoy.port(), "/exact/orders", tenant("globex")).status == 200
-    assert envoy.stat(STAT + "global.calls") == 8
-    assert envoy.stat(STAT + "global.over_limit") == 2
-    assert envoy.stat(STAT + "limited") == 2
+    assert envoy.metric("wasmgate_rate_limit_global_calls_total") == 8
+    assert envoy.metric("wasmgate_rate_limit_global_over_limit_total") == 2
+    assert envoy.metric("wasmgate_rate_limit_limited_total") == 2
 
 
 def test_lease_spends_locally_and_renews_in_the_background(deployment, start_envoy, service):
@@ -101,10 +100,10 @@ def test_lease_spends_locally_and_renews_in_the_background(deployment, start_env
     assert {a.header("x-ratelimit-limit") for a in answers} == {"20"}
     # One call per lease (5 hits), none per request; the first request waited for the
     # first lease, the rest were spent at once.
-    renewals = envoy.stat(STAT + "lease.renewals")
+    renewals = envoy.metric("wasmgate_rate_limit_lease_renewals_total")
     assert 3 <= renewals <= 5, renewals
-    assert envoy.stat(STAT + "global.calls") == 0
-    assert envoy.stat(STAT + "lease.waits") >= 1
+    assert envoy.metric("wasmgate_rate_limit_global_calls_total") == 0
+    assert envoy.metric("wasmgate_rate_limit_lease_waits_total") >= 1
     # The limit holds: 20 in the window, whatever the leases.
     more = [get(envoy.port(), "/lease/orders", tenant("acme")).status for _ in range(12)]
     assert more.count(200) == 8, more
@@ -132,10 +131,11 @@ def test_each_failure_mode_does_what_it_says_without_a_service(deployment, start
     assert denied.header("content-type") == "application/problem+json"
     assert statuses("/local") == [200, 200, 429, 429]
     assert statuses("/lease-deny", 2) == [503, 503]
-    assert envoy.stat(STAT + "global.failure_mode.allow") == 4
-    assert envoy.stat(STAT + "global.failure_mode.deny") >= 3
-    assert envoy.stat(STAT + "global.failure_mode.local") == 4
-    assert envoy.stat(STAT + "global.failure.status") >= 9
+    decided = "wasmgate_rate_limit_global_failure_decisions_total"
+    assert envoy.metric(decided, result="allow") == 4
+    assert envoy.metric(decided, result="deny") >= 3
+    assert envoy.metric(decided, result="local") == 4
+    assert envoy.metric("wasmgate_rate_limit_global_failures_total", kind="status") >= 9
     assert envoy.alive()
     assert not wasm_trouble(envoy.log())
 
@@ -150,6 +150,7 @@ def test_a_request_that_leaves_while_waiting_harms_nobody(deployment, start_envo
         get(envoy.port(), "/lease/x", tenant("acme"), timeout=0.2)
     answer = get(envoy.port(), "/lease/x", tenant("acme"))
     assert answer.status == 503
-    wait_for(lambda: envoy.stat(STAT + "lease.failed") >= 1, 10, "the renewal to time out")
+    wait_for(lambda: envoy.metric("wasmgate_rate_limit_lease_failed_total") >= 1, 10,
+             "the renewal to time out")
     assert envoy.alive()
     assert not wasm_trouble(envoy.log())

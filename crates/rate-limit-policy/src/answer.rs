@@ -30,6 +30,10 @@ pub struct Answers {
     pub reset_format: ResetFormat,
     /// Also send `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
     pub ietf_headers: bool,
+    /// Send the headers on admitted responses too, not only on refusals. Off for a tier
+    /// in front of another (a pre-authentication limit), whose headers would replace
+    /// the ones the later tier set: a response carries one set of headers.
+    pub admitted_headers: bool,
 }
 
 /// The local reply that refuses a limited request.
@@ -92,7 +96,7 @@ impl Source<'_> {
             Source::Local(limit) => policy_item(limit),
             Source::Global(view) => {
                 let mut item = format!("\"{}\";q={}", view.name, view.limit);
-                if view.window_ms > 0 && view.window_ms % 1000 == 0 {
+                if view.window_ms > 0 && view.window_ms.is_multiple_of(1000) {
                     item.push_str(&format!(";w={}", view.window_ms / 1000));
                 }
                 item
@@ -113,6 +117,9 @@ impl Answers {
         global: Option<&GlobalView>,
         now_ms: u64,
     ) -> ResponseHeaders {
+        if !self.admitted_headers {
+            return ResponseHeaders::new();
+        }
         let rows = rows(limits, levels, global, now_ms);
         self.headers(&rows, tightest(&rows))
     }

@@ -45,7 +45,7 @@ use sha2::{Digest as _, Sha256};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
-use wasmgate_config::{ConfigError, HeaderName, RouteTable};
+use wasmgate_config::{ConfigError, HeaderName, RouteRequest, RouteTable};
 use wasmgate_ratelimit_protocol::rls::RateLimitDescriptor;
 use wasmgate_shared_store::SharedStore;
 
@@ -308,7 +308,11 @@ impl RateLimitPolicy {
     pub fn decide(&self, view: &dyn RequestView, store: &dyn SharedStore, now_ms: u64) -> Decision {
         let method = view.header(":method").unwrap_or_default();
         let path = view.header(":path").unwrap_or_default();
-        let Some(rule) = self.rules.select(&method, &path) else {
+        let authority = (self.rules.names_hosts())
+            .then(|| view.header(":authority"))
+            .flatten();
+        let route = RouteRequest::new(&method, &path).with_authority(authority.as_deref());
+        let Some(rule) = self.rules.select(&route) else {
             return Decision::new(Verdict::Unlimited, TableEvents::default());
         };
         // Most rules have no plans: then the plan header is not even read.

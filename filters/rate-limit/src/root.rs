@@ -54,37 +54,35 @@ impl Metrics {
     fn new() -> Self {
         let name = |n: &str| format!("wasmgate.rate_limit.{n}");
         Self {
-            allowed: Counter::new(&name("allowed")),
-            limited: Counter::new(&name("limited")),
-            shadow_limited: Counter::new(&name("shadow_limited")),
-            fail_open: Counter::new(&name("fail_open")),
-            cas_conflicts: Counter::new(&name("cas_conflicts")),
-            overflow: Counter::new(&name("overflow")),
-            slots_reclaimed: Counter::new(&name("slots_reclaimed")),
+            allowed: Counter::new(&name("allowed_total")),
+            limited: Counter::new(&name("limited_total")),
+            shadow_limited: Counter::new(&name("shadow_limited_total")),
+            fail_open: Counter::new(&name("fail_open_total")),
+            cas_conflicts: Counter::new(&name("cas_conflicts_total")),
+            overflow: Counter::new(&name("overflow_total")),
+            slots_reclaimed: Counter::new(&name("slots_reclaimed_total")),
             slots_in_use: Gauge::new(&name("slots_in_use")),
-            global_calls: Counter::new(&name("global.calls")),
-            global_call_ms: Histogram::new(&name("global.call_ms")),
-            global_over_limit: Counter::new(&name("global.over_limit")),
+            global_calls: Counter::new(&name("global_calls_total")),
+            global_call_ms: Histogram::new(&name("global_call_duration_milliseconds")),
+            global_over_limit: Counter::new(&name("global_over_limit_total")),
             global_failures: ServiceFailure::KINDS
                 .iter()
                 .map(|kind| {
-                    (
-                        *kind,
-                        Counter::new(&name(&format!("global.failure.{kind}"))),
-                    )
+                    let metric = name("global_failures_total");
+                    (*kind, Counter::tagged(&metric, &[("kind", kind)]))
                 })
                 .collect(),
             failure_modes: [FailureMode::Allow, FailureMode::Deny, FailureMode::Local].map(
                 |mode| {
-                    let metric = format!("global.failure_mode.{}", mode.name());
-                    (mode, Counter::new(&name(&metric)))
+                    let metric = name("global_failure_decisions_total");
+                    (mode, Counter::tagged(&metric, &[("result", mode.name())]))
                 },
             ),
-            lease_renewals: Counter::new(&name("lease.renewals")),
-            lease_granted: Counter::new(&name("lease.granted")),
-            lease_over_limit: Counter::new(&name("lease.over_limit")),
-            lease_failed: Counter::new(&name("lease.failed")),
-            lease_waits: Counter::new(&name("lease.waits")),
+            lease_renewals: Counter::new(&name("lease_renewals_total")),
+            lease_granted: Counter::new(&name("lease_granted_hits_total")),
+            lease_over_limit: Counter::new(&name("lease_over_limit_total")),
+            lease_failed: Counter::new(&name("lease_failed_total")),
+            lease_waits: Counter::new(&name("lease_waits_total")),
         }
     }
 
