@@ -113,7 +113,10 @@ fn fit(bytes: &[u8], digest: &Digest, levels: usize, now_ms: u64) -> Fit {
     if bytes.is_empty() {
         return Fit::Vacant;
     }
-    if bytes[0] != FORMAT || bytes.len() < HEADER_LEN || !(bytes.len() - HEADER_LEN).is_multiple_of(8) {
+    if bytes[0] != FORMAT
+        || bytes.len() < HEADER_LEN
+        || !(bytes.len() - HEADER_LEN).is_multiple_of(8)
+    {
         return Fit::Reusable;
     }
     let mut reader = Reader(&bytes[1..]);
@@ -135,7 +138,10 @@ fn decode(bytes: &[u8]) -> Slot<Bucket> {
     if bytes.is_empty() {
         return Slot::Vacant;
     }
-    if bytes[0] != FORMAT || bytes.len() < HEADER_LEN || !(bytes.len() - HEADER_LEN).is_multiple_of(8) {
+    if bytes[0] != FORMAT
+        || bytes.len() < HEADER_LEN
+        || !(bytes.len() - HEADER_LEN).is_multiple_of(8)
+    {
         return Slot::Unreadable;
     }
     let mut reader = Reader(&bytes[1..]);

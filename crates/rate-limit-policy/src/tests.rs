@@ -316,7 +316,11 @@ fn admitted_headers_off_leaves_admitted_responses_alone_and_still_explains_refus
     );
     let client = FakeRequest::get("/").with_address("192.0.2.7:4000");
     for _ in 0..2 {
-        assert_eq!(gw.send(&client, T0), Verdict::Allowed(vec![]));
+        let verdict = gw.send(&client, T0);
+        assert!(
+            matches!(&verdict, Verdict::Allowed(headers) if headers.is_empty()),
+            "{verdict:?}"
+        );
     }
     let Verdict::Limited(reply) = gw.send(&client, T0) else {
         panic!("not limited")
