@@ -528,12 +528,14 @@ impl LeaseTable {
         now: u64,
     ) -> SpendOutcome {
         let claim_until = terms.claim_until(now);
-        for _ in 0..MAX_ATTEMPTS {
-            let place = self.slots.locate(store, digest, |bytes| {
-                fit(bytes, digest, |record| {
-                    record.reusable(now, terms.idle_ms())
-                })
-            });
+        for attempt in 1..=MAX_ATTEMPTS {
+            let place = self
+                .slots
+                .locate(store, digest, attempt < MAX_ATTEMPTS, |bytes| {
+                    fit(bytes, digest, |record| {
+                        record.reusable(now, terms.idle_ms())
+                    })
+                });
             let (slot, key, cas, bytes) = match place {
                 Place::Found {
                     index,

@@ -182,7 +182,11 @@ impl SlotTable {
     ///
     /// Two workers placing the same new key at the same time read the same window and pick
     /// the same slot: if it exists, the compare-and-swap lets only one of them write it; if
-    /// it is missing, only one creates it and the other looks again. (Only if
+    /// it is missing, only one creates it and the other looks again (`Busy`). A caller
+    /// that has looked again enough passes `patient: false`: a slot still being created
+    /// then counts as no slot (`Full`), so a creation that never finished (a guard
+    /// overwritten by a stranger) sends newcomers to the overflow bucket, not around in
+    /// circles. (Only if
     /// a record in the window becomes reusable between their two reads can they pick
     /// different slots. The key then has a second record that later lookups skip, because
     /// they use the first in probe order; it is reused once reusable.)
@@ -190,6 +194,7 @@ impl SlotTable {
         &self,
         store: &dyn SharedStore,
         digest: &Digest,
+        patient: bool,
         fit: impl Fn(&[u8]) -> Fit,
     ) -> Place {
         let start = self.start(digest);
@@ -223,18 +228,20 @@ impl SlotTable {
         }
         match (claim, missing) {
             (Some(claim), _) => claim,
-            (None, Some((index, key))) => self.create(store, index, key, fit),
+            (None, Some((index, key))) => self.create(store, index, key, patient, fit),
             (None, None) => Place::Full,
         }
     }
 
     /// Creates the missing slot `index` if this worker wins its bit in the guard, and
-    /// offers it to the key; `Busy` if another worker is creating it (or took it since).
+    /// offers it to the key; `Busy` if another worker is creating it (or took it since),
+    /// `Full` instead if that worker is creating it and the caller is not `patient`.
     fn create(
         &self,
         store: &dyn SharedStore,
         index: u32,
         key: String,
+        patient: bool,
         fit: impl Fn(&[u8]) -> Fit,
     ) -> Place {
         let guard = self.guard_key(index / GUARDED);
@@ -244,7 +251,7 @@ impl SlotTable {
         };
         let bits = read_bits(&bytes);
         if bits & bit(index) != 0 {
-            return Place::Busy;
+            return if patient { Place::Busy } else { Place::Full };
         }
         // Bytes of another format read as no bits: the compare-and-swap still holds them.
         if store
