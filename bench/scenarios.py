@@ -440,6 +440,33 @@ add(Scenario(
     flood=True,
 ))
 
+# The same flood where every client stays limited (10 an hour: a bucket refills in
+# 6 minutes, longer than the flood), so no slot is ever reusable: every one of the
+# table's slots is created, and the newcomers beyond it share the overflow bucket (429).
+RATE_LIMIT_HELD = 10
+
+
+def _held_flood_config() -> dict:
+    config = wasmgate.rate_limit_config("x-client-id")
+    config["rules"][0]["limits"] = [{"name": "per-hour", "requests": RATE_LIMIT_HELD,
+                                     "per": "1h"}]
+    return config
+
+
+add(Scenario(
+    "rate-limit-flood-held", f"wasmgate rate-limit filter, {RATE_LIMIT_FLOOD:,} distinct "
+    f"clients (x-client-id) limited to {RATE_LIMIT_HELD} an hour, 100,000-slot table: every "
+    "slot fills, the rest share the overflow bucket (429)",
+    filters=lambda ctx: [wasmgate.rate_limit(ctx, _held_flood_config())],
+    load=lambda ctx: Load(distinct=Distinct("x-client-id", "held-", limit=RATE_LIMIT_FLOOD)),
+    probes=lambda ctx: [Probe("the request was counted: the response says how many remain",
+                              response={"x-ratelimit-limit": str(RATE_LIMIT_HELD)})],
+    passes=MEMORY_ONLY,
+    seconds=150,
+    any_status=True,
+    flood=True,
+))
+
 add(Scenario(
     "api-key-flood", f"wasmgate API-key filter, {API_KEY_FLOOD:,} distinct unknown keys "
     "(each a key-store lookup, answered 401), 4096-slot cache",

@@ -28,7 +28,7 @@ P4_BUDGETS = (("all-four", 2, 60.0), ("combined-all", 2, 40.0))
 # P4, floods: "flat" means RSS grew by at most this much over the second half of the
 # flood (by then the bounded tables are full; what still grows would be a leak).
 P4_FLAT_MIB = 2.0
-P4_FLOODS = ("rate-limit-flood", "api-key-flood")
+P4_FLOODS = ("rate-limit-flood", "rate-limit-flood-held", "api-key-flood")
 # P5: (scenario, callout cluster): one fetch per Envoy at every concurrency.
 P5_FETCHES = (("jwt-rs256-cached", "jwks"),)
 

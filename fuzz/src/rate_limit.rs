@@ -115,7 +115,10 @@ pub fn buckets(data: &[u8]) {
         .unwrap_or_else(|err| panic!("the fuzz rate-limit setup: {err}"));
     let store = MemoryStore::new();
     let census = policy.prepare(&store);
-    assert_eq!(census.created, u64::from(setup.slots) + 1);
+    // The slots' creation guards (one per 64 slots) and the overflow bucket; slots are
+    // created when first needed.
+    let most_keys = setup.slots.div_ceil(64) as usize + 1 + setup.slots as usize;
+    assert_eq!(census.created, u64::from(setup.slots.div_ceil(64)) + 1);
     let sources = (setup.identity)();
     // Admissions per bucket: the client's identity, or the overflow bucket.
     let mut admitted: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -161,10 +164,9 @@ pub fn buckets(data: &[u8]) {
                 junk_written = true;
             }
         }
-        assert_eq!(
-            store.key_count(),
-            setup.slots as usize + 1,
-            "the table grew: {:?}",
+        assert!(
+            store.key_count() <= most_keys,
+            "the table grew past its slots: {:?}",
             store.keys()
         );
     }

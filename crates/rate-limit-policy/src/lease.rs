@@ -510,10 +510,13 @@ impl LeaseTable {
         self.slots.slots()
     }
 
-    /// Creates the slots that do not exist yet; returns (created, occupied).
+    /// Creates the slots' creation guards that do not exist yet (slots are created when
+    /// first needed); returns (keys created, slots holding a lease).
     pub fn prepare(&self, store: &dyn SharedStore) -> (u64, u64) {
-        self.slots
-            .prepare(store, &[], |bytes| matches!(decode(bytes), Slot::Held(..)))
+        let census = self
+            .slots
+            .prepare(store, &[], |bytes| matches!(decode(bytes), Slot::Held(..)));
+        (census.created, census.held)
     }
 
     /// Spends a request's hits from `digest`'s lease (see [`LeaseRecord::spend`]).
@@ -525,12 +528,14 @@ impl LeaseTable {
         now: u64,
     ) -> SpendOutcome {
         let claim_until = terms.claim_until(now);
-        for _ in 0..MAX_ATTEMPTS {
-            let place = self.slots.locate(store, digest, |bytes| {
-                fit(bytes, digest, |record| {
-                    record.reusable(now, terms.idle_ms())
-                })
-            });
+        for attempt in 1..=MAX_ATTEMPTS {
+            let place = self
+                .slots
+                .locate(store, digest, attempt < MAX_ATTEMPTS, |bytes| {
+                    fit(bytes, digest, |record| {
+                        record.reusable(now, terms.idle_ms())
+                    })
+                });
             let (slot, key, cas, bytes) = match place {
                 Place::Found {
                     index,
@@ -541,6 +546,7 @@ impl LeaseTable {
                 Place::Claim {
                     index, key, cas, ..
                 } => (index, key, cas, Vec::new()),
+                Place::Busy => continue,
                 Place::Full => return SpendOutcome::NoSlot,
             };
             let mut record = match decode(&bytes) {

@@ -1,12 +1,21 @@
-//! A fixed keyspace in shared data where records of an unbounded set of keys live.
+//! A bounded keyspace in shared data where records of an unbounded set of keys live.
 //!
 //! Envoy never frees a shared-data key, and a client can invent a new identity for every
-//! request, so per-client records (token buckets, leases) live in a fixed number of slots
-//! (`<prefix><i>`) created when the filter is configured. A key's digest picks a start slot;
-//! the key's record lives in the first slot of the next `probe` slots that holds its digest.
-//! A new key takes the first slot of that window that is vacant or whose record says it may
-//! be reused (what "reusable" means is the record's business: a bucket that refilled, a lease
-//! that was settled). Every write is a compare-and-swap on one slot.
+//! request, so per-client records (token buckets, leases) live in at most `slots` slots
+//! (`<prefix><i>`). A key's digest picks a start slot; the key's record lives in the first
+//! slot of the next `probe` slots that holds its digest. A new key takes the first slot of
+//! that window that is vacant or whose record says it may be reused (what "reusable" means
+//! is the record's business: a bucket that refilled, a lease that was settled), else the
+//! first slot of the window that does not exist yet. Every write to a slot that exists is a
+//! compare-and-swap on that one slot.
+//!
+//! A slot is created when a key first needs it, so the table costs memory in proportion to
+//! the keys seen, up to `slots`. Creating a key ignores compare-and-swap (Envoy's shared
+//! data stores a write to a missing key whatever CAS it carries), so creation is locked:
+//! every 64 slots share a *creation guard* (`<prefix>created.<n>`, created when the filter
+//! is configured), a bitmap of the slots someone has begun to create. Only the worker whose
+//! compare-and-swap sets a slot's bit creates that slot (empty), then claims it like any
+//! vacant slot; a worker that finds the bit set and the slot still missing retries.
 //!
 //! This module knows nothing of what a record holds.
 
@@ -15,7 +24,10 @@ use wasmgate_shared_store::{Cas, SharedStore};
 /// Identifies a key: the first 16 bytes of a SHA-256 over what the key is made of.
 pub type Digest = [u8; 16];
 
-/// The fixed-size set of slots, and where their keys live in shared data.
+/// Slots per creation guard: one bit each in the guard's 8-byte bitmap.
+const GUARDED: u32 = 64;
+
+/// The bounded set of slots, and where their keys live in shared data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SlotTable {
     prefix: String,
@@ -55,15 +67,29 @@ pub(crate) enum Place {
         cas: Cas,
         bytes: Vec<u8>,
     },
-    /// A slot the key may take: vacant, or holding a record that may be reused.
+    /// A slot the key may take: vacant (perhaps created just now), or holding a record
+    /// that may be reused.
     Claim {
         index: u32,
         key: String,
         cas: Cas,
         vacant: bool,
     },
+    /// The slot the key should take is being created by another worker (or was created
+    /// under us): look again, as after a lost compare-and-swap.
+    Busy,
     /// No slot in the probe window.
     Full,
+}
+
+/// What [`SlotTable::prepare`] found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Census {
+    /// Keys this call created: creation guards, and keys of `extra`.
+    pub(crate) created: u64,
+    /// Slots that exist (were ever needed), and of them those holding a record.
+    pub(crate) existing: u64,
+    pub(crate) held: u64,
 }
 
 impl SlotTable {
@@ -88,56 +114,96 @@ impl SlotTable {
         format!("{}{index}", self.prefix)
     }
 
+    pub(crate) fn guard_key(&self, guard: u32) -> String {
+        format!("{}created.{guard}", self.prefix)
+    }
+
+    fn guards(&self) -> u32 {
+        self.slots.div_ceil(GUARDED)
+    }
+
+    /// The slots guard `guard` covers.
+    fn guarded(&self, guard: u32) -> std::ops::Range<u32> {
+        guard * GUARDED..((guard + 1) * GUARDED).min(self.slots)
+    }
+
     fn start(&self, digest: &Digest) -> u32 {
         let mut head = [0u8; 8];
         head.copy_from_slice(&digest[..8]);
         (u64::from_le_bytes(head) % u64::from(self.slots)) as u32
     }
 
-    /// Creates every slot (and every key of `extra`) that does not exist yet; returns how
-    /// many it created and how many slots `occupied` says hold a record. Run at
-    /// configuration time: a write to a key that does not exist ignores compare-and-swap,
-    /// so keys are created here (empty) and only ever updated with compare-and-swap after.
+    /// Creates every creation guard (and every key of `extra`) that does not exist yet, and
+    /// counts the slots that exist and those `occupied` says hold a record. Run at
+    /// configuration time, before this VM places a key. Slots themselves are created when
+    /// first needed ([`SlotTable::locate`]).
+    ///
+    /// A guard created here marks the slots of its range that already exist (made by a
+    /// version that created every slot up front), so the census counts them.
     pub(crate) fn prepare(
         &self,
         store: &dyn SharedStore,
         extra: &[String],
         occupied: impl Fn(&[u8]) -> bool,
-    ) -> (u64, u64) {
-        let (mut created, mut held) = (0, 0);
-        let keys = (0..self.slots)
-            .map(|i| (self.slot_key(i), true))
-            .chain(extra.iter().map(|k| (k.clone(), false)));
-        for (key, is_slot) in keys {
-            match store.get(&key) {
-                Some((bytes, _)) => held += u64::from(is_slot && occupied(&bytes)),
-                None => created += u64::from(store.set(&key, &[], None).is_ok()),
+    ) -> Census {
+        let mut census = Census::default();
+        for guard in 0..self.guards() {
+            let key = self.guard_key(guard);
+            let bits = match store.get(&key) {
+                Some((bytes, _)) => read_bits(&bytes),
+                None => {
+                    let bits = self
+                        .guarded(guard)
+                        .filter(|i| store.get(&self.slot_key(*i)).is_some())
+                        .fold(0, |bits, i| bits | bit(i));
+                    census.created += u64::from(store.set(&key, &bits.to_le_bytes(), None).is_ok());
+                    bits
+                }
+            };
+            for index in self.guarded(guard).filter(|i| bits & bit(*i) != 0) {
+                if let Some((bytes, _)) = store.get(&self.slot_key(index)) {
+                    census.existing += 1;
+                    census.held += u64::from(occupied(&bytes));
+                }
             }
         }
-        (created, held)
+        for key in extra {
+            if store.get(key).is_none() {
+                census.created += u64::from(store.set(key, &[], None).is_ok());
+            }
+        }
+        census
     }
 
     /// Scans the probe window of `digest`: the key's own record if it is there, else the
-    /// first slot it may take, else `Full`. `fit` judges each slot's bytes (without
-    /// decoding more than it must: this runs on every request).
+    /// first existing slot it may take, else the first missing slot (created now), else
+    /// `Full`. Memory grows only when no slot of the window can be reused. `fit` judges
+    /// each slot's bytes (without decoding more than it must: this runs on every request).
     ///
     /// Two workers placing the same new key at the same time read the same window and pick
-    /// the same first free slot, so the compare-and-swap lets only one of them create it.
-    /// (Only if a record in the window becomes reusable between their two reads can they
-    /// pick different slots. The key then has a second record that later lookups skip,
-    /// because they use the first in probe order; it is reused once reusable.)
+    /// the same slot: if it exists, the compare-and-swap lets only one of them write it; if
+    /// it is missing, only one creates it and the other looks again (`Busy`). A caller
+    /// that has looked again enough passes `patient: false`: a slot still being created
+    /// then counts as no slot (`Full`), so a creation that never finished (a guard
+    /// overwritten by a stranger) sends newcomers to the overflow bucket, not around in
+    /// circles. (Only if
+    /// a record in the window becomes reusable between their two reads can they pick
+    /// different slots. The key then has a second record that later lookups skip, because
+    /// they use the first in probe order; it is reused once reusable.)
     pub(crate) fn locate(
         &self,
         store: &dyn SharedStore,
         digest: &Digest,
+        patient: bool,
         fit: impl Fn(&[u8]) -> Fit,
     ) -> Place {
         let start = self.start(digest);
-        let mut claim = None;
+        let (mut claim, mut missing) = (None, None);
         for step in 0..self.probe {
             let index = (start + step) % self.slots;
             let key = self.slot_key(index);
             let Some((bytes, cas)) = store.get(&key) else {
+                missing.get_or_insert((index, key));
                 continue;
             };
             let vacant = match fit(&bytes) {
@@ -153,17 +219,71 @@ impl SlotTable {
                 Fit::Vacant => true,
                 Fit::Reusable => false,
             };
-            if claim.is_none() {
-                claim = Some(Place::Claim {
-                    index,
-                    key,
-                    cas,
-                    vacant,
-                });
-            }
+            claim.get_or_insert(Place::Claim {
+                index,
+                key,
+                cas,
+                vacant,
+            });
         }
-        claim.unwrap_or(Place::Full)
+        match (claim, missing) {
+            (Some(claim), _) => claim,
+            (None, Some((index, key))) => self.create(store, index, key, patient, fit),
+            (None, None) => Place::Full,
+        }
     }
+
+    /// Creates the missing slot `index` if this worker wins its bit in the guard, and
+    /// offers it to the key; `Busy` if another worker is creating it (or took it since),
+    /// `Full` instead if that worker is creating it and the caller is not `patient`.
+    fn create(
+        &self,
+        store: &dyn SharedStore,
+        index: u32,
+        key: String,
+        patient: bool,
+        fit: impl Fn(&[u8]) -> Fit,
+    ) -> Place {
+        let guard = self.guard_key(index / GUARDED);
+        // No guard: the table was never prepared, and there is nowhere to write.
+        let Some((bytes, guard_cas)) = store.get(&guard) else {
+            return Place::Full;
+        };
+        let bits = read_bits(&bytes);
+        if bits & bit(index) != 0 {
+            return if patient { Place::Busy } else { Place::Full };
+        }
+        // Bytes of another format read as no bits: the compare-and-swap still holds them.
+        if store
+            .set(&guard, &(bits | bit(index)).to_le_bytes(), Some(guard_cas))
+            .is_err()
+        {
+            return Place::Busy;
+        }
+        // Ours alone to create. (A slot created between our scan and our bit, by a worker
+        // that set the bit and finished, has its bit set; we saw it clear.)
+        if store.set(&key, &[], None).is_err() {
+            return Place::Busy;
+        }
+        match store.get(&key) {
+            Some((bytes, cas)) if fit(&bytes) == Fit::Vacant => Place::Claim {
+                index,
+                key,
+                cas,
+                vacant: true,
+            },
+            _ => Place::Busy,
+        }
+    }
+}
+
+fn bit(index: u32) -> u64 {
+    1 << (index % GUARDED)
+}
+
+/// A guard's bitmap; any other bytes read as "nothing created".
+fn read_bits(bytes: &[u8]) -> u64 {
+    bytes.try_into().map(u64::from_le_bytes).unwrap_or(0)
 }
 
 /// Little-endian fields out of a record's bytes; `None` once they run out.

@@ -1,7 +1,8 @@
 //! The bounded table of token buckets in shared data, exact across Envoy workers.
 //!
-//! Buckets live in the fixed slots of a [`SlotTable`] (`wasmgate.rate_limit.<table>.<i>`)
-//! created when the filter is configured. Every write is a compare-and-swap on one slot,
+//! Buckets live in the slots of a [`SlotTable`] (`wasmgate.rate_limit.<table>.<i>`), at
+//! most `slots` of them, each created when a key first needs it. Every write is a
+//! compare-and-swap on one slot,
 //! which holds every limit of that key, so a request takes from all its buckets or from
 //! none.
 //!
@@ -24,7 +25,7 @@ pub use crate::slots::Digest;
 /// same slot between our read and our write; several in a row are very unlikely.
 pub const MAX_ATTEMPTS: u32 = 8;
 
-/// The fixed-size table of bucket slots.
+/// The bounded table of bucket slots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketTable {
     slots: SlotTable,
@@ -46,14 +47,15 @@ pub enum TableVerdict {
 pub enum StoreTrouble {
     /// Every attempt lost a compare-and-swap race.
     Contention,
-    /// The host refused a write, or a slot created at configuration time is missing.
+    /// The host refused a write, or a key created at configuration time is missing.
     Refused,
 }
 
 /// What the table did on the way, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableEvents {
-    /// Compare-and-swap writes that lost a race (each was retried).
+    /// Compare-and-swap writes that lost a race, and slots another worker was creating
+    /// (each was retried).
     pub cas_conflicts: u32,
     /// A vacant slot received its first bucket (slots in use went up by one).
     pub occupied_vacant_slot: bool,
@@ -73,8 +75,10 @@ pub struct TableOutcome {
 /// What `prepare` found and did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TableCensus {
-    /// Slots (and overflow buckets) this call created.
+    /// Keys this call created: the slots' creation guards and the overflow buckets.
     pub created: u64,
+    /// Table slots that exist (created since Envoy started, by any configuration).
+    pub existing: u64,
     /// Table slots holding a bucket.
     pub occupied: u64,
 }
@@ -177,14 +181,19 @@ impl BucketTable {
         key
     }
 
-    /// Creates every slot and overflow bucket that does not exist yet, and counts the
-    /// slots in use. Run at configuration time, before this VM serves a request.
+    /// Creates the slots' creation guards and the overflow buckets that do not exist yet,
+    /// and counts the slots in use. Run at configuration time, before this VM serves a
+    /// request. Slots are created when first needed.
     pub fn prepare(&self, store: &dyn SharedStore, overflow: &[Digest]) -> TableCensus {
         let extra: Vec<String> = overflow.iter().map(|d| self.overflow_key(d)).collect();
-        let (created, occupied) = self.slots.prepare(store, &extra, |bytes| {
+        let census = self.slots.prepare(store, &extra, |bytes| {
             matches!(decode(bytes), Slot::Held(..))
         });
-        TableCensus { created, occupied }
+        TableCensus {
+            created: census.created,
+            existing: census.existing,
+            occupied: census.held,
+        }
     }
 
     /// Counts one request against the bucket `digest`, or against the overflow bucket
@@ -199,12 +208,14 @@ impl BucketTable {
         now_ms: u64,
     ) -> TableOutcome {
         let mut events = TableEvents::default();
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 1..=MAX_ATTEMPTS {
             events.overflow = false;
             let levels = limits.limits().len();
             let place = self
                 .slots
-                .locate(store, digest, |bytes| fit(bytes, digest, levels, now_ms));
+                .locate(store, digest, attempt < MAX_ATTEMPTS, |bytes| {
+                    fit(bytes, digest, levels, now_ms)
+                });
             let (key, cas, current, claim) = match place {
                 Place::Found {
                     key, cas, bytes, ..
@@ -215,6 +226,10 @@ impl BucketTable {
                 Place::Claim {
                     key, cas, vacant, ..
                 } => (key, cas, None, Some(vacant)),
+                Place::Busy => {
+                    events.cas_conflicts += 1;
+                    continue;
+                }
                 Place::Full => {
                     events.overflow = true;
                     let key = self.overflow_key(overflow);
@@ -306,8 +321,15 @@ mod tests {
         let table = BucketTable::new("t", slots, probe);
         let store = MemoryStore::new();
         let census = table.prepare(&store, &[OVERFLOW]);
-        assert_eq!(census.created, u64::from(slots) + 1);
+        // One creation guard per 64 slots, and the overflow bucket: no slot yet.
+        assert_eq!(census.created, u64::from(guards(slots)) + 1);
+        assert_eq!(census.existing, 0);
+        assert_eq!(store.key_count() as u64, census.created);
         (table, store)
+    }
+
+    fn guards(slots: u32) -> u32 {
+        slots.div_ceil(64)
     }
 
     fn admitted(outcome: &TableOutcome) -> bool {
@@ -323,7 +345,7 @@ mod tests {
     }
 
     #[test]
-    fn prepare_creates_missing_slots_only() {
+    fn slots_are_created_when_first_needed() {
         let (table, store) = prepared(16, 4);
         let limits = per_hour(5);
         table.take(&store, &digest(3), &OVERFLOW, &limits, 0);
@@ -332,10 +354,12 @@ mod tests {
             again,
             TableCensus {
                 created: 0,
+                existing: 1,
                 occupied: 1
             }
         );
-        assert_eq!(store.key_count(), 17);
+        // The guard, the overflow bucket and the one slot the client needed.
+        assert_eq!(store.key_count(), 3);
         // The bucket survived a second configuration.
         let outcome = table.take(&store, &digest(3), &OVERFLOW, &limits, 0);
         assert_eq!(tokens_left(&outcome, &limits), 3);
@@ -446,12 +470,12 @@ mod tests {
             0
         )));
         let holders = (0..64)
-            .filter(|i| {
-                matches!(decode(&store.get(&table.slots.slot_key(*i)).unwrap().0),
-                    Slot::Held(d, _) if d == digest(9))
-            })
+            .filter_map(|i| store.get(&table.slots.slot_key(i)))
+            .filter(|(bytes, _)| matches!(decode(bytes), Slot::Held(d, _) if d == digest(9)))
             .count();
         assert_eq!(holders, 1);
+        // The rival created the slot; ours was not created again.
+        assert_eq!(store.key_count(), 1 + 1 + 1);
         let outcome = table.take(&store, &digest(9), &OVERFLOW, &limits, 0);
         assert_eq!(tokens_left(&outcome, &limits), 47);
     }
@@ -475,7 +499,11 @@ mod tests {
             overflowed += u32::from(outcome.events.overflow);
         }
         assert!(overflowed > 19_000, "{overflowed}");
-        assert_eq!(store.key_count(), 101, "the table never grows");
+        assert_eq!(
+            store.key_count(),
+            100 + 2 + 1,
+            "the table grows to its slots (and guards) and no further"
+        );
         assert_eq!(table.prepare(&store, &[OVERFLOW]).occupied, 100);
         let outcome = table.take(&store, &victim, &OVERFLOW, &limits, 2_000);
         assert!(
@@ -559,6 +587,102 @@ mod tests {
         // Bytes of another format are reusable.
         let outcome = table.take(&store, &digest(1), &OVERFLOW, &per_hour(1), 0);
         assert!(outcome.events.reclaimed_slot);
+    }
+
+    #[test]
+    fn one_client_costs_one_slot_of_a_large_table() {
+        let (table, store) = prepared(100_000, 8);
+        let limits = per_hour(5);
+        for now in 0..5 {
+            assert!(admitted(&table.take(
+                &store,
+                &digest(1),
+                &OVERFLOW,
+                &limits,
+                now
+            )));
+        }
+        assert_eq!(store.key_count(), 1563 + 1 + 1);
+        let census = table.prepare(&store, &[OVERFLOW]);
+        assert_eq!((census.existing, census.occupied), (1, 1));
+    }
+
+    #[test]
+    fn an_existing_free_slot_is_taken_before_a_new_one_is_created() {
+        let (table, store) = prepared(64, 8);
+        // digest(10) starts at slot 10; slot 13 exists (empty), 10 to 12 do not.
+        store.set(&table.slots.slot_key(13), &[], None).unwrap();
+        let outcome = table.take(&store, &digest(10), &OVERFLOW, &per_hour(5), 0);
+        assert!(outcome.events.occupied_vacant_slot);
+        assert_eq!(store.key_count(), 1 + 1 + 1, "no slot was created");
+        assert!(matches!(
+            decode(&store.get(&table.slots.slot_key(13)).unwrap().0),
+            Slot::Held(d, _) if d == digest(10)
+        ));
+    }
+
+    #[test]
+    fn a_slot_another_worker_is_creating_is_not_created_twice() {
+        let (table, store) = prepared(64, 8);
+        // Another worker has set slot 10's bit and not yet created the slot.
+        let guard = table.slots.guard_key(0);
+        store
+            .set(&guard, &(1u64 << 10).to_le_bytes(), None)
+            .unwrap();
+        let outcome = table.take(&store, &digest(10), &OVERFLOW, &per_hour(5), 0);
+        // Every attempt but the last found it still being created; the last counts the
+        // request against the overflow bucket (a creation that never finishes strands
+        // nobody).
+        assert_eq!(outcome.events.cas_conflicts, MAX_ATTEMPTS - 1);
+        assert!(outcome.events.overflow && admitted(&outcome));
+        assert_eq!(store.get(&table.slots.slot_key(10)), None);
+        // Once that worker has created it, the key takes it.
+        store.set(&table.slots.slot_key(10), &[], None).unwrap();
+        let outcome = table.take(&store, &digest(10), &OVERFLOW, &per_hour(5), 0);
+        assert_eq!(tokens_left(&outcome, &per_hour(5)), 4);
+        assert!(outcome.events.occupied_vacant_slot);
+    }
+
+    #[test]
+    fn a_guard_lost_to_another_worker_is_retried() {
+        let (table, store) = prepared(64, 8);
+        // Our compare-and-swap on the guard loses once, as if another worker had set a bit.
+        store.fail_next_sets(1);
+        let outcome = table.take(&store, &digest(10), &OVERFLOW, &per_hour(5), 0);
+        assert_eq!(outcome.events.cas_conflicts, 1);
+        assert_eq!(tokens_left(&outcome, &per_hour(5)), 4);
+        assert_eq!(store.key_count(), 1 + 1 + 1);
+    }
+
+    #[test]
+    fn slots_an_earlier_version_created_up_front_are_counted_and_used() {
+        let table = BucketTable::new("t", 100, 8);
+        let store = MemoryStore::new();
+        let limits = per_hour(5);
+        // Every slot exists (empty) and slot 7 holds a bucket, but there are no guards.
+        for i in 0..100 {
+            store.set(&table.slots.slot_key(i), &[], None).unwrap();
+        }
+        let held = Bucket {
+            full_at_ms: HOUR,
+            levels: limits.take(&limits.full(0)).unwrap(),
+        };
+        store
+            .set(&table.slots.slot_key(7), &encode(&digest(7), &held), None)
+            .unwrap();
+        let census = table.prepare(&store, &[OVERFLOW]);
+        assert_eq!(
+            census,
+            TableCensus {
+                created: 2 + 1,
+                existing: 100,
+                occupied: 1
+            }
+        );
+        let outcome = table.take(&store, &digest(7), &OVERFLOW, &limits, 0);
+        assert_eq!(tokens_left(&outcome, &limits), 3);
+        table.take(&store, &digest(50), &OVERFLOW, &limits, 0);
+        assert_eq!(store.key_count(), 100 + 2 + 1);
     }
 
     #[test]

@@ -379,13 +379,14 @@ fn cost_and_status_are_configurable() {
 #[test]
 fn istio_doubles_parse_like_integers() {
     let gw = Gateway::new(
-        r#"{"status": 429.0, "table": {"slots": 64.0, "probe": 4.0},
+        r#"{"status": 429.0, "table": {"slots": 65.0, "probe": 4.0},
             "identity": [{"address": {"ipv4_prefix": 24.0, "ipv6_prefix": 48.0}}],
             "rules": [{"name": "r", "match": {"prefix": "/"}, "cost": 1.0,
                        "limits": [{"requests": 2.0, "per": "1m", "burst": 2.0}]}]}"#,
     );
-    assert_eq!(gw.policy.table().slots(), 64);
-    assert_eq!(gw.store.key_count(), 65);
+    assert_eq!(gw.policy.table().slots(), 65);
+    // Two creation guards (64 slots each) and the overflow bucket.
+    assert_eq!(gw.store.key_count(), 3);
 }
 
 #[test]
@@ -397,14 +398,17 @@ fn the_default_table_holds_100000_buckets() {
 }
 
 #[test]
-fn the_table_is_created_up_front_and_bounded() {
+fn the_table_grows_with_its_clients_and_is_bounded() {
     let gw = Gateway::new(
         r#"{"table": {"name": "edge", "slots": 32, "probe": 4}, "identity": [{"header": "x-user-id"}],
             "rules": [{"name": "r", "match": {"prefix": "/"}, "limits": [{"requests": 5, "per": "1h"}],
                        "plans": {"gold": [{"requests": 50, "per": "1h"}]}}]}"#,
     );
-    // 32 slots and one overflow bucket per plan (default and gold).
-    assert_eq!(gw.store.key_count(), 34);
+    // One creation guard (for up to 64 slots) and one overflow bucket per plan (default
+    // and gold); no slot yet.
+    assert_eq!(gw.store.key_count(), 3);
+    gw.send(&FakeRequest::get("/").with_header("x-user-id", "first"), T0);
+    assert_eq!(gw.store.key_count(), 4);
     assert!(gw
         .store
         .keys()
@@ -416,7 +420,7 @@ fn the_table_is_created_up_front_and_bounded() {
             T0,
         );
     }
-    assert_eq!(gw.store.key_count(), 34);
+    assert_eq!(gw.store.key_count(), 32 + 3);
     assert_eq!(gw.policy.prepare(&gw.store).occupied, 32);
 }
 

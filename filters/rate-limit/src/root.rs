@@ -307,15 +307,17 @@ impl RateLimitRoot {
     /// Puts a validated configuration in place (at start, or on an update).
     pub fn install(&mut self, policy: RateLimitPolicy) {
         let metrics = Rc::clone(self.metrics.get_or_insert_with(|| Rc::new(Metrics::new())));
-        // Every slot exists before this VM counts a request: from then on each write is
-        // a compare-and-swap (a write that creates a key ignores it).
+        // The slots' creation guards (and overflow buckets) exist before this VM counts a
+        // request; slots are created when first needed, under their guard (a write that
+        // creates a key ignores compare-and-swap).
         let census = policy.prepare(&HostStore);
         metrics.slots_in_use.set(census.occupied);
         log::info!(
-            "{FILTER}: bucket table of {} slots ready ({} created here, {} in use)",
+            "{FILTER}: bucket table of {} slots ready ({} exist, {} in use; {} keys created here)",
             policy.table().slots(),
-            census.created,
-            census.occupied
+            census.existing,
+            census.occupied,
+            census.created
         );
         for (rule, tier) in policy.global_rules() {
             log::info!(
