@@ -17,6 +17,7 @@ pub const MAX_SLOTS: u32 = 262_144;
 pub const LOOKUP_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct ConfigSpec {
     store: StoreSpec,
@@ -42,6 +43,7 @@ struct ConfigSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct StoreSpec {
     cluster: String,
@@ -52,10 +54,15 @@ struct StoreSpec {
         default = "default_timeout",
         deserialize_with = "wasmgate_config::duration"
     )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     timeout: Duration,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct SourcesSpec {
     headers: Vec<HeaderName>,
@@ -64,6 +71,7 @@ struct SourcesSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct FormatSpec {
     prefixes: Vec<String>,
@@ -74,22 +82,40 @@ struct FormatSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct CacheSpec {
     #[serde(deserialize_with = "wasmgate_config::number::u32")]
     slots: u32,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     ttl: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     negative_ttl: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     max_stale: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     error_backoff: Duration,
 }
 
 /// `null` turns a header off; leaving the field out keeps the default name.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct ForwardSpec {
     tenant_id: Option<HeaderName>,
@@ -259,6 +285,13 @@ impl ApiKeyConfig {
     ) -> Result<Self, ConfigError> {
         let spec: ConfigSpec = wasmgate_config::from_json(bytes)?;
         spec.compile(env)
+    }
+
+    /// The JSON Schema of the configuration [`Self::from_json`] reads (feature `schema`):
+    /// the shape only, its nested types' schemas go into `generator`'s definitions.
+    #[cfg(feature = "schema")]
+    pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <ConfigSpec as schemars::JsonSchema>::json_schema(generator)
     }
 
     /// Whether a request passes without a key.

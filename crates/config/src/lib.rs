@@ -14,6 +14,8 @@ mod error;
 mod header;
 pub mod number;
 mod route;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use duration::{duration, optional_duration, parse_duration};
 pub use error::ConfigError;

@@ -22,11 +22,33 @@ pub enum PathMatch {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RouteMatchSpec {
     prefix: Option<String>,
     exact: Option<String>,
     methods: Option<Vec<String>>,
+}
+
+/// The written form's schema, and what the derive cannot say: exactly one of
+/// `prefix` and `exact`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RouteMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RouteMatch".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = RouteMatchSpec::json_schema(generator);
+        schema.insert(
+            "oneOf".into(),
+            serde_json::json!([
+                {"required": ["prefix"], "properties": {"prefix": {"type": "string"}}},
+                {"required": ["exact"], "properties": {"exact": {"type": "string"}}},
+            ]),
+        );
+        schema
+    }
 }
 
 impl TryFrom<RouteMatchSpec> for RouteMatch {

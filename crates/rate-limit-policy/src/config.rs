@@ -21,8 +21,9 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_TABLE_NAME_LEN: usize = 32;
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-struct PolicySpec {
+pub(crate) struct PolicySpec {
     #[serde(default)]
     table: TableSpec,
     identity: Option<Vec<IdentitySpec>>,
@@ -41,6 +42,7 @@ struct PolicySpec {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct TableSpec {
     name: Option<String>,
@@ -51,6 +53,7 @@ struct TableSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 enum IdentitySpec {
     Header(HeaderName),
@@ -59,6 +62,7 @@ enum IdentitySpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct AddressSpec {
     #[serde(default, deserialize_with = "number::optional_u32")]
@@ -68,6 +72,7 @@ struct AddressSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: Option<String>,
@@ -85,12 +90,17 @@ struct RuleSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct LimitSpec {
     name: Option<String>,
     #[serde(deserialize_with = "number::u64")]
     requests: u64,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     per: Duration,
     #[serde(default, deserialize_with = "number::optional_u64")]
     burst: Option<u64>,
