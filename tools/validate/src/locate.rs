@@ -136,7 +136,7 @@ fn walk(document: usize, value: &Value, pointer: &str, context: Context, found: 
             let mut context = context;
             if let Some(name) = object.get("name").and_then(Value::as_str) {
                 context.name = name;
-                if is_listener(object, pointer) {
+                if is_listener(object) {
                     context.listener = Some(name);
                 }
             }
@@ -160,16 +160,13 @@ fn walk(document: usize, value: &Value, pointer: &str, context: Context, found: 
     }
 }
 
-/// A listener: an item of a `listeners` list, or a resource typed as one (LDS).
-fn is_listener(object: &Map<String, Value>, pointer: &str) -> bool {
-    let in_list = pointer
-        .rsplit_once('/')
-        .is_some_and(|(parent, _)| parent.ends_with("/listeners"));
+/// A listener (in a bootstrap, an LDS response, or a file of its own).
+fn is_listener(object: &Map<String, Value>) -> bool {
     let typed = object
         .get("@type")
         .and_then(Value::as_str)
         .is_some_and(|t| t.ends_with("envoy.config.listener.v3.Listener"));
-    in_list || typed
+    typed || object.contains_key("filter_chains") || object.contains_key("api_listener")
 }
 
 /// The `Wasm` message an object is, directly (`"@type": ...wasm.v3.Wasm`) or as a
