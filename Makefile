@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint docs schema fmt run certs clean bench bench-wasm
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs schema observability fmt run certs clean bench bench-wasm fuzz fuzz-smoke
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,10 +40,12 @@ wasm:
 	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-combined
 	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; done
 
+# The tools are built as the images build them (Cargo.toml's `service` profile): the
+# tests, `make run` and `make bench` run what docker/*.Dockerfile ships.
 tools:
 	@mkdir -p $(BUILD)/bin
-	$(CARGO) build $(addprefix -p wasmgate-,$(TOOLS))
-	@for t in $(TOOLS); do cp $(TARGET_DIR)/debug/wasmgate-$$t $(BUILD)/bin/; done
+	$(CARGO) build --profile service $(addprefix -p wasmgate-,$(TOOLS))
+	@for t in $(TOOLS); do cp $(TARGET_DIR)/service/wasmgate-$$t $(BUILD)/bin/; done
 
 # Istio (docs/istio.md): one OCI image per filter, and the WasmPlugins pinned to them.
 oci: wasm ## Package each .wasm as an OCI image layout Istio pulls (build/oci/<filter>/, .tar).
@@ -60,10 +62,20 @@ push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each dig
 	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
 	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
 
-test: build lint docs unit e2e ## Everything: lint, docs, unit tests, end-to-end tests in real Envoy.
+test: build lint docs observability unit fuzz-smoke e2e ## Everything: lint, docs, rules, unit tests, a short fuzz run, end-to-end tests in real Envoy.
 
 unit: ## Unit tests of the host-independent crates (native, fast).
 	$(CARGO) test --workspace
+
+# Fuzzing (docs/fuzzing.md; fuzz/): cargo-fuzz builds every target once, then each runs
+# for FUZZ_S seconds from its committed seeds. `make test` runs each for FUZZ_SMOKE_S.
+FUZZ_S       ?= 60
+FUZZ_SMOKE_S ?= 4
+fuzz: setup ## Run every fuzz target for FUZZ_S seconds (default 60); findings in build/fuzz/.
+	fuzz/run.sh $(FUZZ_S)
+
+fuzz-smoke: ## Every fuzz target for FUZZ_SMOKE_S seconds (default 4): part of `make test`.
+	fuzz/run.sh $(FUZZ_SMOKE_S)
 
 e2e: ## End-to-end tests: real Envoy, real .wasm files, real HTTP.
 	@# pytest exits 5 when a -k/-m selection leaves a pass with nothing to run.
@@ -97,6 +109,16 @@ bench-wasm:
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
+
+msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
+	@scripts/check-rust-version.sh
+
+# Prometheus's config and the alerting rules as Prometheus reads them, and the rules'
+# unit tests on synthetic series (observability/prometheus/tests/).
+observability: ## Check the Prometheus config and rules (promtool) and run the rules' unit tests.
+	promtool check config observability/prometheus/prometheus.yml
+	promtool check rules observability/prometheus/rules/*.yml
+	promtool test rules observability/prometheus/tests/*.yml
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all

@@ -10,6 +10,7 @@ from harness.paths import BUILD, ROOT
 
 from .report import environment, read_json, write_json, write_markdown
 from .run import BASELINE, Bench, Settings
+from .scenario import ENVOY_PASSES
 from .scenarios import REGISTRY
 
 MODES = {
@@ -30,7 +31,8 @@ def parse_args(argv):
                         help="short rounds for development (under 2 minutes); writes "
                              "build/bench/BENCHMARKS-quick.md unless --out is given")
     parser.add_argument("--only", default="",
-                        help="comma-separated scenario names (bare is always added)")
+                        help="comma-separated scenario names (bare is added to any "
+                             "measured in Envoy)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (full: 5)")
     parser.add_argument("--seconds", type=_seconds, help="length of each measured run (full: 10)")
@@ -61,6 +63,9 @@ def parse_args(argv):
                              "results (after a change to the report's format)")
     parser.add_argument("--workdir", type=Path,
                         help="configs, logs and token files (default: build/bench/run)")
+    parser.add_argument("--keystore-old", type=Path, metavar="BINARY",
+                        help="the old key store to compare the new one with (default: built "
+                             "from main 2ad4e41 into build/bench/ once)")
     return parser.parse_args(argv)
 
 
@@ -99,6 +104,7 @@ def settings_from(args) -> Settings:
                            else args.compare_upstreams),
         only=only,
         bare_every=args.bare_every if args.bare_every is not None else bare_every,
+        keystore_old=str(args.keystore_old) if args.keystore_old else None,
     )
 
 
@@ -117,9 +123,11 @@ def main(argv=None) -> int:
         return 0
     settings = settings_from(args)
     names = list(settings.only)
-    if names and BASELINE not in names:
-        names.insert(0, BASELINE)
     try:
+        # `bare` comes with any scenario measured in Envoy (the key store's is not).
+        if names and BASELINE not in names and any(
+                s.passes & ENVOY_PASSES for s in REGISTRY.select(names)):
+            names.insert(0, BASELINE)
         scenarios = REGISTRY.select(names)
     except KeyError as err:
         print(f"bench: {err.args[0]}", file=sys.stderr)

@@ -31,7 +31,8 @@ CLIENT_HEADERS = {
 
 @dataclass(frozen=True)
 class Rotate:
-    """`header` takes the next line of `values_file` (with `prefix`) on each request."""
+    """`header` takes the next line of `values_file` (with `prefix`) on each request;
+    `header=":path"`: the request path does (the key store's lookups)."""
 
     header: str
     values_file: Path

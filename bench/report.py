@@ -201,7 +201,8 @@ def write_markdown(path: Path, settings, env, results: dict, comparison: dict):
 def render(settings, env, results: dict, comparison: dict) -> str:
     fig = Figures(results)
     parts = [_header(settings, env), _targets(fig), _scenarios(results), _throughput(fig),
-             _memory(results), _floods(results), _callouts(results), _counters(results),
+             _memory(results), _floods(results), _callouts(results), _keystore(results),
+             _counters(results),
              _upstreams(settings, env, comparison), _reading(settings, env, fig, comparison),
              _findings(), _failures(results, comparison), _method(settings, env)]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -355,6 +356,48 @@ def _callouts(results: dict) -> str:
             "during one run per concurrency: start, probes, then load; in brackets the "
             "requests served meanwhile.\n\n"
             + _table(["scenario", "cluster", *[f"c{c}" for c in concurrencies]], rows))
+
+
+def _keystore(results: dict) -> str:
+    samples = [s for r in results.values() for s in r.keystore]
+    if not samples:
+        return ""
+    names = {"new": "new: tokio + hyper", "old": "old: 2ad4e41, fixture-http"}
+    rows = []
+    for load in ("found", "unknown"):
+        medians = {}
+        for server in ("new", "old"):
+            runs = [s for s in samples if s["load"] == load and s["server"] == server]
+            if not runs:
+                continue
+            figures = {
+                "rps": median_range([s["rps"] for s in runs]),
+                "p50": median_range([s["latency_p50_us"] / 1000 for s in runs]),
+                "p99": median_range([s["latency_p99_us"] / 1000 for s in runs]),
+                "cpu": median_range([s["cpu_us_per_lookup"] for s in runs]),
+                "redis": median_range([s["commands_per_lookup"] for s in runs]),
+            }
+            medians[server] = figures
+            rows.append((load, names[server], _spread(figures["rps"], "{:,.0f}"),
+                         _spread(figures["p50"], "{:.2f}"), _spread(figures["p99"], "{:.2f}"),
+                         _spread(figures["cpu"], "{:.1f}"), _spread(figures["redis"], "{:.3f}")))
+        if len(medians) == 2:
+            ratio = lambda key: medians["new"][key][0] / medians["old"][key][0]  # noqa: E731
+            rows.append((load, "**new / old**", f"**{ratio('rps'):.2f}×**", f"{ratio('p50'):.2f}×",
+                         f"**{ratio('p99'):.2f}×**", f"{ratio('cpu'):.2f}×", f"{ratio('redis'):.2f}×"))
+    rounds = len({s["round"] for s in samples})
+    return ("## Key store lookups (no Envoy)\n\n"
+            "`wasmgate-keystore serve` on Redis against the server it replaced, one replica "
+            "each on the measured CPU, wrk and redis-server (TCP, 127.0.0.1) on the load CPU, "
+            f"{rounds} interleaved round(s); medians with the range over the rounds. "
+            "*found*: lookups of keys that exist (200); *unknown*: of hashes that do not "
+            "(404). *CPU*: the key store's own CPU time per lookup. *Redis commands*: "
+            "Redis's `total_commands_processed` per lookup; neither server pipelines a "
+            "lookup's commands, so each is one round trip (the old server also writes the "
+            "key's last use on every hit; the new one batches it). How it runs: "
+            "`bench/keystore.py`.\n\n"
+            + _table(["load", "server", "lookups/s", "p50 ms", "p99 ms", "CPU µs/lookup",
+                      "Redis commands/lookup"], rows))
 
 
 def _counters(results: dict) -> str:
@@ -543,5 +586,9 @@ request headers for the probes; it and the fixture servers (the JWKS endpoint, \
 one API key) run on the load CPU.
 - Keys (RSA-2048, P-256) and tokens are minted by each run before it measures (Python \
 `cryptography`, PyJWT).
+- The key store (scenario `keystore`, no Envoy): `bench/keystore.py`; the old server is \
+built from main 2ad4e41 into `build/bench/` on first use, with the new one's optimization \
+settings.
 - Adding a scenario: one `REGISTRY.add(Scenario(...))` in `bench/scenarios.py` \
-(`python -m bench --list` shows them; `--only a,b` runs a subset with `bare`)."""
+(`python -m bench --list` shows them; `--only a,b` runs a subset, with `bare` when any \
+of them runs in Envoy)."""

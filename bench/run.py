@@ -16,6 +16,7 @@
    the clusters' `upstream_rq_total` are the fetches (JWKS, key store) Envoy made.
 4. **upstreams** (optional): bare and the wasm floor against both kinds of upstream,
    interleaved, to show which one keeps Envoy the bottleneck.
+5. **keystore**: the key store alone, new server against old (bench/keystore.py).
 
 Everything started is stopped when the run ends, however it ends.
 """
@@ -24,6 +25,7 @@ import contextlib
 import http.client
 import signal
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +37,8 @@ from .context import BenchContext
 from .cpus import Placement, RssSampler, cpu_seconds, rss_bytes
 from .load import CLIENT_HEADERS, Load, LoadError, run_wrk
 from .pinned_envoy import PinnedEnvoy
-from .scenario import CALLOUTS, MEMORY, THROUGHPUT, Scenario
+from .keystore import KeystoreBench
+from .scenario import CALLOUTS, KEYSTORE, MEMORY, THROUGHPUT, Scenario
 from .upstream import start_upstream
 
 BASELINE = "bare"
@@ -58,6 +61,7 @@ class Settings:
     compare_upstreams: bool
     only: tuple = ()
     bare_every: int = 0  # load `bare` again before every N scenarios of a round (0: once)
+    keystore_old: str = None  # the old key store binary to compare with (None: build it)
 
 
 @dataclass
@@ -110,6 +114,7 @@ class ScenarioResult:
     counters: dict = field(default_factory=dict)  # label -> value after the throughput pass
     callouts: dict = field(default_factory=dict)  # concurrency -> {cluster: fetches, "requests": n}
     upstream: str = None
+    keystore: list = field(default_factory=list)  # KeystoreSample.as_dict() per run
 
     def fail(self, reason: str):
         self.failure = self.failure or reason
@@ -272,6 +277,9 @@ class Bench:
                 for concurrency in self.settings.callout_concurrency:
                     if not results[s.name].failure:
                         self.callout_run(s, concurrency, results[s.name])
+        for s in scenarios:
+            if KEYSTORE in s.passes:
+                self.keystore_pass(results[s.name])
         if self.settings.compare_upstreams and BASELINE in by_name:
             pair = [by_name[BASELINE]] + ([by_name[FLOOR]] if FLOOR in by_name else [])
             self.upstream_pass(pair)
@@ -390,6 +398,20 @@ class Bench:
 
         self.single_run(scenario, concurrency, self.settings.callout_seconds, "callouts", result,
                         after=count)
+
+    def keystore_pass(self, result: ScenarioResult):
+        try:
+            with KeystoreBench(self.settings, self.placement, self.workdir, self.say,
+                               self.settings.keystore_old) as keystore:
+                samples = keystore.run()
+        except (RuntimeError, OSError, LoadError, subprocess.SubprocessError) as err:
+            result.fail(f"{type(err).__name__}: {err}")
+            return
+        result.keystore = [s.as_dict() for s in samples]
+        bad = [s for s in samples if not s.clean]
+        if bad:
+            result.fail(f"{len(bad)} of {len(samples)} key store runs had unexpected answers "
+                        f"or socket errors")
 
     def upstream_pass(self, scenarios: list, rounds: int = 3):
         """The given scenarios against each kind of upstream, interleaved, for at most

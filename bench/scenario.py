@@ -16,6 +16,8 @@ from .load import Load
 THROUGHPUT = "throughput"  # interleaved rounds at concurrency 1: req/s, CPU, RSS
 MEMORY = "memory"  # RSS idle and under load at the other concurrencies
 CALLOUTS = "callouts"  # fetches through `callout_clusters` per concurrency
+KEYSTORE = "keystore"  # no Envoy: the key store's lookups, new server against old (keystore.py)
+ENVOY_PASSES = frozenset({THROUGHPUT, MEMORY, CALLOUTS})
 
 
 @dataclass(frozen=True)

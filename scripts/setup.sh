@@ -12,13 +12,23 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
     rustup target add wasm32-wasip1
 fi
 
+# 1b. cargo-fuzz (`make fuzz`, and a short run in `make test`), pinned and --locked.
+#     The fuzz targets build on stable: with the sanitizer off, no nightly is needed.
+cargo_fuzz_version=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+    say "installing cargo-fuzz $cargo_fuzz_version"
+    cargo install --quiet --locked cargo-fuzz --version "$cargo_fuzz_version"
+fi
+
 # 2. Debian packages: clang/llvm build ring's C code for wasm32; redis-server backs
 #    the key store; nginx and wrk serve the benchmark; openssl makes demo certificates;
 #    skopeo (an independent OCI implementation) checks the images `make oci` writes;
 #    docker.io (an engine the compose test starts by hand) and busybox-static (sh and
 #    sed for the stand-in Envoy image) run docker-compose.yml for real; docker-registry
-#    (the CNCF distribution server) is the registry `make push` is tested against.
-debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry)
+#    (the CNCF distribution server) is the registry `make push` is tested against;
+#    prometheus (with promtool) scrapes the demo gateway and checks the alerting rules.
+debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry
+      prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -4,7 +4,8 @@
 --   bench.method, bench.path, bench.headers      sent on every request
 --   bench.rotate   = {header, file, prefix}      header value cycles through the lines
 --                                                of `file` (e.g. pre-minted tokens),
---                                                each thread starting at its own offset
+--                                                each thread starting at its own offset;
+--                                                header ":path": the request path does
 --   bench.distinct = {header, prefix, limit}     header value unique per request
 --                                                (prefix .. thread .. "-" .. counter);
 --                                                with `limit`, each thread stops after
@@ -59,7 +60,12 @@ if bench.rotate or bench.distinct then
       sent = sent + 1
       if values then
          counter = counter + 1
-         wrk.headers[bench.rotate.header] = values[(counter % #values) + 1]
+         local value = values[(counter % #values) + 1]
+         if bench.rotate.header == ":path" then
+            wrk.path = value
+         else
+            wrk.headers[bench.rotate.header] = value
+         end
       end
       if bench.distinct then
          wrk.headers[bench.distinct.header] =

@@ -14,6 +14,7 @@ from harness.deployment import KINDS, Deployment  # noqa: E402
 from harness.envoy import run_to_exit  # noqa: E402
 from harness.keystore import hung_server, keystore, redis_server  # noqa: E402,F401 (fixtures)
 from harness.mesh import Mesh  # noqa: E402
+from harness.recording_store import recording_store  # noqa: E402,F401 (fixture)
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -144,7 +145,7 @@ def mesh(shared_mesh, on_failure):
 # one core each). Run in parallel with the rest, they starve other tests' Envoys and
 # fixtures past their health-check timeouts; `make e2e` runs them on their own after
 # the parallel pass.
-SERIAL_MODULES = {"test_bench_smoke.py"}
+SERIAL_MODULES = {"test_bench_smoke.py", "test_bench_keystore.py", "test_keystore_image.py"}
 
 
 def pytest_configure(config):

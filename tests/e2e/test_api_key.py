@@ -17,7 +17,7 @@ from harness import Seen, wait_for
 from harness.docs import doc_example
 from harness.bootstrap import bootstrap, cluster, http_listener, route
 
-METRIC = "wasmcustom.wasmgate.api_key."
+METRIC = "wasmgate_api_key_"
 
 
 def gateway(deployment, echo, store, config=None, env_keys=None, **bootstrap_extra):
@@ -96,7 +96,7 @@ def test_a_created_key_passes_and_the_upstream_sees_its_identity_not_the_key(
     assert seen.header("x-plan") == "gold"
     assert seen.header("x-api-key") is None
     assert created.api_key not in resp.text
-    assert envoy.stat(METRIC + "allowed") == 1
+    assert envoy.metric(METRIC + "allowed_total") == 1
     assert keystore.lookups() == 1
     [listed] = keystore.list()
     assert listed["last_used_at"] is not None
@@ -129,8 +129,8 @@ def test_unknown_revoked_and_expired_keys_get_the_same_401(deployment, start_env
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == 'ApiKey realm="orders"'
     assert missing.json()["message"] == "an API key is required"
-    stats = envoy.stats(r"wasmgate\.api_key\.denied")
-    assert {name.rsplit(".", 1)[1]: value for name, value in stats.items() if value} == {
+    denied = envoy.series(METRIC + "denied_total")
+    assert {dict(tags)["reason"]: value for tags, value in denied.items() if value} == {
         "unknown": 1, "revoked": 2, "expired": 1, "missing": 1}
 
 
@@ -152,8 +152,8 @@ def test_malformed_keys_are_refused_without_a_lookup(deployment, start_envoy, ec
         assert (resp.status_code, resp.text) == (401, unknown.text)
     # The key store's own counter: none of them was looked up.
     assert keystore.lookups() == 1
-    assert envoy.stat(METRIC + "denied.malformed") == len(malformed)
-    assert envoy.stat(METRIC + "lookups") == 1
+    assert envoy.metric(METRIC + "denied_total", reason="malformed") == len(malformed)
+    assert envoy.metric(METRIC + "store_lookups_total") == 1
 
 
 def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
@@ -178,10 +178,15 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
     jwt = get(envoy, headers={"authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"})
     assert jwt.status_code == 401 and jwt.json()["message"] == "an API key is required"
 
-    # Skipped routes need no key, and still never carry a client-set identity.
-    seen = Seen(get(envoy, path="/health", headers={"x-tenant-id": "spoofed", "x-scopes": "admin"}))
+    # Skipped routes need no key, and still never carry a client-set identity, nor a
+    # key sent there anyway (a JWT for another filter stays).
+    seen = Seen(get(envoy, created.api_key, path=f"/health?api_key={created.api_key}",
+                    headers={"x-tenant-id": "spoofed", "x-scopes": "admin",
+                             "authorization": "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"}))
     assert seen.header("x-tenant-id") is None and seen.header("x-scopes") is None
-    assert envoy.stat(METRIC + "skipped") == 1
+    assert seen.header("x-api-key") is None and seen.query == ""
+    assert seen.header("authorization") == "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"
+    assert envoy.metric(METRIC + "skipped_total") == 1
     assert keystore.lookups() == 1
 
 
@@ -220,18 +225,20 @@ def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(deployment, st
     assert finished - started < ttl, "the burst outlasted the TTL; it cannot show one lookup per TTL"
     # Both workers served it: the first requests waited on one lookup, the rest hit.
     assert keystore.lookups() == 1
-    assert envoy.stat(METRIC + "lookups") == 1
-    assert envoy.stat(METRIC + "cache_miss") == 1
-    assert envoy.stat(METRIC + "cache_hit") + envoy.stat(METRIC + "cache_coalesced") == 999
+    assert envoy.metric(METRIC + "store_lookups_total") == 1
+    assert envoy.metric(METRIC + "cache_lookups_total", result="miss") == 1
+    assert (envoy.metric(METRIC + "cache_lookups_total", result="hit")
+            + envoy.metric(METRIC + "cache_lookups_total", result="coalesced")) == 999
 
     wait_until(started + ttl + 0.2, "the cached answer to expire")
     second = time.monotonic()
     assert load(envoy, lambda i: [created.api_key] * 50, connections=20) == Counter({200: 1000})
     assert time.monotonic() - second < ttl
     assert keystore.lookups() == 2
-    assert envoy.stat(METRIC + "lookups") == 2
+    assert envoy.metric(METRIC + "store_lookups_total") == 2
     # Both lookups' round trips are in the latency histogram.
-    wait_for(lambda: re.search(r"lookup_ms: P0\(\d", envoy.admin("/stats?filter=lookup_ms")),
+    wait_for(lambda: re.search(r"store_lookup_duration_milliseconds: P0\(\d",
+                               envoy.admin("/stats?filter=store_lookup_duration")),
              10, "the lookup latency histogram to be flushed")
 
 
@@ -260,13 +267,88 @@ def test_when_the_store_is_down_cached_keys_work_until_max_stale_and_new_keys_ge
     assert unavailable.status_code == 503
     assert unavailable.headers["retry-after"] == "1"
     assert "www-authenticate" not in unavailable.headers
-    assert envoy.stat(METRIC + "cache_stale") == 1
-    assert envoy.stat(METRIC + "store_error.status") >= 2
+    assert envoy.metric(METRIC + "cache_lookups_total", result="stale") == 1
+    assert envoy.metric(METRIC + "store_errors_total", kind="status") >= 2
 
     # ttl + max_stale after it was fetched, the answer is too old to trust.
     wait_until(fetched + 3.2, "the cached answer to pass max_stale")
     assert get(envoy, known.api_key).status_code == 503
-    assert envoy.stat(METRIC + "denied.store_unavailable") == 2
+    assert envoy.metric(METRIC + "denied_total", reason="store_unavailable") == 2
+
+
+def test_a_revoked_key_works_at_most_ttl_plus_max_stale_while_the_store_fails(
+        deployment, start_envoy, echo, keystore, redis_server):
+    """The bound of docs/filters/api-key.md, "Revocation": a key revoked at R is refused from R +
+    store.timeout + cache.ttl + cache.max_stale on, whatever the store does."""
+    envoy = start_envoy(gateway(deployment, echo, keystore.service, {
+        "store": {"timeout": "500ms"},
+        "cache": {"ttl": "1s", "max_stale": "2s", "error_backoff": "200ms"},
+    }))
+    key = keystore.create("acme", "gold")
+    assert get(envoy, key.api_key).status_code == 200
+    fetched = time.monotonic()
+    keystore.revoke(key.key_id)
+    redis_server.stop()  # and the store fails from now on
+
+    # Within the TTL the cached answer stands; past it, stale-if-error serves it...
+    assert get(envoy, key.api_key).status_code == 200
+    wait_until(fetched + 1.3, "the cached answer to pass its TTL")
+    assert get(envoy, key.api_key).status_code == 200
+    assert envoy.stat(METRIC + "cache_stale") >= 1
+    # ...until ttl + max_stale after the answer, however often it is asked meanwhile.
+    while time.monotonic() < fetched + 2.5:
+        get(envoy, key.api_key)
+        time.sleep(0.05)
+    wait_until(fetched + 3.2, "the cached answer to pass ttl + max_stale")
+    refused = get(envoy, key.api_key)
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    # When the store is back, its answer decides again (this Redis keeps nothing on
+    # disk: it no longer knows the key at all).
+    redis_server.start()
+    wait_for(lambda: get(envoy, key.api_key).status_code == 401, 10, "the store's answer")
+
+
+def test_a_404_that_is_not_the_stores_is_an_error_not_an_unknown_key(deployment, start_envoy,
+                                                                     echo, recording_store):
+    """A 404 without the contract's body (a wrong path_prefix, an ingress's default
+    backend) neither refuses keys as unknown nor evicts what was cached."""
+    partner = random_key()
+    store = recording_store({partner: {"key_id": "key_1", "tenant_id": "acme",
+                                       "status": "active"}})
+    envoy = start_envoy(gateway(deployment, echo, store, {
+        "cache": {"ttl": "1s", "max_stale": "60s", "error_backoff": "200ms"}}))
+    assert get(envoy, partner).status_code == 200
+    assert get(envoy, random_key()).status_code == 401  # the contract's 404
+    fetched = time.monotonic()
+    store.misrouted = True
+    unknown = get(envoy, random_key())
+    assert unknown.status_code == 503 and "www-authenticate" not in unknown.headers
+    wait_until(fetched + 1.2, "the cached answer to pass its TTL")
+    assert Seen(get(envoy, partner)).header("x-tenant-id") == "acme"  # served stale
+    assert envoy.stat(METRIC + "store_error.invalid_response") >= 2
+    assert envoy.stat(METRIC + "denied.unknown") == 1
+
+
+def test_past_max_in_flight_a_new_key_gets_503_at_once_and_a_known_one_its_answer(
+        deployment, start_envoy, echo, recording_store):
+    known = random_key()
+    store = recording_store({known: {"key_id": "key_1", "tenant_id": "acme",
+                                     "status": "active"}}, delay=2.0)
+    envoy = start_envoy(gateway(deployment, echo, store, {
+        "store": {"timeout": "5s", "max_in_flight": 1}}))
+    assert get(envoy, known).status_code == 200  # cached from now on (2 s)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(get, envoy, random_key())  # holds the only permit for 2 s
+        wait_for(lambda: store.counts()["in_flight"] == 1, 10, "the first lookup")
+        started = time.monotonic()
+        refused = get(envoy, random_key())
+        assert time.monotonic() - started < 1.5, "answered without waiting for a permit"
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert get(envoy, known).status_code == 200
+        assert slow.result(timeout=10).status_code == 401
+    assert store.counts()["max_in_flight"] == 1
+    assert envoy.stat(METRIC + "denied.overloaded") == 1
+    assert get(envoy, random_key()).status_code == 401  # the permit is back
 
 
 def test_a_hung_store_ends_requests_at_the_timeout_with_503(deployment, start_envoy, echo,
@@ -285,9 +367,9 @@ def test_a_hung_store_ends_requests_at_the_timeout_with_503(deployment, start_en
         assert status == 503
         assert elapsed >= 0.4, results  # it did wait for the store...
     # ...on one lookup per key, which Envoy ended at the timeout (with a local 504).
-    assert envoy.stat(METRIC + "lookups") == 2
-    assert envoy.stat(METRIC + "store_error.status") == 2
-    assert envoy.stat(METRIC + "denied.store_unavailable") == 6
+    assert envoy.metric(METRIC + "store_lookups_total") == 2
+    assert envoy.metric(METRIC + "store_errors_total", kind="status") == 2
+    assert envoy.metric(METRIC + "denied_total", reason="store_unavailable") == 6
     assert get(envoy).status_code == 401  # and the gateway still answers at once
 
 
@@ -313,7 +395,7 @@ def test_a_request_body_reaches_the_upstream_after_the_lookup(deployment, start_
     seen = Seen(resp)
     assert seen.header("x-tenant-id") == "acme"
     assert seen.body == body
-    assert envoy.stat(METRIC + "cache_miss") == 1
+    assert envoy.metric(METRIC + "cache_lookups_total", result="miss") == 1
 
 
 def test_fail_open_passes_anonymously_when_the_store_cannot_answer(deployment, start_envoy, echo,
@@ -327,14 +409,14 @@ def test_fail_open_passes_anonymously_when_the_store_cannot_answer(deployment, s
     assert seen.header("x-tenant-id") is None
     assert seen.header("x-api-key-id") is None
     assert seen.header("x-api-key") is None
-    assert envoy.stat(METRIC + "failed_open") == 1
+    assert envoy.metric(METRIC + "fail_open_total") == 1
 
 
 def test_a_missing_store_cluster_is_a_503_not_a_crash(deployment, start_envoy, echo, keystore):
     envoy = start_envoy(gateway(deployment, echo, keystore.service,
                                 {"store": {"cluster": "no-such-cluster"}}))
     assert get(envoy, random_key()).status_code == 503
-    assert envoy.stat(METRIC + "store_error.dispatch") == 1
+    assert envoy.metric(METRIC + "store_errors_total", kind="dispatch") == 1
     assert envoy.alive()
 
 
@@ -350,8 +432,8 @@ def test_twenty_thousand_random_keys_leave_the_cache_at_its_bound(deployment, st
     # Every key was looked up once (no colliding key was mistaken for another)...
     assert keystore.lookups() == 20_000
     # ...and the table holds at most its 64 slots, all now in use.
-    assert envoy.stat(METRIC + "cache_slots") == 64
-    assert envoy.stat(METRIC + "cache_entries") == 64
+    assert envoy.metric(METRIC + "cache_slots") == 64
+    assert envoy.metric(METRIC + "cache_entries") == 64
     created = keystore.create("acme", "gold")
     assert get(envoy, created.api_key).status_code == 200
     assert envoy.alive()
@@ -380,7 +462,9 @@ def test_hmac_pepper_comes_from_the_environment_not_the_config(
     ({"store": {"cluster": ""}}, "store.cluster", "may not be empty"),
     ({"store": {"timeout": "soon"}}, "store.timeout", "expected a duration"),
     ({"cache": {"slots": 0}}, "cache.slots", "between 1 and"),
-    ({"cache": {"ttl": "100ms"}}, "cache.ttl", "at least 1s"),
+    ({"store": {"max_in_flight": 0}}, "store.max_in_flight", "between 1 and 1024"),
+    ({"cache": {"max_stale": "2h"}}, "cache.max_stale", "at most 1h"),
+    ({"cache": {"ttl": "100ms"}}, "cache.ttl", "between 1s and 1h"),
     ({"format": {"min_length": 60, "max_length": 50}}, "format.min_length", "larger than"),
     ({"sources": {"headers": []}}, "sources", "no key source"),
     ({"pepper_env": "WASMGATE_PEPPER_THAT_IS_NOT_SET"}, "pepper_env", "is not set in the Wasm VM"),

@@ -27,8 +27,12 @@ def any_store(request, start_service, tmp_path):
         def stored_bytes():
             # Values read by type (DUMP's serialization may compress them).
             def value(key):
-                if client.type(key) == b"set":
+                kind = client.type(key)
+                if kind == b"set":
                     return b" ".join(client.smembers(key))
+                if kind == b"zset":
+                    return b" ".join(member + b"=" + str(score).encode()
+                                     for member, score in client.zrange(key, 0, -1, withscores=True))
                 return client.get(key) or b""
             return b"\n".join(key + b"=" + value(key) for key in client.keys("*"))
 

@@ -26,7 +26,9 @@ import pytest
 import requests
 
 from harness import Seen, tool_path, wait_for
-from harness.istio_checks import https_variants, module_of, shipped_manifests, wasm_plugins
+from harness.istio_checks import (
+    https_variants, module_of, role_of, shipped_manifests, wasm_plugins,
+)
 from harness.istio_delivery import (
     ISTIO_1_29, ISTIO_1_30, ISTIO_VERSIONS, EmulatedProxy, IstiodEmulation, WasmPlugin,
     istiod_json,
@@ -83,7 +85,7 @@ def probe_headers(envoy, callouts):
     a token, for when the JWT filter runs too: the service then sees the token's
     identity, never the spoofed one.)"""
     spoofed = {"x-user-id": "admin", "x-tenant-id": "other", "x-plan": "gold"}
-    stripped = envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped")
+    stripped = envoy.metric("wasmgate_headers_spoofed_headers_stripped_total")
     resp = requests.get(envoy.url("/api/v1/users/42"), headers={**spoofed, **callouts.bearer()},
                         timeout=10)
     seen = Seen(resp)
@@ -94,7 +96,7 @@ def probe_headers(envoy, callouts):
     assert seen.header("x-client-ip") == "127.0.0.1"
     assert resp.headers["x-request-id"] == seen.header("x-request-id")
     assert resp.headers["sunset"] == "Thu, 31 Dec 2026 23:59:59 GMT"
-    assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == stripped + 3
+    assert envoy.metric("wasmgate_headers_spoofed_headers_stripped_total") == stripped + 3
 
 
 def probe_jwt(envoy, callouts):
@@ -114,7 +116,7 @@ def probe_jwt(envoy, callouts):
         refused = requests.request(method, orders, json={}, headers=callouts.bearer(), timeout=10)
         assert refused.status_code == 403, method
     assert requests.get(envoy.url("/public/x"), timeout=10).status_code == 200
-    assert envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success") >= 1
+    assert envoy.metric("wasmgate_jwt_jwks_fetches_total", result="success") >= 1
 
 
 def probe_api_key(envoy, callouts):
@@ -145,6 +147,16 @@ def probe_rate_limit(envoy, callouts):
     assert int(answers[-1].headers["retry-after"]) >= 1
 
 
+def probe_pre_auth(envoy, callouts):
+    """Before authentication, every request counts against its address: admitted ones
+    carry no X-RateLimit-* of this tier (the tier after authentication sets them)."""
+    allowed = envoy.stat("wasmcustom.wasmgate.rate_limit.allowed")
+    resp = requests.get(envoy.url("/public/x"), timeout=10)
+    assert resp.status_code != 429
+    assert resp.headers.get("x-ratelimit-limit") != "1000"
+    assert envoy.stat("wasmcustom.wasmgate.rate_limit.allowed") > allowed
+
+
 def probe_counts_requests(module):
     """Default probe: a request passes through the filter, which counts it."""
     def probe(envoy, callouts):
@@ -155,17 +167,17 @@ def probe_counts_requests(module):
     return probe
 
 
-#: How to see that a delivered filter works, by module: `probe(envoy, callouts)`.
-#: Filters that call out reach the `callouts` fixtures through the clusters of
-#: istio/callouts/; the default probe only shows that the filter loaded and counted a
-#: request.
+#: How to see that a delivered filter works, by role (harness/istio_checks.py
+#: PLUGIN_ROLES): `probe(envoy, callouts)`. Filters that call out reach the `callouts`
+#: fixtures through the clusters of istio/callouts/; the default probe only shows that
+#: the filter loaded and counted a request.
 DELIVERY_PROBES = {"headers": probe_headers, "jwt": probe_jwt, "api-key": probe_api_key,
-                   "rate-limit": probe_rate_limit}
+                   "rate-limit": probe_rate_limit, "pre-auth": probe_pre_auth}
 
 
 def probe_for(doc):
-    module = module_of(doc["spec"]["url"])
-    return DELIVERY_PROBES.get(module) or probe_counts_requests(module)
+    role = role_of(doc)
+    return DELIVERY_PROBES.get(role) or probe_counts_requests(module_of(doc["spec"]["url"]))
 
 
 def ecds_stat(envoy, resource_name, stat):
@@ -337,7 +349,7 @@ def test_emulated_istio_delivery_fail_close_denies_all_when_the_sha256_does_not_
         resp = requests.get(envoy.url(path), timeout=10)
         assert resp.status_code == 403, resp.text
         assert resp.text == "RBAC: access denied"
-    assert envoy.stat("wasmcustom.wasmgate.headers.requests") == 0
+    assert envoy.metric("wasmgate_headers_requests_total") == 0
 
 
 def test_emulated_istio_delivery_fail_open_passes_through_when_the_sha256_does_not_match(gateway):
@@ -425,4 +437,4 @@ def test_plugin_config_is_serialised_as_istiod_does(value, text):
 
 
 def test_probes_name_known_modules():
-    assert set(DELIVERY_PROBES) <= {module_of(d["spec"]["url"]) for d in PLUGIN_DOCS.values()}
+    assert set(DELIVERY_PROBES) <= {role_of(d) for d in PLUGIN_DOCS.values()}

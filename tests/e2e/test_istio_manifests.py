@@ -17,6 +17,7 @@ from harness import ROOT
 from harness.istio_checks import (
     CRD_FILE, PLUGIN_ROLES, built_digests, check_agreement, check_clusters, check_order,
     check_pins, https_variants, install_manifests, load_manifests, merge_patch, module_of,
+    role_of,
     shipped_manifests, wasm_plugins,
 )
 from harness.shipped import shipped_plugin_configs, shipped_typed_configs
@@ -117,10 +118,27 @@ def test_generated_schemas_work_with_check_jsonschema(crds, tmp_path):
 
 
 def test_every_wasmplugin_module_has_a_role():
-    """Every shipped WasmPlugin is one of our filters (the table says where it goes)."""
-    modules = {module_of(m.doc["spec"]["url"]) for m in PLUGINS}
-    assert modules, "no WasmPlugin under istio/"
-    assert modules <= set(PLUGIN_ROLES), modules - set(PLUGIN_ROLES)
+    """Every shipped WasmPlugin is one of our filters (the table says where it goes),
+    and plays its role with the module the role names."""
+    roles = {role_of(m.doc) for m in PLUGINS}
+    assert roles, "no WasmPlugin under istio/"
+    assert roles <= set(PLUGIN_ROLES), roles - set(PLUGIN_ROLES)
+    for plugin in PLUGINS:
+        role = role_of(plugin.doc)
+        assert module_of(plugin.doc["spec"]["url"]) == (PLUGIN_ROLES[role].module or role)
+
+
+def test_the_rate_limit_filter_plays_two_roles_told_apart_by_plugin_name():
+    """Before authentication (pre-auth) and after it (rate-limit): one module, two
+    WasmPlugins, each checked against its own place and its own gateway config."""
+    by_role = {role_of(m.doc): m for m in PLUGINS}
+    assert module_of(by_role["pre-auth"].doc["spec"]["url"]) == "rate-limit"
+    assert module_of(by_role["rate-limit"].doc["spec"]["url"]) == "rate-limit"
+    misnamed = json.loads(json.dumps(by_role["pre-auth"].doc))
+    misnamed["spec"]["pluginName"] = "wasmgate-rate-limit"
+    problems = check_order(PLUGINS + [by_role["pre-auth"].__class__(
+        by_role["pre-auth"].file, 0, misnamed)])
+    assert any("phase AUTHN, but rate-limit belongs in AUTHZ" in p for p in problems), problems
 
 
 def test_pins_match_the_built_modules():
@@ -141,16 +159,22 @@ def test_callout_clusters_are_created_by_service_entries():
 
 
 def gateway_configs() -> dict:
-    """{module: JSON config} of the wasm filters in envoy-config/gateway.yaml."""
-    return {filename.rsplit("/", 1)[-1].removesuffix(".wasm"): config
-            for _, filename, config in shipped_plugin_configs("envoy-config/gateway.yaml")}
+    """{role: JSON config} of the wasm filters in envoy-config/gateway.yaml (a filter's
+    configuration name is its role)."""
+    found = shipped_plugin_configs("envoy-config/gateway.yaml")
+    configs = {}
+    for name, filename, config in found:  # each listener's chain (the same one, twice)
+        assert configs.setdefault(name, config) == config, f"two {name} filters differ"
+        module = filename.rsplit("/", 1)[-1].removesuffix(".wasm")
+        assert module == (PLUGIN_ROLES[name].module or name), (name, filename)
+    return configs
 
 
 def test_plugin_configs_agree_with_the_envoy_gateway():
     """The same filter configured the same way under Istio and in the Envoy gateway,
     but for what depends on the deployment (DEPLOYMENT_SPECIFIC)."""
     configs = gateway_configs()
-    assert {module_of(p.doc["spec"]["url"]) for p in PLUGINS} == set(configs)
+    assert {role_of(p.doc) for p in PLUGINS} == set(configs)
     assert check_agreement(PLUGINS, configs) == []
 
 

@@ -5,15 +5,13 @@ the first keys, last-known-good keys, and 503 (not 401) when keys cannot be had.
 test runs with the separate filter and with the combined module's `jwt` stage
 (`deployment`)."""
 
-import threading
-
 import requests
 
 from harness import Seen, wait_for
-from harness.jwt import KeyDir, jwt_gateway, plugin_config, provider, remote_jwks, start_jwks
+from harness.jwt import (Background, KeyDir, call, jwt_gateway, plugin_config, provider,
+                         remote_jwks, start_jwks)
 
-FETCH_OK = "wasmcustom.wasmgate.jwt.jwks_fetch.success"
-FETCH_FAILED = "wasmcustom.wasmgate.jwt.jwks_fetch.failure"
+FETCHES = "wasmgate_jwt_jwks_fetches_total"
 
 
 def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None, **remote):
@@ -27,41 +25,10 @@ def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None
     return envoy, jwks, keys
 
 
-def call(envoy, token, timeout=20):
-    """One request on a new connection (so requests spread over both workers)."""
-    return requests.get(envoy.url("/orders"), headers={"authorization": f"Bearer {token}",
-                                                        "connection": "close"}, timeout=timeout)
-
-
-class Background:
-    """A request sent from a thread, for requests that wait for keys."""
-
-    def __init__(self, envoy, token, timeout=20):
-        self.response = None
-        self.error = None
-        self.thread = threading.Thread(target=self._run, args=(envoy, token, timeout), daemon=True)
-        self.thread.start()
-
-    def _run(self, envoy, token, timeout):
-        try:
-            self.response = call(envoy, token, timeout)
-        except Exception as err:  # noqa: BLE001 - reported by result()
-            self.error = err
-
-    def done(self) -> bool:
-        return not self.thread.is_alive()
-
-    def result(self, timeout=30):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the request never completed"
-        assert self.error is None, self.error
-        return self.response
-
-
 def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_envoy, start_service,
                                                   echo):
     envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo)
-    wait_for(lambda: envoy.stat(FETCH_OK) >= 1, 10, "the first JWKS fetch")
+    wait_for(lambda: envoy.metric(FETCHES, result="success") >= 1, 10, "the first JWKS fetch")
     for i in range(20):
         resp = call(envoy, keys.mint("k1", sub=f"user{i}"))
         assert resp.status_code == 200, resp.text
@@ -69,8 +36,8 @@ def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_en
     # Every VM (two workers and the main thread's) started, ticked and served: still
     # exactly one fetch.
     assert jwks.requests() == 1
-    assert envoy.stat(FETCH_OK) == 1
-    assert envoy.stat(FETCH_FAILED) == 0
+    assert envoy.metric(FETCHES, result="success") == 1
+    assert envoy.metric(FETCHES, result="failure") == 0
 
 
 def test_a_rotated_key_works_at_once_and_unknown_kids_are_rate_limited(deployment, tmp_path,
@@ -104,7 +71,7 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(deployment, tm
     waiting = [Background(envoy, keys.mint("k1", sub=f"early{i}")) for i in range(4)]
     # A client that gives up while its request waits: the filter must forget it.
     impatient = Background(envoy, keys.mint("k1"), timeout=0.5)
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 2, 15, "failed JWKS fetches")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 2, 15, "failed JWKS fetches")
     assert not any(w.done() for w in waiting), "requests should wait for the keys"
     wait_for(impatient.done, 10, "the impatient client to give up")
     assert isinstance(impatient.error, requests.exceptions.Timeout), impatient.error
@@ -113,7 +80,7 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(deployment, tm
         resp = request.result()
         assert resp.status_code == 200, resp.text
         assert Seen(resp).header("x-user-id") == f"early{i}"
-    assert envoy.stat("wasmcustom.wasmgate.jwt.waited_for_keys") == 5
+    assert envoy.metric("wasmgate_jwt_waited_for_keys_total") == 5
     assert envoy.alive()
 
 
@@ -125,10 +92,10 @@ def test_no_keys_at_all_is_503_not_401(deployment, tmp_path, start_envoy, start_
     assert resp.status_code == 503
     assert "www-authenticate" not in resp.headers
     assert resp.json()["error"] == "temporarily_unavailable"
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.keys_unavailable") == 1
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="keys_unavailable") == 1
     # A broken document is a failure too, never keys.
     jwks.mode(body='{"keys": [{"kty": "RSA", "n": "not base64!", "e": "AQAB"}]}')
-    wait_for(lambda: jwks.stats()["served"] >= 1 and envoy.stat(FETCH_FAILED) >= 3, 10,
+    wait_for(lambda: jwks.stats()["served"] >= 1 and envoy.metric(FETCHES, result="failure") >= 3, 10,
              "the broken JWKS to be fetched")
     assert call(envoy, keys.mint("k1")).status_code == 503
     jwks.mode()
@@ -144,7 +111,7 @@ def test_jwks_down_after_a_good_fetch_keeps_the_last_good_keys(deployment, tmp_p
     assert call(envoy, keys.mint("k1")).status_code == 200
     jwks.mode(down=True)
     # The 1 s cache expires; refreshes fail again and again.
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 3, 15, "failed refreshes")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 3, 15, "failed refreshes")
     for i in range(6):  # new tokens: verified with the last good keys, not the token cache
         resp = call(envoy, keys.mint("k1", sub=f"later{i}"))
         assert resp.status_code == 200, resp.text
@@ -159,7 +126,7 @@ def test_a_slow_jwks_within_the_timeout_holds_requests_until_it_answers(deployme
     resp = call(envoy, keys.mint("k1"))
     assert resp.status_code == 200, resp.text
     assert jwks.requests() == 1
-    assert envoy.stat(FETCH_FAILED) == 0
+    assert envoy.metric(FETCHES, result="failure") == 0
 
 
 def test_a_jwks_slower_than_the_timeout_is_a_failure(deployment, tmp_path, start_envoy,
@@ -167,5 +134,5 @@ def test_a_jwks_slower_than_the_timeout_is_a_failure(deployment, tmp_path, start
     envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                               jwks_mode={"delay_ms": 3000}, timeout="300ms",
                               backoff_initial="5s", max_wait="1s")
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 1, 10, "the fetch to time out")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 1, 10, "the fetch to time out")
     assert call(envoy, keys.mint("k1")).status_code == 503

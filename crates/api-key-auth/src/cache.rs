@@ -1,20 +1,34 @@
 //! The key store's answers, cached in shared data for every worker of one Envoy.
 //!
 //! **Bounded.** Envoy never frees a shared-data key, so the cache is a fixed table of
-//! `slots` keys, `<namespace>.<index>`, created up front ([`KeyCache::create_table`]);
-//! a hash always lands in slot `hash mod slots`, and the slot holds the full hash to
-//! tell colliding keys apart. A new key evicts whatever its slot held, except a lookup
-//! still in flight (the newcomer then asks the store without caching the slot).
+//! `slots` keys, `<namespace>.<index>`, created up front ([`KeyCache::create_table`]).
+//! A hash may live in two slots (two-way associative): one picked by its first eight
+//! bytes, one by the next eight; each slot holds the full hash to tell keys apart.
 //!
-//! **One lookup per key.** Before asking the store, a worker *claims* the slot: it
-//! writes an in-flight marker with CAS (which is meaningful because the key already
+//! **Who may evict whom.** A newcomer takes, of its two slots, the one whose content is
+//! worth least: an empty slot, then a lapsed claim, a "no such key", an answer too old
+//! even to serve stale. An answer that a key *exists* is never evicted by a key not
+//! known to exist: a fresh one by nobody, one past its TTL (still serving stale while
+//! the store fails) only by a key the store has just found. Nor is a lookup in flight.
+//! So a flood of random keys churns the negative answers among themselves and leaves
+//! the real keys in place. A newcomer that finds no slot it may take asks the store
+//! without a claim, and keeps its answer in its VM only.
+//!
+//! **One lookup per key.** Before asking the store, a worker *claims* the key's slot:
+//! it writes an in-flight marker with CAS (which is meaningful because the key already
 //! exists). Whoever loses the race sees the marker and waits for the answer to appear.
 //! A claim expires after the lookup timeout plus a grace period, so a worker that died
 //! mid-lookup delays the others by at most that.
 //!
+//! **Lookups in flight are bounded** for the whole Envoy ([`LookupPermits`]): a lookup
+//! is only claimed and sent with a permit; past `max_in_flight`, a request gets a
+//! stale answer if one is usable, else [`Lookup::Overloaded`] at once.
+//!
 //! **Stale if error.** A failed lookup keeps the previous answer and sets a back-off:
 //! until it passes, the key is answered from the stale entry (while it is younger than
-//! `ttl + max_stale`) or declared unavailable, without asking the store again.
+//! `ttl + max_stale`) or declared unavailable, without asking the store again. Nothing
+//! refreshes an answer's age but a new answer from the store: an answer fetched at `F`
+//! is never used at or after `F + ttl + max_stale`, whatever the store does.
 //!
 //! **Recent answers, per VM.** A fresh answer read from (or written to) the table is
 //! also kept in the VM until the instant it stops being fresh, so the hot path (a key
@@ -27,6 +41,7 @@
 //! Times are Unix milliseconds passed in by the caller; nothing here reads a clock.
 
 use crate::hash::KeyHash;
+use crate::permits::{LookupPermits, Permit};
 use crate::record::{KeyRecord, StoreAnswer};
 use serde::{Deserialize, Serialize};
 use std::cell::{Cell, RefCell};
@@ -39,7 +54,8 @@ const CAS_ATTEMPTS: usize = 4;
 /// Fresh answers a VM keeps before it empties its memo and starts again.
 pub const RECENT_ANSWERS: usize = 1024;
 
-/// How long answers are trusted, and the table size. Durations in milliseconds.
+/// How long answers are trusted, the table size, and the bound on lookups in flight.
+/// Durations in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CachePolicy {
     /// Number of slots, hence of shared-data keys, hence the most keys cached.
@@ -54,6 +70,8 @@ pub struct CachePolicy {
     pub error_backoff_ms: u64,
     /// How long a claim on a slot (an in-flight lookup) holds: timeout plus grace.
     pub claim_ms: u64,
+    /// Most lookups in flight at once in one Envoy, all workers together.
+    pub max_in_flight: u32,
 }
 
 /// What to do about a key, according to the cache.
@@ -61,14 +79,18 @@ pub struct CachePolicy {
 pub enum Lookup {
     /// The store's answer, within its TTL.
     Fresh(Rc<StoreAnswer>),
-    /// An answer past its TTL, served because the store is failing.
+    /// An answer past its TTL, served because the store is failing (or, past
+    /// `max_in_flight`, cannot be asked now).
     Stale(Rc<StoreAnswer>),
     /// The store is failing and nothing usable is cached.
     Unavailable,
+    /// `max_in_flight` lookups are in flight and nothing usable is cached.
+    Overloaded,
     /// Another worker is asking the store; wait for the answer to appear.
     Wait,
-    /// Ask the store (the slot is claimed when that was possible).
-    Fetch,
+    /// Ask the store, holding this permit until the answer (the slot is claimed when
+    /// one could be taken). [`KeyCache::release`] it then.
+    Fetch(Permit),
 }
 
 /// A slot's content. Field names are short: every request reads one.
@@ -113,12 +135,42 @@ enum Slot {
     Entry(SlotEntry),
 }
 
+/// One of the slots a key may live in, as read.
+struct Way {
+    key: String,
+    slot: Slot,
+    cas: Option<Cas>,
+}
+
+impl Way {
+    fn entry(&self) -> Option<&SlotEntry> {
+        match &self.slot {
+            Slot::Entry(entry) => Some(entry),
+            _ => None,
+        }
+    }
+}
+
+/// A key's slots as read: the one or two ways, and which of them holds the key.
+struct Ways {
+    ways: Vec<Way>,
+    ours: Option<usize>,
+}
+
+impl Ways {
+    fn ours(&self) -> Option<(usize, &SlotEntry)> {
+        let index = self.ours?;
+        Some((index, self.ways.get(index)?.entry()?))
+    }
+}
+
 /// The cache table over a [`SharedStore`].
 #[derive(Debug)]
 pub struct KeyCache<S> {
     store: S,
     namespace: String,
     policy: CachePolicy,
+    permits: LookupPermits,
     filled: Cell<u64>,
     /// Fresh answers this VM has seen, until they stop being fresh (Unix ms).
     recent: RefCell<HashMap<KeyHash, (Rc<StoreAnswer>, u64)>>,
@@ -126,10 +178,17 @@ pub struct KeyCache<S> {
 
 impl<S: SharedStore> KeyCache<S> {
     pub fn new(store: S, namespace: impl Into<String>, policy: CachePolicy) -> Self {
+        let namespace = namespace.into();
+        let permits = LookupPermits::new(
+            format!("{namespace}.in_flight"),
+            policy.max_in_flight,
+            policy.claim_ms,
+        );
         Self {
             store,
-            namespace: namespace.into(),
+            namespace,
             policy,
+            permits,
             filled: Cell::new(0),
             recent: RefCell::new(HashMap::new()),
         }
@@ -144,14 +203,26 @@ impl<S: SharedStore> KeyCache<S> {
         &self.policy
     }
 
-    /// The shared-data key of the slot `hash` lands in.
-    pub fn slot_key(&self, hash: &KeyHash) -> String {
-        let index = hash.prefix_u64() % u64::from(self.policy.slots.max(1));
-        format!("{}.{index}", self.namespace)
+    /// The shared-data keys of the slots `hash` may live in (one when the table has a
+    /// single slot).
+    pub fn slot_keys(&self, hash: &KeyHash) -> Vec<String> {
+        let slots = u64::from(self.policy.slots.max(1));
+        let (first, second) = hash.slot_seeds();
+        let one = first % slots;
+        let mut keys = vec![format!("{}.{one}", self.namespace)];
+        if slots > 1 {
+            let mut two = second % slots;
+            if two == one {
+                two = (one + 1) % slots;
+            }
+            keys.push(format!("{}.{two}", self.namespace));
+        }
+        keys
     }
 
-    /// Creates every slot that does not exist yet, empty; returns how many it created.
-    /// Run once per VM before serving, so later writes can rely on CAS.
+    /// Creates every slot that does not exist yet, empty, and the lookup permits;
+    /// returns how many slots it created. Run once per VM before serving, so later
+    /// writes can rely on CAS.
     pub fn create_table(&self) -> u32 {
         let mut created = 0;
         for index in 0..self.policy.slots {
@@ -160,6 +231,7 @@ impl<S: SharedStore> KeyCache<S> {
                 created += 1;
             }
         }
+        self.permits.create(&self.store);
         created
     }
 
@@ -168,6 +240,16 @@ impl<S: SharedStore> KeyCache<S> {
     /// can do it).
     pub fn take_filled(&self) -> u64 {
         self.filled.replace(0)
+    }
+
+    /// Gives back the permit of a lookup that answered (or was never sent).
+    pub fn release(&self, permit: Permit) {
+        self.permits.release(&self.store, permit);
+    }
+
+    /// Lookups in flight in this Envoy at `now` (every worker's).
+    pub fn in_flight(&self, now: u64) -> usize {
+        self.permits.in_flight(&self.store, now)
     }
 
     /// A fresh answer this VM has seen for `hash`, if it is still fresh.
@@ -189,16 +271,27 @@ impl<S: SharedStore> KeyCache<S> {
         Lookup::Fresh(shared)
     }
 
-    /// Decides what a request for `hash` does, claiming the slot when it must fetch.
+    /// Decides what a request for `hash` does, taking a permit and claiming a slot
+    /// when it must fetch.
     pub fn begin(&self, hash: &KeyHash, now: u64) -> Lookup {
         if let Some(answer) = self.recent(hash, now) {
             return Lookup::Fresh(answer);
         }
+        let mut permit = None;
+        let lookup = self.claim(hash, now, &mut permit);
+        if let (Some(taken), false) = (permit, matches!(lookup, Lookup::Fetch(_))) {
+            self.release(taken);
+        }
+        lookup
+    }
+
+    /// `begin` past the memo; a permit taken on the way is left in `permit`.
+    fn claim(&self, hash: &KeyHash, now: u64, permit: &mut Option<Permit>) -> Lookup {
         let hex = hash.to_hex();
         for _ in 0..CAS_ATTEMPTS {
-            let (slot, cas) = self.read(hash);
-            let claim = match &slot {
-                Slot::Entry(entry) if entry.hash == hex => {
+            let ways = self.read_ways(hash, &hex);
+            let (target, kept) = match ways.ours() {
+                Some((index, entry)) => {
                     if let Some(answer) = entry.answer.as_ref().filter(|a| self.fresh(a, now)) {
                         return self.fresh_answer(hash, answer);
                     }
@@ -208,39 +301,47 @@ impl<S: SharedStore> KeyCache<S> {
                     if entry.retry_at.is_some_and(|at| now < at) {
                         return self.fallback(entry.answer.as_ref(), now);
                     }
-                    SlotEntry {
-                        hash: hex.clone(),
-                        answer: entry.answer.clone(),
-                        lookup_until: Some(now + self.policy.claim_ms),
-                        retry_at: None,
-                    }
+                    (Some(index), entry.answer.clone())
                 }
-                Slot::Entry(other) if other.lookup_until.is_some_and(|until| now < until) => {
-                    return Lookup::Fetch;
-                }
-                _ => SlotEntry {
-                    hash: hex.clone(),
-                    answer: None,
-                    lookup_until: Some(now + self.policy.claim_ms),
-                    retry_at: None,
-                },
+                None => (self.victim(&ways.ways, now, false), None),
             };
-            match self.write(hash, &claim, &slot, cas) {
+            let Some(granted) = permit.or_else(|| self.permits.acquire(&self.store, now)) else {
+                return self.shed(kept.as_ref(), now);
+            };
+            *permit = Some(granted);
+            // No slot it may take: ask without a claim.
+            let Some(way) = target.and_then(|index| ways.ways.get(index)) else {
+                return Lookup::Fetch(granted);
+            };
+            let claim = SlotEntry {
+                hash: hex.clone(),
+                answer: kept,
+                lookup_until: Some(now.saturating_add(self.policy.claim_ms)),
+                retry_at: None,
+            };
+            match self.write(way, &claim) {
                 Err(SetError::CasMismatch) => continue,
-                Ok(()) | Err(SetError::Refused) => return Lookup::Fetch,
+                Ok(()) | Err(SetError::Refused) => return Lookup::Fetch(granted),
             }
         }
-        Lookup::Fetch
+        match permit.or_else(|| self.permits.acquire(&self.store, now)) {
+            Some(granted) => {
+                *permit = Some(granted);
+                Lookup::Fetch(granted)
+            }
+            None => Lookup::Overloaded,
+        }
     }
 
     /// Stores the store's answer, and returns it as `Fresh` (shared with this VM's
-    /// memo). Does not evict another key's lookup in flight.
+    /// memo). Evicts only what a newcomer may evict (see the module documentation).
     pub fn complete(&self, hash: &KeyHash, answer: &StoreAnswer, now: u64) -> Lookup {
         let hex = hash.to_hex();
         let record = match answer {
             StoreAnswer::Found(record) => Some(record.clone()),
             StoreAnswer::NotFound => None,
         };
+        let found = record.is_some();
         let cached = CachedAnswer {
             fetched_at: now,
             record,
@@ -249,19 +350,18 @@ impl<S: SharedStore> KeyCache<S> {
         // takes it.
         let fresh = self.fresh_answer(hash, &cached);
         for _ in 0..CAS_ATTEMPTS {
-            let (slot, cas) = self.read(hash);
-            if let Slot::Entry(other) = &slot {
-                if other.hash != hex && other.lookup_until.is_some_and(|until| now < until) {
-                    break;
-                }
-            }
+            let ways = self.read_ways(hash, &hex);
+            let target = ways.ours.or_else(|| self.victim(&ways.ways, now, found));
+            let Some(way) = target.and_then(|index| ways.ways.get(index)) else {
+                break;
+            };
             let entry = SlotEntry {
                 hash: hex.clone(),
                 answer: Some(cached.clone()),
                 lookup_until: None,
                 retry_at: None,
             };
-            match self.write(hash, &entry, &slot, cas) {
+            match self.write(way, &entry) {
                 Err(SetError::CasMismatch) => continue,
                 Ok(()) | Err(SetError::Refused) => break,
             }
@@ -273,13 +373,10 @@ impl<S: SharedStore> KeyCache<S> {
     pub fn fail(&self, hash: &KeyHash, now: u64) -> Lookup {
         let hex = hash.to_hex();
         for _ in 0..CAS_ATTEMPTS {
-            let (slot, cas) = self.read(hash);
-            let Slot::Entry(entry) = &slot else {
+            let ways = self.read_ways(hash, &hex);
+            let Some((index, entry)) = ways.ours() else {
                 return Lookup::Unavailable;
             };
-            if entry.hash != hex {
-                return Lookup::Unavailable;
-            }
             if let Some(answer) = entry.answer.as_ref().filter(|a| self.fresh(a, now)) {
                 // Another worker's lookup succeeded meanwhile.
                 return self.fresh_answer(hash, answer);
@@ -288,9 +385,12 @@ impl<S: SharedStore> KeyCache<S> {
                 hash: hex.clone(),
                 answer: entry.answer.clone(),
                 lookup_until: None,
-                retry_at: Some(now + self.policy.error_backoff_ms),
+                retry_at: Some(now.saturating_add(self.policy.error_backoff_ms)),
             };
-            match self.write(hash, &failed, &slot, cas) {
+            let Some(way) = ways.ways.get(index) else {
+                return Lookup::Unavailable;
+            };
+            match self.write(way, &failed) {
                 Err(SetError::CasMismatch) => continue,
                 Ok(()) | Err(SetError::Refused) => {
                     return self.fallback(entry.answer.as_ref(), now)
@@ -303,15 +403,15 @@ impl<S: SharedStore> KeyCache<S> {
     /// What the cache can answer right now without asking the store: `Fresh`,
     /// `Stale` or `Unavailable`. Writes nothing.
     pub fn usable(&self, hash: &KeyHash, now: u64) -> Lookup {
-        let hex = hash.to_hex();
-        match self.read(hash) {
-            (Slot::Entry(entry), _) if entry.hash == hex => match &entry.answer {
+        let ways = self.read_ways(hash, &hash.to_hex());
+        match ways.ours() {
+            Some((_, entry)) => match &entry.answer {
                 Some(answer) if self.fresh(answer, now) => {
                     Lookup::Fresh(Rc::new(answer.to_answer()))
                 }
                 answer => self.fallback(answer.as_ref(), now),
             },
-            _ => Lookup::Unavailable,
+            None => Lookup::Unavailable,
         }
     }
 
@@ -327,21 +427,80 @@ impl<S: SharedStore> KeyCache<S> {
         now < answer.fetched_at.saturating_add(self.ttl(answer))
     }
 
+    /// Whether an answer may still be served stale at `now`.
+    fn servable(&self, answer: &CachedAnswer, now: u64) -> bool {
+        let limit = self.ttl(answer).saturating_add(self.policy.max_stale_ms);
+        now < answer.fetched_at.saturating_add(limit)
+    }
+
     fn fallback(&self, answer: Option<&CachedAnswer>, now: u64) -> Lookup {
         match answer {
-            Some(a)
-                if now
-                    < a.fetched_at
-                        .saturating_add(self.ttl(a) + self.policy.max_stale_ms) =>
-            {
-                Lookup::Stale(Rc::new(a.to_answer()))
-            }
+            Some(a) if self.servable(a, now) => Lookup::Stale(Rc::new(a.to_answer())),
             _ => Lookup::Unavailable,
         }
     }
 
-    fn read(&self, hash: &KeyHash) -> (Slot, Option<Cas>) {
-        match self.store.get(&self.slot_key(hash)) {
+    /// The answer when no permit is left: a stale answer if one is usable.
+    fn shed(&self, answer: Option<&CachedAnswer>, now: u64) -> Lookup {
+        match self.fallback(answer, now) {
+            Lookup::Stale(answer) => Lookup::Stale(answer),
+            _ => Lookup::Overloaded,
+        }
+    }
+
+    /// Of a newcomer's ways, the one whose content is worth least, or `None` when each
+    /// holds something it may not evict. `found`: the store said the newcomer exists.
+    fn victim(&self, ways: &[Way], now: u64, found: bool) -> Option<usize> {
+        ways.iter()
+            .enumerate()
+            .filter_map(|(index, way)| Some((self.worth(&way.slot, now, found)?, index)))
+            .min()
+            .map(|(_, index)| index)
+    }
+
+    /// How much a slot's content is worth keeping against a newcomer, as (kind, age):
+    /// lower goes first, and of two of a kind the older answer. `None`: not to be
+    /// evicted.
+    fn worth(&self, slot: &Slot, now: u64, found: bool) -> Option<(u8, u64)> {
+        let entry = match slot {
+            Slot::Empty | Slot::Unreadable => return Some((0, 0)),
+            Slot::Entry(entry) => entry,
+        };
+        if entry.lookup_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        let Some(answer) = &entry.answer else {
+            return Some((1, 0));
+        };
+        let kind = if answer.record.is_none() {
+            2
+        } else if !self.servable(answer, now) {
+            3
+        } else if found && !self.fresh(answer, now) {
+            4
+        } else {
+            return None;
+        };
+        Some((kind, answer.fetched_at))
+    }
+
+    fn read_ways(&self, hash: &KeyHash, hex: &str) -> Ways {
+        let mut ways = Vec::with_capacity(2);
+        for key in self.slot_keys(hash) {
+            let (slot, cas) = self.read(&key);
+            let ours = matches!(&slot, Slot::Entry(entry) if entry.hash == hex);
+            ways.push(Way { key, slot, cas });
+            if ours {
+                // The first way is read alone when it holds the key.
+                let ours = Some(ways.len() - 1);
+                return Ways { ways, ours };
+            }
+        }
+        Ways { ways, ours: None }
+    }
+
+    fn read(&self, key: &str) -> (Slot, Option<Cas>) {
+        match self.store.get(key) {
             None => (Slot::Empty, None),
             Some((bytes, cas)) if bytes.is_empty() => (Slot::Empty, Some(cas)),
             Some((bytes, cas)) => match serde_json::from_slice(&bytes) {
@@ -351,16 +510,10 @@ impl<S: SharedStore> KeyCache<S> {
         }
     }
 
-    fn write(
-        &self,
-        hash: &KeyHash,
-        entry: &SlotEntry,
-        previous: &Slot,
-        cas: Option<Cas>,
-    ) -> Result<(), SetError> {
+    fn write(&self, way: &Way, entry: &SlotEntry) -> Result<(), SetError> {
         let bytes = serde_json::to_vec(entry).map_err(|_| SetError::Refused)?;
-        self.store.set(&self.slot_key(hash), &bytes, cas)?;
-        if matches!(previous, Slot::Empty) {
+        self.store.set(&way.key, &bytes, way.cas)?;
+        if matches!(way.slot, Slot::Empty) {
             self.filled.set(self.filled.get() + 1);
         }
         Ok(())
@@ -381,12 +534,27 @@ mod tests {
         max_stale_ms: 300_000,
         error_backoff_ms: 1_000,
         claim_ms: 1_250,
+        max_in_flight: 64,
     };
 
     fn cache() -> KeyCache<MemoryStore> {
-        let cache = KeyCache::new(MemoryStore::new(), "t", POLICY);
-        assert_eq!(cache.create_table(), 8);
+        cache_with(POLICY)
+    }
+
+    fn cache_with(policy: CachePolicy) -> KeyCache<MemoryStore> {
+        let cache = KeyCache::new(MemoryStore::new(), "t", policy);
+        assert_eq!(cache.create_table(), policy.slots);
         cache
+    }
+
+    /// Two slots: every key may live in either, so three keys compete for two places.
+    fn two_slots() -> KeyCache<MemoryStore> {
+        cache_with(CachePolicy { slots: 2, ..POLICY })
+    }
+
+    /// Another worker of the same Envoy: the same table, none of this VM's memo.
+    fn worker(c: &KeyCache<MemoryStore>) -> KeyCache<&MemoryStore> {
+        KeyCache::new(c.store(), "t", *c.policy())
     }
 
     fn hash(key: &str) -> KeyHash {
@@ -404,15 +572,24 @@ mod tests {
         })
     }
 
-    /// Two keys whose hashes land in the same slot of an 8-slot table.
-    fn colliding_pair() -> (KeyHash, KeyHash) {
-        let c = cache();
-        let first = hash("k0");
-        let other = (1..1000)
-            .map(|i| hash(&format!("k{i}")))
-            .find(|h| c.slot_key(h) == c.slot_key(&first))
-            .unwrap();
-        (first, other)
+    fn fresh(answer: StoreAnswer) -> Lookup {
+        Lookup::Fresh(answer.into())
+    }
+
+    fn stale(answer: StoreAnswer) -> Lookup {
+        Lookup::Stale(answer.into())
+    }
+
+    /// Whether `begin` says to fetch; the permit goes back at once (as when the lookup
+    /// answers), so tests that do not count lookups in flight need not.
+    fn fetches<S: SharedStore>(c: &KeyCache<S>, h: &KeyHash, now: u64) -> bool {
+        match c.begin(h, now) {
+            Lookup::Fetch(permit) => {
+                c.release(permit);
+                true
+            }
+            _ => false,
+        }
     }
 
     #[test]
@@ -421,11 +598,12 @@ mod tests {
         assert_eq!(c.create_table(), 0);
         for i in 0..500 {
             let h = hash(&format!("key-{i}"));
-            if c.begin(&h, i) == Lookup::Fetch {
+            if fetches(&c, &h, i) {
                 c.complete(&h, &StoreAnswer::NotFound, i);
             }
         }
-        assert_eq!(c.store().key_count(), 8);
+        // The slots and the permits: nothing a key brings adds a shared-data key.
+        assert_eq!(c.store().key_count(), 9);
         assert!(c.store().keys().iter().all(|k| k.starts_with("t.")));
         // Each slot went from empty to filled exactly once.
         assert_eq!(c.take_filled(), 8);
@@ -433,18 +611,34 @@ mod tests {
     }
 
     #[test]
+    fn every_key_has_two_distinct_slots_and_one_when_the_table_has_one() {
+        let c = cache();
+        for i in 0..200 {
+            let keys = c.slot_keys(&hash(&format!("k{i}")));
+            assert_eq!(keys.len(), 2);
+            assert_ne!(keys[0], keys[1]);
+        }
+        let single = cache_with(CachePolicy { slots: 1, ..POLICY });
+        assert_eq!(single.slot_keys(&hash("a")), ["t.0"]);
+        let h = hash("a");
+        assert!(fetches(&single, &h, 0));
+        single.complete(&h, &found("a"), 0);
+        assert_eq!(worker(&single).begin(&h, 1), fresh(found("a")));
+    }
+
+    #[test]
     fn miss_claims_then_the_answer_is_fresh_until_its_ttl() {
         let c = cache();
         let h = hash("a");
-        assert_eq!(c.begin(&h, 1_000), Lookup::Fetch);
+        assert!(fetches(&c, &h, 1_000));
         // Everyone else waits while the lookup is in flight...
         assert_eq!(c.begin(&h, 1_001), Lookup::Wait);
         c.complete(&h, &found("acme"), 1_050);
         // ...and then reads the answer.
-        assert_eq!(c.begin(&h, 1_051), Lookup::Fresh(found("acme").into()));
-        assert_eq!(c.begin(&h, 61_049), Lookup::Fresh(found("acme").into()));
+        assert_eq!(c.begin(&h, 1_051), fresh(found("acme")));
+        assert_eq!(c.begin(&h, 61_049), fresh(found("acme")));
         // At the TTL the next request claims a refresh; the rest wait for it.
-        assert_eq!(c.begin(&h, 61_050), Lookup::Fetch);
+        assert!(fetches(&c, &h, 61_050));
         assert_eq!(c.begin(&h, 61_051), Lookup::Wait);
     }
 
@@ -452,116 +646,302 @@ mod tests {
     fn unknown_keys_use_the_negative_ttl() {
         let c = cache();
         let h = hash("nobody");
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         c.complete(&h, &StoreAnswer::NotFound, 0);
-        assert_eq!(
-            c.begin(&h, 9_999),
-            Lookup::Fresh(StoreAnswer::NotFound.into())
-        );
-        assert_eq!(c.begin(&h, 10_000), Lookup::Fetch);
+        assert_eq!(c.begin(&h, 9_999), fresh(StoreAnswer::NotFound));
+        assert!(fetches(&c, &h, 10_000));
     }
 
     #[test]
     fn an_abandoned_claim_expires_after_timeout_plus_grace() {
         let c = cache();
         let h = hash("a");
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         assert_eq!(c.begin(&h, 1_249), Lookup::Wait);
-        assert_eq!(c.begin(&h, 1_250), Lookup::Fetch);
+        assert!(fetches(&c, &h, 1_250));
     }
 
     #[test]
     fn failure_serves_stale_within_max_stale_and_backs_off() {
         let c = cache();
         let h = hash("a");
-        c.begin(&h, 0);
+        assert!(fetches(&c, &h, 0));
         c.complete(&h, &found("acme"), 0);
         // TTL over, store down: the refresh fails and the old answer is served.
-        assert_eq!(c.begin(&h, 60_000), Lookup::Fetch);
-        assert_eq!(c.fail(&h, 60_010), Lookup::Stale(found("acme").into()));
+        assert!(fetches(&c, &h, 60_000));
+        assert_eq!(c.fail(&h, 60_010), stale(found("acme")));
         // During the back-off nobody asks the store again.
-        assert_eq!(c.begin(&h, 60_500), Lookup::Stale(found("acme").into()));
-        assert_eq!(c.usable(&h, 60_500), Lookup::Stale(found("acme").into()));
+        assert_eq!(c.begin(&h, 60_500), stale(found("acme")));
+        assert_eq!(c.usable(&h, 60_500), stale(found("acme")));
         // After it, one request tries again.
-        assert_eq!(c.begin(&h, 61_010), Lookup::Fetch);
-        assert_eq!(c.fail(&h, 61_020), Lookup::Stale(found("acme").into()));
+        assert!(fetches(&c, &h, 61_010));
+        assert_eq!(c.fail(&h, 61_020), stale(found("acme")));
         // Beyond ttl + max_stale the answer is too old to use.
-        assert_eq!(c.begin(&h, 359_999), Lookup::Fetch);
+        assert!(fetches(&c, &h, 359_999));
         assert_eq!(c.fail(&h, 360_000), Lookup::Unavailable);
         assert_eq!(c.begin(&h, 360_500), Lookup::Unavailable);
         // The store comes back.
-        assert_eq!(c.begin(&h, 361_000), Lookup::Fetch);
+        assert!(fetches(&c, &h, 361_000));
         c.complete(&h, &found("acme"), 361_000);
-        assert_eq!(c.begin(&h, 361_001), Lookup::Fresh(found("acme").into()));
+        assert_eq!(c.begin(&h, 361_001), fresh(found("acme")));
+    }
+
+    #[test]
+    fn a_revoked_key_is_never_served_from_its_last_good_answer_past_ttl_plus_max_stale() {
+        // The key was active when fetched at F = 5_000 and revoked just after; the store
+        // then fails for ever. Whatever the mix of requests, back-offs, lapsed claims,
+        // workers and lookups refused for want of a permit, that answer is never used
+        // at or after F + ttl + max_stale.
+        let policy = CachePolicy {
+            ttl_ms: 2_000,
+            max_stale_ms: 3_000,
+            error_backoff_ms: 300,
+            max_in_flight: 1,
+            ..POLICY
+        };
+        let c = cache_with(policy);
+        let workers = [worker(&c), worker(&c)];
+        let h = hash("revoked-later");
+        assert!(fetches(&c, &h, 5_000));
+        c.complete(&h, &found("acme"), 5_000);
+        let bound = 5_000 + 2_000 + 3_000;
+        let mut served_until = 0;
+        let mut hog = None;
+        for now in (5_001..20_000).step_by(37) {
+            // Now and then someone else's lookup holds the only permit.
+            if now % 5 == 0 && hog.is_none() {
+                if let Lookup::Fetch(permit) = c.begin(&hash(&format!("x{now}")), now) {
+                    hog = Some(permit);
+                }
+            } else if let Some(permit) = hog.take() {
+                c.release(permit);
+            }
+            let cache = &workers[(now % 2) as usize];
+            let outcome = match cache.begin(&h, now) {
+                Lookup::Fetch(permit) => {
+                    cache.release(permit);
+                    if now % 3 == 0 {
+                        // a lookup that never answers: its claim lapses
+                        cache.usable(&h, now)
+                    } else {
+                        cache.fail(&h, now)
+                    }
+                }
+                other => other,
+            };
+            if matches!(outcome, Lookup::Fresh(_) | Lookup::Stale(_)) {
+                served_until = now;
+            }
+        }
+        assert!(served_until < bound, "served at {served_until}");
+        assert!(
+            served_until > 5_000 + 2_000,
+            "stale-if-error did apply past the TTL"
+        );
     }
 
     #[test]
     fn a_new_key_that_fails_is_unavailable_without_hammering_the_store() {
         let c = cache();
         let h = hash("new");
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         assert_eq!(c.fail(&h, 5), Lookup::Unavailable);
         assert_eq!(c.begin(&h, 500), Lookup::Unavailable);
-        assert_eq!(c.begin(&h, 1_005), Lookup::Fetch);
+        assert!(fetches(&c, &h, 1_005));
     }
 
     #[test]
     fn failure_after_another_worker_succeeded_uses_the_fresh_answer() {
         let c = cache();
         let h = hash("a");
-        c.begin(&h, 0);
+        assert!(fetches(&c, &h, 0));
         c.complete(&h, &found("acme"), 10);
-        assert_eq!(c.fail(&h, 20), Lookup::Fresh(found("acme").into()));
-    }
-
-    /// Another worker of the same Envoy: the same table, none of this VM's memo.
-    fn worker(c: &KeyCache<MemoryStore>) -> KeyCache<&MemoryStore> {
-        KeyCache::new(c.store(), "t", POLICY)
+        assert_eq!(c.fail(&h, 20), fresh(found("acme")));
     }
 
     #[test]
-    fn colliding_keys_evict_each_other_but_never_a_lookup_in_flight() {
-        let c = cache();
-        let (a, b) = colliding_pair();
-        assert_eq!(c.begin(&a, 0), Lookup::Fetch);
-        // b's slot holds a's lookup: b asks the store without a claim...
-        assert_eq!(worker(&c).begin(&b, 1), Lookup::Fetch);
-        worker(&c).complete(&b, &found("b"), 2);
-        // ...and does not overwrite a's marker.
-        assert_eq!(worker(&c).begin(&a, 3), Lookup::Wait);
-        c.complete(&a, &found("a"), 4);
-        assert_eq!(worker(&c).begin(&a, 5), Lookup::Fresh(found("a").into()));
-        // Once a's answer is in, b evicts it (newest wins), and the full hash keeps
-        // a from reading b's answer.
-        assert_eq!(worker(&c).begin(&b, 6), Lookup::Fetch);
-        worker(&c).complete(&b, &found("b"), 7);
-        assert_eq!(worker(&c).begin(&b, 8), Lookup::Fresh(found("b").into()));
-        assert_eq!(worker(&c).begin(&a, 9), Lookup::Fetch);
-        // A failure for a key that lost its slot has nothing stale to offer.
-        assert_eq!(worker(&c).fail(&b, 10), Lookup::Unavailable);
-        // The VM that looked a up still trusts its fresh answer until the TTL: the one
-        // the table gave out, no longer than the table would have.
-        assert_eq!(c.begin(&a, 11), Lookup::Fresh(found("a").into()));
-        assert_eq!(c.begin(&a, 60_004), Lookup::Fetch);
+    fn lookups_in_flight_are_bounded_and_a_stale_answer_serves_past_the_bound() {
+        let c = cache_with(CachePolicy {
+            max_in_flight: 2,
+            ..POLICY
+        });
+        let (a, b, k) = (hash("a"), hash("b"), hash("known"));
+        assert!(fetches(&c, &k, 0));
+        c.complete(&k, &found("known"), 0);
+        let Lookup::Fetch(first) = c.begin(&a, 60_000) else {
+            panic!("a: no permit")
+        };
+        let Lookup::Fetch(_) = worker(&c).begin(&b, 60_001) else {
+            panic!("b: no permit")
+        };
+        assert_eq!(c.in_flight(60_001), 2);
+        // Both permits are out (taken by two workers): a new key is refused at once,
+        // a known key whose answer aged past its TTL is served stale.
+        assert_eq!(c.begin(&hash("new"), 60_002), Lookup::Overloaded);
+        assert_eq!(c.begin(&k, 60_002), stale(found("known")));
+        // Waiting on a lookup in flight takes no permit, and gives none back.
+        assert_eq!(worker(&c).begin(&a, 60_003), Lookup::Wait);
+        assert_eq!(c.in_flight(60_003), 2);
+        // An answer returns its permit: the next key may be looked up.
+        c.complete(&a, &StoreAnswer::NotFound, 60_004);
+        c.release(first);
+        assert!(fetches(&c, &hash("new"), 60_005));
+        // A lookup that never answers holds its permit only until its claim would lapse.
+        let Lookup::Fetch(_) = c.begin(&hash("lost"), 60_006) else {
+            panic!("lost: no permit")
+        };
+        assert_eq!(c.begin(&hash("new2"), 60_007), Lookup::Overloaded);
+        assert!(fetches(&c, &hash("new2"), 60_001 + 1_250));
+    }
+
+    #[test]
+    fn a_refused_request_writes_nothing_to_the_table() {
+        let c = cache_with(CachePolicy {
+            slots: 2,
+            max_in_flight: 1,
+            ..POLICY
+        });
+        let Lookup::Fetch(_) = c.begin(&hash("a"), 0) else {
+            panic!("no permit")
+        };
+        let before: Vec<_> = ["t.0", "t.1"]
+            .iter()
+            .map(|k| c.store().get(k).unwrap())
+            .collect();
+        for i in 0..50 {
+            assert_eq!(c.begin(&hash(&format!("r{i}")), 1), Lookup::Overloaded);
+        }
+        let after: Vec<_> = ["t.0", "t.1"]
+            .iter()
+            .map(|k| c.store().get(k).unwrap())
+            .collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn unknown_keys_never_evict_a_key_that_exists() {
+        let c = two_slots();
+        let (a, b) = (hash("a"), hash("b"));
+        for (h, tenant) in [(&a, "a"), (&b, "b")] {
+            assert!(fetches(&c, h, 0));
+            c.complete(h, &found(tenant), 0);
+        }
+        // A flood of keys the store does not know: each is looked up (unclaimed: both
+        // slots hold keys that exist), and each answer stays in its VM.
+        for i in 0..100 {
+            let r = hash(&format!("random-{i}"));
+            assert!(fetches(&worker(&c), &r, 10 + i));
+            worker(&c).complete(&r, &StoreAnswer::NotFound, 10 + i);
+        }
+        // Another worker (no memo) still reads both from the table.
+        assert_eq!(worker(&c).begin(&a, 1_000), fresh(found("a")));
+        assert_eq!(worker(&c).begin(&b, 1_000), fresh(found("b")));
+        // Past their TTL, while they would serve stale, still not by an unknown key...
+        let r = hash("random-late");
+        assert!(fetches(&worker(&c), &r, 61_000));
+        worker(&c).complete(&r, &StoreAnswer::NotFound, 61_000);
+        assert!(fetches(&worker(&c), &r, 61_001), "not in the table");
+        assert_eq!(worker(&c).usable(&a, 61_001), stale(found("a")));
+        assert_eq!(worker(&c).usable(&b, 61_001), stale(found("b")));
+        // ...but by a key the store found, which takes the older of the two.
+        let n = hash("new-partner");
+        assert!(fetches(&worker(&c), &n, 62_000));
+        worker(&c).complete(&n, &found("n"), 62_000);
+        assert_eq!(worker(&c).begin(&n, 62_001), fresh(found("n")));
+        let kept = [&a, &b]
+            .iter()
+            .filter(|h| worker(&c).usable(h, 62_001) != Lookup::Unavailable)
+            .count();
+        assert_eq!(kept, 1);
+    }
+
+    #[test]
+    fn unknown_keys_evict_unknown_keys_and_answers_too_old_to_serve() {
+        let c = two_slots();
+        let (x, y, z) = (hash("x"), hash("y"), hash("z"));
+        for (i, h) in [&x, &y].iter().enumerate() {
+            assert!(fetches(&c, h, i as u64));
+            c.complete(h, &StoreAnswer::NotFound, i as u64);
+        }
+        // A newcomer takes the slot of a "no such key" (the older one goes first)...
+        assert!(fetches(&worker(&c), &z, 2));
+        assert_eq!(
+            worker(&c).begin(&z, 3),
+            Lookup::Wait,
+            "claimed in the table"
+        );
+        worker(&c).complete(&z, &StoreAnswer::NotFound, 4);
+        assert_eq!(worker(&c).begin(&z, 5), fresh(StoreAnswer::NotFound));
+        assert_eq!(worker(&c).begin(&y, 5), fresh(StoreAnswer::NotFound));
+        assert!(fetches(&worker(&c), &x, 6), "x was evicted");
+        // A key that exists, once its answer is too old even to serve stale, goes too.
+        let old = two_slots();
+        let (a, b) = (hash("a"), hash("b"));
+        for h in [&a, &b] {
+            assert!(fetches(&old, h, 0));
+            old.complete(h, &found("a"), 0);
+        }
+        let late = 60_000 + 300_000;
+        assert!(fetches(&worker(&old), &z, late));
+        assert_eq!(worker(&old).begin(&z, late + 1), Lookup::Wait);
+    }
+
+    #[test]
+    fn a_lookup_in_flight_is_never_evicted() {
+        let c = two_slots();
+        let (a, b, n) = (hash("a"), hash("b"), hash("n"));
+        assert!(fetches(&c, &a, 0));
+        assert!(fetches(&worker(&c), &b, 1));
+        // Both slots hold a claim: a third key asks without one, and its answer (even
+        // one that exists) does not overwrite them.
+        assert!(fetches(&worker(&c), &n, 2));
+        worker(&c).complete(&n, &found("n"), 3);
+        assert_eq!(worker(&c).begin(&a, 4), Lookup::Wait);
+        assert_eq!(worker(&c).begin(&b, 4), Lookup::Wait);
+        c.complete(&a, &found("a"), 5);
+        assert_eq!(worker(&c).begin(&a, 6), fresh(found("a")));
+        // A failure for a key without a slot has nothing stale to offer.
+        assert_eq!(worker(&c).fail(&n, 7), Lookup::Unavailable);
+    }
+
+    #[test]
+    fn a_key_in_its_second_slot_is_found_there() {
+        let c = two_slots();
+        let (a, b) = (hash("a"), hash("b"));
+        // Each takes the first of its slots that is free: both are found, one of them
+        // in its second slot.
+        assert!(fetches(&c, &a, 0));
+        c.complete(&a, &found("a"), 0);
+        assert!(fetches(&c, &b, 1));
+        c.complete(&b, &found("b"), 1);
+        for h in [&a, &b] {
+            assert!(matches!(worker(&c).begin(h, 2), Lookup::Fresh(_)));
+        }
+        assert_eq!(c.store().keys(), ["t.0", "t.1", "t.in_flight"]);
     }
 
     #[test]
     fn a_vm_remembers_fresh_answers_until_their_ttl_and_no_longer() {
         let c = cache();
         let h = hash("a");
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         c.complete(&h, &found("acme"), 10);
+        let empty_both = |c: &KeyCache<MemoryStore>| {
+            for key in c.slot_keys(&h) {
+                c.store().set(&key, b"", None).unwrap();
+            }
+        };
         // The table is emptied behind the VM's back: its memo still answers, and
         // only until the answer's TTL.
-        c.store().set(&c.slot_key(&h), b"", None).unwrap();
-        assert_eq!(c.begin(&h, 60_009), Lookup::Fresh(found("acme").into()));
-        assert_eq!(c.begin(&h, 60_010), Lookup::Fetch);
+        empty_both(&c);
+        assert_eq!(c.begin(&h, 60_009), fresh(found("acme")));
+        assert!(fetches(&c, &h, 60_010));
         // Answers read from the table are remembered too.
         let other = worker(&c);
         c.complete(&h, &found("acme"), 70_000);
-        assert_eq!(other.begin(&h, 70_001), Lookup::Fresh(found("acme").into()));
-        c.store().set(&c.slot_key(&h), b"", None).unwrap();
-        assert_eq!(other.begin(&h, 70_002), Lookup::Fresh(found("acme").into()));
+        assert_eq!(other.begin(&h, 70_001), fresh(found("acme")));
+        empty_both(&c);
+        assert_eq!(other.begin(&h, 70_002), fresh(found("acme")));
     }
 
     #[test]
@@ -579,7 +959,7 @@ mod tests {
         let c = cache();
         let h = hash("a");
         c.store().fail_next_sets(2);
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         assert_eq!(
             c.begin(&h, 1),
             Lookup::Wait,
@@ -593,7 +973,7 @@ mod tests {
             "the answer could not be written"
         );
         // The VM that asked the store has its answer all the same.
-        assert_eq!(c.begin(&h, 3), Lookup::Fresh(found("acme").into()));
+        assert_eq!(c.begin(&h, 3), fresh(found("acme")));
     }
 
     #[test]
@@ -602,9 +982,9 @@ mod tests {
         // write fails, B reads again, sees A's claim and waits.
         let c = cache();
         let h = hash("a");
-        let key = c.slot_key(&h);
+        let key = c.slot_keys(&h)[0].clone();
         let (_, stale_cas) = c.store().get(&key).unwrap();
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         assert_eq!(
             c.store().set(&key, b"late", Some(stale_cas)),
             Err(SetError::CasMismatch)
@@ -617,11 +997,11 @@ mod tests {
         let c = cache();
         let h = hash("a");
         c.store()
-            .set(&c.slot_key(&h), b"\x00garbage", None)
+            .set(&c.slot_keys(&h)[0], b"\x00garbage", None)
             .unwrap();
-        assert_eq!(c.begin(&h, 0), Lookup::Fetch);
+        assert!(fetches(&c, &h, 0));
         c.complete(&h, &StoreAnswer::NotFound, 1);
-        assert_eq!(c.begin(&h, 2), Lookup::Fresh(StoreAnswer::NotFound.into()));
+        assert_eq!(c.begin(&h, 2), fresh(StoreAnswer::NotFound));
         assert_eq!(c.take_filled(), 0, "the slot was not empty");
     }
 }

@@ -8,13 +8,19 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::time::Duration;
-use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch};
+use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch, RouteRequest};
 
 /// Most cache slots: every slot is a shared-data key created at start-up in every VM.
 pub const MAX_SLOTS: u32 = 262_144;
 /// How long past the lookup timeout a claimed lookup and a waiting request are still
 /// honoured: covers the tick that dispatches the lookup and the poll that sees its answer.
 pub const LOOKUP_GRACE: Duration = Duration::from_millis(250);
+/// Lookups in flight per Envoy by default, and at most.
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 64;
+pub const MAX_IN_FLIGHT: u32 = 1024;
+/// Longest `ttl`, `negative_ttl` and `max_stale`: together they bound how long a
+/// revoked key can keep working while the store fails.
+pub const MAX_CACHE_DURATION: Duration = Duration::from_secs(3600);
 
 #[derive(Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -59,6 +65,11 @@ struct StoreSpec {
         schemars(with = "wasmgate_config::schema::DurationText")
     )]
     timeout: Duration,
+    #[serde(
+        default = "default_max_in_flight",
+        deserialize_with = "wasmgate_config::number::u32"
+    )]
+    max_in_flight: u32,
 }
 
 #[derive(Deserialize)]
@@ -140,6 +151,10 @@ fn default_timeout() -> Duration {
     Duration::from_secs(1)
 }
 
+fn default_max_in_flight() -> u32 {
+    DEFAULT_MAX_IN_FLIGHT
+}
+
 fn header(name: &str) -> Option<HeaderName> {
     HeaderName::new(name).ok()
 }
@@ -198,6 +213,8 @@ pub struct StoreSettings {
     pub authority: String,
     /// Whole lookup, connection included; Envoy ends the callout then.
     pub timeout: Duration,
+    /// Most lookups in flight at once, all workers of one Envoy together.
+    pub max_in_flight: u32,
 }
 
 impl StoreSettings {
@@ -294,9 +311,10 @@ impl ApiKeyConfig {
         <ConfigSpec as schemars::JsonSchema>::json_schema(generator)
     }
 
-    /// Whether a request passes without a key.
-    pub fn skips(&self, method: &str, path: &str) -> bool {
-        self.skip.iter().any(|route| route.matches(method, path))
+    /// Whether a request passes without a key; `authority` is its `:authority`.
+    pub fn skips(&self, method: &str, authority: Option<&str>, path: &str) -> bool {
+        let request = RouteRequest::new(method, path).with_authority(authority);
+        self.skip.iter().any(|route| route.matches(&request))
     }
 }
 
@@ -311,7 +329,7 @@ impl ConfigSpec {
         };
         let cache = self
             .cache
-            .compile(store.timeout)
+            .compile(store.timeout, store.max_in_flight)
             .map_err(|e| e.within("cache"))?;
         let forward = ForwardHeaders {
             tenant_id: self.forward.tenant_id,
@@ -371,11 +389,18 @@ impl StoreSpec {
         if self.timeout < Duration::from_millis(1) || self.timeout > Duration::from_secs(60) {
             return Err(ConfigError::new("timeout", "must be between 1ms and 60s"));
         }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                format!("must be between 1 and {MAX_IN_FLIGHT}"),
+            ));
+        }
         Ok(StoreSettings {
             cluster: self.cluster,
             path_prefix: prefix,
             authority,
             timeout: self.timeout,
+            max_in_flight: self.max_in_flight,
         })
     }
 }
@@ -446,7 +471,7 @@ impl FormatSpec {
 }
 
 impl CacheSpec {
-    fn compile(self, timeout: Duration) -> Result<CachePolicy, ConfigError> {
+    fn compile(self, timeout: Duration, max_in_flight: u32) -> Result<CachePolicy, ConfigError> {
         if self.slots == 0 || self.slots > MAX_SLOTS {
             return Err(ConfigError::new(
                 "slots",
@@ -456,9 +481,15 @@ impl CacheSpec {
         // Below a second, a cached answer could expire between two polls of a waiting
         // request, which would then ask the store again.
         for (field, value) in [("ttl", self.ttl), ("negative_ttl", self.negative_ttl)] {
-            if value < Duration::from_secs(1) {
-                return Err(ConfigError::new(field, "must be at least 1s"));
+            if value < Duration::from_secs(1) || value > MAX_CACHE_DURATION {
+                return Err(ConfigError::new(field, "must be between 1s and 1h"));
             }
+        }
+        if self.max_stale > MAX_CACHE_DURATION {
+            return Err(ConfigError::new("max_stale", "must be at most 1h"));
+        }
+        if self.error_backoff > Duration::from_secs(60) {
+            return Err(ConfigError::new("error_backoff", "must be at most 60s"));
         }
         Ok(CachePolicy {
             slots: self.slots,
@@ -467,6 +498,7 @@ impl CacheSpec {
             max_stale_ms: millis(self.max_stale),
             error_backoff_ms: millis(self.error_backoff),
             claim_ms: millis(timeout + LOOKUP_GRACE),
+            max_in_flight,
         })
     }
 }
@@ -561,6 +593,8 @@ mod tests {
         assert_eq!(config.store.path_prefix, "/v1/keys");
         assert_eq!(config.store.authority, "keystore");
         assert_eq!(config.store.timeout, Duration::from_secs(1));
+        assert_eq!(config.store.max_in_flight, 64);
+        assert_eq!(config.cache.max_in_flight, 64);
         assert_eq!(
             config.sources.headers,
             [HeaderName::new("x-api-key").unwrap()]
@@ -594,7 +628,8 @@ mod tests {
     fn everything_set_with_istio_doubles() {
         let config = parse(
             r#"{
-              "store": {"cluster": "ks", "path_prefix": "/keys/", "authority": "keys.internal", "timeout": "250ms"},
+              "store": {"cluster": "ks", "path_prefix": "/keys/", "authority": "keys.internal", "timeout": "250ms",
+                        "max_in_flight": 16.0},
               "sources": {"headers": ["X-Key", "x-other"], "bearer": true, "query": "api_key"},
               "format": {"prefixes": [], "min_length": 8.0, "max_length": 64.0},
               "cache": {"slots": 64.0, "ttl": "5m", "negative_ttl": "30s", "max_stale": "0s", "error_backoff": "0s"},
@@ -618,13 +653,14 @@ mod tests {
         );
         assert_eq!(config.cache.slots, 64);
         assert_eq!(config.cache.claim_ms, 500);
+        assert_eq!(config.cache.max_in_flight, 16);
         assert_eq!(config.forward.plan, None);
         assert_eq!(config.forward.tenant_id, header("x-tenant"));
         assert_eq!(config.forward.key_id, header("x-api-key-id"));
-        assert!(config.skips("GET", "/health"));
-        assert!(config.skips("GET", "/public/x?y"));
-        assert!(!config.skips("POST", "/public/x"));
-        assert!(!config.skips("GET", "/private"));
+        assert!(config.skips("GET", None, "/health"));
+        assert!(config.skips("GET", None, "/public/x?y"));
+        assert!(!config.skips("POST", None, "/public/x"));
+        assert!(!config.skips("GET", None, "/private"));
         assert!(!config.strip_on_skip);
     }
 
@@ -739,7 +775,32 @@ mod tests {
             (
                 r#"{"store": {"cluster": "k"}, "cache": {"ttl": "500ms"}}"#,
                 "cache.ttl",
-                "at least 1s",
+                "between 1s and 1h",
+            ),
+            (
+                r#"{"store": {"cluster": "k"}, "cache": {"negative_ttl": "2h"}}"#,
+                "cache.negative_ttl",
+                "between 1s and 1h",
+            ),
+            (
+                r#"{"store": {"cluster": "k"}, "cache": {"max_stale": "61m"}}"#,
+                "cache.max_stale",
+                "at most 1h",
+            ),
+            (
+                r#"{"store": {"cluster": "k"}, "cache": {"error_backoff": "2m"}}"#,
+                "cache.error_backoff",
+                "at most 60s",
+            ),
+            (
+                r#"{"store": {"cluster": "k", "max_in_flight": 0}}"#,
+                "store.max_in_flight",
+                "between 1 and 1024",
+            ),
+            (
+                r#"{"store": {"cluster": "k", "max_in_flight": 1025}}"#,
+                "store.max_in_flight",
+                "between 1 and 1024",
             ),
             (
                 r#"{"store": {"cluster": "k"}, "forward": {"plan": "x-api-key"}}"#,

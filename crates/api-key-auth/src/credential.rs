@@ -150,6 +150,23 @@ impl KeySources {
         edits
     }
 
+    /// The hiding edits for a request on a route the filter skips: the key never
+    /// reaches an upstream that did not ask for it checked. A bearer token counts only
+    /// when it has one of `format.prefixes` (with none configured, it may be another
+    /// scheme's token, say a JWT that a filter before this one checked).
+    pub fn hiding_edits_when_skipped(
+        &self,
+        format: &KeyFormat,
+        header: HeaderLookup,
+        path: &str,
+    ) -> Vec<RequestEdit<'_>> {
+        let mut edits = self.hiding_edits(format, header, path);
+        if format.prefixes.is_empty() {
+            edits.retain(|edit| *edit != RequestEdit::Remove("authorization"));
+        }
+        edits
+    }
+
     fn bearer_key(&self, format: &KeyFormat, header: HeaderLookup) -> Option<String> {
         if !self.bearer {
             return None;
@@ -367,6 +384,40 @@ mod tests {
             ]
         );
         assert_eq!(s.hiding_edits(&format(), &|_| None, "/c?q=1").len(), 1);
+    }
+
+    #[test]
+    fn on_skipped_routes_a_bearer_token_is_hidden_only_when_it_has_a_key_prefix() {
+        let s = sources(true, None);
+        let any_token = KeyFormat {
+            prefixes: vec![],
+            ..format()
+        };
+        let auth = |token: &'static str| {
+            move |name: &str| (name == "authorization").then(|| format!("Bearer {token}"))
+        };
+        let key = auth(GOOD);
+        assert_eq!(
+            s.hiding_edits_when_skipped(&format(), &key, "/"),
+            vec![
+                RequestEdit::Remove("x-api-key"),
+                RequestEdit::Remove("authorization"),
+            ]
+        );
+        // Without prefixes any bearer token reads as a key where a key is needed, but
+        // where none is, it may be another scheme's: it stays.
+        let jwt = auth("eyJ.e30.sig");
+        assert_eq!(
+            s.hiding_edits(&any_token, &jwt, "/"),
+            vec![
+                RequestEdit::Remove("x-api-key"),
+                RequestEdit::Remove("authorization"),
+            ]
+        );
+        assert_eq!(
+            s.hiding_edits_when_skipped(&any_token, &jwt, "/"),
+            vec![RequestEdit::Remove("x-api-key")]
+        );
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum Denial {
     ExpiredKey,
     /// The store could not be asked and nothing usable is cached.
     StoreUnavailable,
+    /// Too many lookups in flight (`store.max_in_flight` in this Envoy, or requests
+    /// waiting in this worker), and nothing usable is cached. Never fails open: the
+    /// store is not down, the gateway is shedding a flood.
+    Overloaded,
 }
 
 impl Denial {
@@ -26,16 +30,18 @@ impl Denial {
             Self::RevokedKey => "revoked",
             Self::ExpiredKey => "expired",
             Self::StoreUnavailable => "store_unavailable",
+            Self::Overloaded => "overloaded",
         }
     }
 
-    pub const ALL: [Denial; 6] = [
+    pub const ALL: [Denial; 7] = [
         Self::MissingKey,
         Self::MalformedKey,
         Self::UnknownKey,
         Self::RevokedKey,
         Self::ExpiredKey,
         Self::StoreUnavailable,
+        Self::Overloaded,
     ];
 }
 
@@ -91,8 +97,12 @@ impl ApiKeyConfig {
             ("cache-control", "no-store".to_owned()),
         ];
         match denial {
-            Denial::StoreUnavailable => {
-                let seconds = self.cache.error_backoff_ms.div_ceil(1000).max(1);
+            Denial::StoreUnavailable | Denial::Overloaded => {
+                let seconds = match denial {
+                    Denial::StoreUnavailable => self.cache.error_backoff_ms.div_ceil(1000).max(1),
+                    // A permit frees up as soon as a lookup answers.
+                    _ => 1,
+                };
                 headers.push(("retry-after", seconds.to_string()));
                 Reply {
                     status: 503,
@@ -195,6 +205,12 @@ mod tests {
         assert_eq!(reply.status, 503);
         assert!(reply.headers.contains(&("retry-after", "3".to_owned())));
         assert!(!reply.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+        let overloaded = c.reply(Denial::Overloaded);
+        assert_eq!(overloaded.status, 503);
+        assert!(overloaded
+            .headers
+            .contains(&("retry-after", "1".to_owned())));
+        assert_eq!(overloaded.body, reply.body);
         let reasons: Vec<&str> = Denial::ALL.iter().map(|d| d.reason()).collect();
         assert_eq!(
             reasons,
@@ -204,7 +220,8 @@ mod tests {
                 "unknown",
                 "revoked",
                 "expired",
-                "store_unavailable"
+                "store_unavailable",
+                "overloaded"
             ]
         );
     }

@@ -34,11 +34,15 @@ impl KeyHash {
         hex::encode(self.0)
     }
 
-    /// The first eight bytes as a number: the cache uses it to pick a slot.
-    pub fn prefix_u64(&self) -> u64 {
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&self.0[..8]);
-        u64::from_be_bytes(head)
+    /// The first and the next eight bytes as numbers: the cache picks a key's two
+    /// slots with them.
+    pub fn slot_seeds(&self) -> (u64, u64) {
+        let word = |from: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&self.0[from..from + 8]);
+            u64::from_be_bytes(bytes)
+        };
+        (word(0), word(8))
     }
 }
 

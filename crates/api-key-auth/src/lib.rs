@@ -4,8 +4,9 @@
 //! keys away without a lookup ([`KeyFormat`]), hashes it ([`KeyHasher`]; the plaintext
 //! never goes further), and asks a key store about the hash over HTTP ([`record`]: the
 //! lookup contract, shared with `wasmgate-keystore`). Answers are cached for every
-//! worker in a bounded table in shared data ([`KeyCache`]), and one worker's requests
-//! for the same key wait on one lookup ([`PendingLookups`]). The outcome is a
+//! worker in a bounded table in shared data ([`KeyCache`]); lookups in flight are
+//! bounded for the whole Envoy, and one worker's requests for the same key wait on one
+//! lookup ([`PendingLookups`]). The outcome is a
 //! [`Verdict`]; each [`Denial`] has exactly one HTTP answer ([`ApiKeyConfig::reply`]).
 //!
 //! What this crate is not: it sends nothing and reads no clock. The filter crate
@@ -17,6 +18,7 @@ mod credential;
 mod decision;
 mod hash;
 mod pending;
+mod permits;
 pub mod record;
 pub mod timestamp;
 
@@ -27,5 +29,6 @@ pub use credential::{
 };
 pub use decision::{Denial, Reply, Verdict};
 pub use hash::{KeyHash, KeyHasher, PepperError};
-pub use pending::{Answered, PendingLookups};
+pub use pending::{Answered, PendingLookups, MAX_WAITING};
+pub use permits::Permit;
 pub use record::{KeyRecord, KeyStatus, StoreAnswer, StoreError};

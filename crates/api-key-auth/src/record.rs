@@ -3,8 +3,10 @@
 //! `GET <path_prefix>/<64 hex digits of the key's hash>` answers
 //!
 //! * `200` with a JSON [`KeyRecord`]: the key exists (active, revoked, or expired);
-//! * `404`: no such key;
-//! * anything else, no answer, or a `200` whose body breaks the contract: the store is
+//! * `404` with the JSON body `{"error": "not_found", ...}` ([`NOT_FOUND_ERROR`]): no
+//!   such key. A 404 without it is not the store's answer (a misrouted path, an
+//!   ingress's default backend) and counts as an error, never as "no such key";
+//! * anything else, no answer, or a body that breaks the contract: the store is
 //!   unavailable ([`StoreError`]), and the filter's stale-if-error policy applies.
 //!
 //! Both sides use these types: the filter to read answers, `wasmgate-keystore` to
@@ -20,6 +22,8 @@ pub const MAX_RESPONSE_BODY: usize = 16 * 1024;
 pub const MAX_FIELD_LEN: usize = 256;
 /// Most scopes a key may carry.
 pub const MAX_SCOPES: usize = 64;
+/// The `error` member of the body of a `404` that means "no such key".
+pub const NOT_FOUND_ERROR: &str = "not_found";
 
 /// What the key store knows about one key. Unknown fields in the JSON are ignored, so a
 /// store may return more than the filter reads.
@@ -128,7 +132,7 @@ pub enum StoreError {
     /// An HTTP status other than 200 or 404. This includes Envoy's own answers when
     /// the store cannot be reached: 504 at the timeout, 503 when connecting fails.
     Status(u16),
-    /// A 200 whose body breaks the contract.
+    /// A 200 or 404 whose body breaks the contract.
     InvalidResponse(String),
 }
 
@@ -153,7 +157,18 @@ pub fn read_lookup_response(
 ) -> Result<StoreAnswer, StoreError> {
     match status {
         None => Err(StoreError::NoResponse),
-        Some(404) => Ok(StoreAnswer::NotFound),
+        Some(404) => {
+            // A JSON object (other members are ignored) whose `error` says so.
+            let object: Option<serde_json::Map<String, serde_json::Value>> =
+                serde_json::from_slice(body).ok();
+            let error = object.as_ref().and_then(|o| o.get("error")?.as_str());
+            match error {
+                Some(NOT_FOUND_ERROR) if !truncated => Ok(StoreAnswer::NotFound),
+                _ => Err(StoreError::InvalidResponse(format!(
+                    "a 404 without the body {{\"error\": \"{NOT_FOUND_ERROR}\"}}: not the key store's answer"
+                ))),
+            }
+        }
         Some(200) => {
             if truncated {
                 return Err(StoreError::InvalidResponse(format!(
@@ -224,11 +239,38 @@ mod tests {
     }
 
     #[test]
+    fn a_404_is_no_such_key_only_with_the_contracts_body() {
+        for body in [
+            r#"{"error":"not_found","message":"no such key"}"#,
+            r#"{"error":"not_found"}"#,
+            r#" {"message":"x","error":"not_found","extra":[1]} "#,
+        ] {
+            assert_eq!(
+                read_lookup_response(Some(404), body.as_bytes(), false),
+                Ok(StoreAnswer::NotFound),
+                "{body}"
+            );
+        }
+        // What a misrouted lookup gets from something that is not the store.
+        for body in [
+            "",
+            "404 page not found",
+            "<html><body>Not Found</body></html>",
+            r#"{"error":"Not Found"}"#,
+            r#"{"error":404}"#,
+            r#"{"status":"not_found"}"#,
+            r#"["not_found"]"#,
+            r#"{"error":"not_found""#,
+        ] {
+            let err = read_lookup_response(Some(404), body.as_bytes(), false).unwrap_err();
+            assert_eq!(err.kind(), "invalid_response", "{body}");
+        }
+        // Truncated: whatever the first bytes say, it is not the contract's small body.
+        assert!(read_lookup_response(Some(404), br#"{"error":"not_found"}"#, true).is_err());
+    }
+
+    #[test]
     fn statuses_other_than_200_and_404() {
-        assert_eq!(
-            read_lookup_response(Some(404), b"", false),
-            Ok(StoreAnswer::NotFound)
-        );
         assert_eq!(
             read_lookup_response(None, b"", false),
             Err(StoreError::NoResponse)

@@ -64,8 +64,16 @@ pub fn parse_rfc3339(text: &str) -> Result<u64, String> {
     };
     let days = days_from_civil(year, month, day);
     let local = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64;
-    u64::try_from(local - offset_seconds).map_err(|_| bad())
+    // An offset can carry 9999-12-31 past the last instant `format_rfc3339` writes
+    // with four year digits: refused, so that every accepted time can be written back.
+    u64::try_from(local - offset_seconds)
+        .ok()
+        .filter(|seconds| *seconds <= LAST_INSTANT)
+        .ok_or_else(bad)
 }
+
+/// 9999-12-31T23:59:59Z, the last instant with a four-digit year.
+const LAST_INSTANT: u64 = 253_402_300_799;
 
 /// Formats Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_rfc3339(unix_seconds: u64) -> String {
@@ -81,7 +89,7 @@ pub fn format_rfc3339(unix_seconds: u64) -> String {
 }
 
 fn is_leap(year: u64) -> bool {
-    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
 }
 
 fn days_in_month(year: u64, month: u64) -> u64 {
@@ -174,5 +182,24 @@ mod tests {
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nothing_past_the_year_9999_is_accepted() {
+        // Found by the api_key_record fuzz target: a negative offset carried the time
+        // into year 10000, which format_rfc3339 cannot write back in a form that parses.
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Ok(LAST_INSTANT));
+        assert_eq!(format_rfc3339(LAST_INSTANT), "9999-12-31T23:59:59Z");
+        for past in [
+            "9999-12-31T23:59:59-00:04",
+            "9999-12-31T23:59:60Z",
+            "9999-12-31T20:00:00-05:00",
+        ] {
+            assert!(parse_rfc3339(past).is_err(), "{past:?}");
+        }
+        assert_eq!(
+            parse_rfc3339("9999-12-31T23:59:59+00:04"),
+            Ok(LAST_INSTANT - 240)
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! Each filter parses its plugin configuration once, in `on_configure`, into typed
 //! structs. This crate holds the pieces they have in common: a [`ConfigError`] that
 //! names the offending field, JSON parsing that reports the field path, route
-//! matching ([`RouteMatch`], [`RouteTable`]), validated [`HeaderName`]s and header
+//! matching by path, method and host ([`RouteMatch`], [`RouteTable`], [`host`]), validated [`HeaderName`]s and header
 //! values, durations written as `"10s"`, and whole numbers that also accept the
 //! doubles Istio turns every `pluginConfig` number into.
 //!
@@ -12,6 +12,7 @@
 mod duration;
 mod error;
 mod header;
+pub mod host;
 pub mod number;
 mod route;
 #[cfg(feature = "schema")]
@@ -20,7 +21,7 @@ pub mod schema;
 pub use duration::{duration, optional_duration, parse_duration};
 pub use error::ConfigError;
 pub use header::{check_header_value, HeaderName};
-pub use route::{PathMatch, RouteMatch, RouteTable};
+pub use route::{PathMatch, RouteMatch, RouteRequest, RouteTable};
 
 use serde::de::DeserializeOwned;
 

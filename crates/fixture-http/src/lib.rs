@@ -1,5 +1,11 @@
 //! The HTTP/1.1 server of wasmgate's demo and test servers: the echo upstream and the
-//! JWKS issuer (`wasmgate-demo`), and the key store (`wasmgate-keystore`).
+//! JWKS issuer (`wasmgate-demo`).
+//!
+//! **A test and demo fixture only**, never a server to deploy: one thread per
+//! connection, a 1,024-connection cap past which connections are closed unanswered,
+//! per-read timeouts only (a slow client holds its thread), no graceful shutdown. The
+//! one service people deploy, the key store (`wasmgate-keystore serve`), runs on tokio
+//! and hyper instead (docs/keystore.md).
 //!
 //! One thread per connection, keep-alive and pipelining, request bodies framed by
 //! `Content-Length` or chunked, every size bounded; `httparse` parses the head. A

@@ -4,7 +4,9 @@ use crate::ops::{EditList, HeaderEdit, HeaderOps, ResolvedOps};
 use crate::template::{RequestView, Template};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use wasmgate_config::{check_header_value, ConfigError, HeaderName, RouteMatch, RouteTable};
+use wasmgate_config::{
+    check_header_value, ConfigError, HeaderName, RouteMatch, RouteRequest, RouteTable,
+};
 
 /// Longest header value a rule may write (after templating, values are not capped).
 const MAX_VALUE_LEN: usize = 8 * 1024;
@@ -117,8 +119,8 @@ impl HeaderPolicy {
     }
 
     /// The actions of the first rule that matches, or of `default`.
-    pub fn select(&self, method: &str, path: &str) -> Option<&Actions> {
-        self.rules.select(method, path)
+    pub fn select(&self, request: &RouteRequest<'_>) -> Option<&Actions> {
+        self.rules.select(request)
     }
 
     /// Whether responses need to be looked at at all (saves the response phase's host
@@ -146,8 +148,14 @@ impl HeaderPolicy {
         }
         let method = view.header(":method").unwrap_or_default();
         let path = view.header(":path").unwrap_or_default();
+        let authority = self
+            .rules
+            .names_hosts()
+            .then(|| view.header(":authority"))
+            .flatten();
+        let route = RouteRequest::new(&method, &path).with_authority(authority.as_deref());
         let mut response = ResponsePlan::default();
-        if let Some(actions) = self.select(&method, &path) {
+        if let Some(actions) = self.select(&route) {
             let current = |name: &str| stripped.header(name);
             actions
                 .request

@@ -88,6 +88,31 @@ fn first_matching_rule_wins_and_default_catches_the_rest() {
 }
 
 #[test]
+fn each_host_gets_its_own_rules() {
+    let p = policy(
+        r#"{"rules":[
+              {"match":{"hosts":["admin.example.com"]},"request":{"set":{"x-r":"admin"}}},
+              {"match":{"hosts":["*.example.com"],"prefix":"/api/"},"request":{"set":{"x-r":"api"}}}],
+            "default":{"request":{"set":{"x-r":"default"}}}}"#,
+    );
+    let value = |authority: Option<&str>, path| {
+        let mut view = request("GET", path);
+        if let Some(authority) = authority {
+            view = view.with_header(":authority", authority);
+        }
+        match edits(&p, &view).pop() {
+            Some(HeaderEdit::Set(_, v)) => v,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(value(Some("admin.example.com"), "/api/x"), "admin");
+    assert_eq!(value(Some("Shop.Example.com:8443"), "/api/x"), "api");
+    assert_eq!(value(Some("shop.example.com"), "/other"), "default");
+    assert_eq!(value(Some("example.com"), "/api/x"), "default");
+    assert_eq!(value(None, "/api/x"), "default");
+}
+
+#[test]
 fn strip_inbound_comes_first_and_hides_values_from_templates() {
     let p = policy(
         r#"{"strip_inbound":["X-User-ID"],

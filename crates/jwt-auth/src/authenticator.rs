@@ -443,4 +443,6 @@ fn claim_headers(
 }
 
 #[cfg(test)]
+mod discovery_tests;
+#[cfg(test)]
 mod tests;

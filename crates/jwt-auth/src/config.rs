@@ -5,6 +5,7 @@
 //! becomes the one log line the filter writes before Envoy refuses the config.
 
 use crate::claims::{Audiences, ClaimPath, ClaimRules};
+use crate::discovery::{Discovery, HttpUrl};
 use crate::extract::TokenLocation;
 use crate::jwks::{KeySet, PublicKey};
 use crate::jwks_cache::CachePolicy;
@@ -64,9 +65,13 @@ pub enum KeySource {
 pub struct RemoteJwks {
     /// An Envoy cluster name (the callout goes through it).
     pub cluster: String,
+    /// With `discovery`, the discovery document's path and authority; else the JWKS's.
     pub path: String,
     pub authority: String,
     pub policy: CachePolicy,
+    /// Set when the JWKS is found through the issuer's OpenID Connect discovery
+    /// document (its `jwks_uri`); the same policy applies to both documents.
+    pub discovery: Option<Box<Discovery>>,
 }
 
 impl JwtConfig {
@@ -198,7 +203,10 @@ struct RawJwks {
 #[serde(deny_unknown_fields)]
 struct RawRemote {
     cluster: String,
-    path: String,
+    path: Option<String>,
+    /// `true`, `false`, or the discovery document's URL.
+    discovery: Option<Value>,
+    jwks_clusters: Option<BTreeMap<String, String>>,
     authority: Option<String>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
     #[cfg_attr(
@@ -416,7 +424,9 @@ fn build_provider(name: String, raw: RawProvider) -> Result<Provider, ConfigErro
                     "HS256/384/512 need an inline JWKS: shared secrets are never fetched",
                 ));
             }
-            KeySource::Remote(build_remote(remote).map_err(|e| e.within("jwks.remote"))?)
+            KeySource::Remote(
+                build_remote(remote, &raw.issuer).map_err(|e| e.within("jwks.remote"))?,
+            )
         }
         (None, Some(inline)) => {
             let set = match &inline {
@@ -630,7 +640,7 @@ fn paths(names: &[&str]) -> Result<Vec<ClaimPath>, ConfigError> {
         .collect()
 }
 
-fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
+fn build_remote(raw: RawRemote, issuer: &str) -> Result<RemoteJwks, ConfigError> {
     let timeout = raw.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let cache_duration = raw.cache_duration.unwrap_or(DEFAULT_CACHE_DURATION);
     let min_cache_duration = raw.min_cache_duration.unwrap_or(DEFAULT_MIN_CACHE_DURATION);
@@ -645,13 +655,53 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
     if raw.cluster.is_empty() {
         return Err(ConfigError::new("cluster", "must name an Envoy cluster"));
     }
-    if !raw.path.starts_with('/') || raw.path.chars().any(char::is_control) {
-        return Err(ConfigError::new(
-            "path",
-            "must start with \"/\" (control characters are not allowed)",
-        ));
-    }
-    let authority = raw.authority.unwrap_or_else(|| raw.cluster.clone());
+    let (path, url_authority, discovery) = match discovery_url(
+        raw.discovery.as_ref(),
+        issuer,
+        raw.path.is_some(),
+    )? {
+        Some(url) => {
+            let jwks_clusters = build_jwks_clusters(raw.jwks_clusters)?;
+            if jwks_clusters.iter().any(|(host, _)| *host == url.host) {
+                return Err(ConfigError::new(
+                        format!("jwks_clusters.{}", url.host),
+                        "this is the discovery document's own host: a jwks_uri there goes through \"cluster\"",
+                    ));
+            }
+            let discovery = Discovery {
+                issuer: issuer.to_owned(),
+                host: url.host,
+                cluster: raw.cluster.clone(),
+                jwks_clusters,
+            };
+            (url.path, Some(url.authority), Some(Box::new(discovery)))
+        }
+        None => {
+            if raw.jwks_clusters.is_some() {
+                return Err(ConfigError::new(
+                        "jwks_clusters",
+                        "only with \"discovery\": it maps the hosts a discovered jwks_uri may name to clusters",
+                    ));
+            }
+            let Some(path) = raw.path else {
+                return Err(ConfigError::new(
+                        "path",
+                        "required: the JWKS's path at the cluster (or set \"discovery\": true to find the JWKS through the issuer's OpenID Connect discovery document)",
+                    ));
+            };
+            if !path.starts_with('/') || path.chars().any(char::is_control) {
+                return Err(ConfigError::new(
+                    "path",
+                    "must start with \"/\" (control characters are not allowed)",
+                ));
+            }
+            (path, None, None)
+        }
+    };
+    let authority = raw
+        .authority
+        .or(url_authority)
+        .unwrap_or_else(|| raw.cluster.clone());
     if authority.is_empty() || authority.chars().any(|c| c.is_control() || c == ' ') {
         return Err(ConfigError::new("authority", "not a host[:port]"));
     }
@@ -703,8 +753,9 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
     }
     Ok(RemoteJwks {
         cluster: raw.cluster,
-        path: raw.path,
+        path,
         authority,
+        discovery,
         policy: CachePolicy {
             fetch_timeout: ms(timeout),
             cache_duration: ms(cache_duration),
@@ -717,6 +768,68 @@ fn build_remote(raw: RawRemote) -> Result<RemoteJwks, ConfigError> {
             max_wait: ms(max_wait),
         },
     })
+}
+
+/// `discovery`: `true` (the document under the issuer, OpenID Connect Discovery
+/// §4), a URL (the document elsewhere), or `false`/absent (no discovery). The URL of
+/// the document to fetch, if any.
+fn discovery_url(
+    raw: Option<&Value>,
+    issuer: &str,
+    has_path: bool,
+) -> Result<Option<HttpUrl>, ConfigError> {
+    let url = match raw {
+        None | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => HttpUrl::discovery_of(issuer).map_err(|p| {
+            ConfigError::new(
+                "discovery",
+                format!("the issuer is where the document is found, but {p}; give the document's URL instead (\"discovery\": \"https://.../.well-known/openid-configuration\")"),
+            )
+        })?,
+        Some(Value::String(url)) => {
+            HttpUrl::parse(url).map_err(|p| ConfigError::new("discovery", p))?
+        }
+        Some(_) => {
+            return Err(ConfigError::new(
+                "discovery",
+                "expected true, false or the discovery document's URL",
+            ))
+        }
+    };
+    if has_path {
+        return Err(ConfigError::new(
+            "path",
+            "with \"discovery\", the JWKS's location is the document's jwks_uri: leave path out (to fetch the document from elsewhere, give its URL as \"discovery\")",
+        ));
+    }
+    Ok(Some(url))
+}
+
+/// `jwks_clusters`: `{host: cluster}`, sorted by host.
+fn build_jwks_clusters(
+    raw: Option<BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut list = Vec::new();
+    for (host, cluster) in raw.unwrap_or_default() {
+        let field = format!("jwks_clusters.{host}");
+        let name =
+            wasmgate_config::host::host_name(&host).map_err(|p| ConfigError::new(&field, p))?;
+        if cluster.is_empty() {
+            return Err(ConfigError::new(field, "must name an Envoy cluster"));
+        }
+        list.push((name, cluster));
+    }
+    list.sort();
+    if let Some(pair) = list.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+        return Err(ConfigError::new(
+            "jwks_clusters",
+            format!(
+                "host {:?} is named twice (hosts are compared in lower case)",
+                pair[0].0
+            ),
+        ));
+    }
+    Ok(list)
 }
 
 fn build_requirement(raw: RawRequirement, providers: &[&str]) -> Result<Requirement, ConfigError> {
@@ -885,6 +998,64 @@ mod tests {
     }
 
     #[test]
+    fn discovery_finds_the_document_under_the_issuer_or_at_a_url() {
+        let discovered = |remote: Value, issuer: &str| {
+            let config = parse(edited(|c| {
+                c["providers"]["idp"]["issuer"] = json!(issuer);
+                c["providers"]["idp"]["jwks"] = json!({ "remote": remote });
+            }))?;
+            let KeySource::Remote(remote) = &config.providers[0].keys else {
+                panic!()
+            };
+            Ok::<_, String>(remote.clone())
+        };
+        let remote = discovered(
+            json!({"cluster": "idp", "discovery": true, "jwks_clusters": {"Keys.Example.net": "idp_keys"}}),
+            "https://IdP.example.com/realms/main/",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                remote.cluster.as_str(),
+                remote.authority.as_str(),
+                remote.path.as_str()
+            ),
+            (
+                "idp",
+                "idp.example.com",
+                "/realms/main/.well-known/openid-configuration"
+            )
+        );
+        assert_eq!(
+            remote.discovery,
+            Some(Box::new(Discovery {
+                issuer: "https://IdP.example.com/realms/main/".into(),
+                host: "idp.example.com".into(),
+                cluster: "idp".into(),
+                jwks_clusters: vec![("keys.example.net".into(), "idp_keys".into())],
+            }))
+        );
+        // The document elsewhere (an issuer that is not a URL), with its own Host.
+        let remote = discovered(
+            json!({"cluster": "sso", "discovery": "http://sso.internal:8080/oidc/config", "authority": "sso"}),
+            "billing-jobs",
+        )
+        .unwrap();
+        assert_eq!(
+            (remote.authority.as_str(), remote.path.as_str()),
+            ("sso", "/oidc/config")
+        );
+        assert_eq!(remote.discovery.unwrap().host, "sso.internal");
+        // false is no discovery.
+        let remote = discovered(
+            json!({"cluster": "idp", "path": "/jwks", "discovery": false}),
+            "https://idp",
+        )
+        .unwrap();
+        assert!(remote.discovery.is_none());
+    }
+
+    #[test]
     fn required_typ_values_are_media_types_compared_in_lower_case() {
         let config = parse(edited(|c| {
             c["providers"]["idp"]["required_typ"] = json!(["at+JWT", "application/JWT"])
@@ -974,11 +1145,14 @@ mod tests {
         );
         let internal = config.provider_index("internal").unwrap();
         assert!(matches!(
-            config.rules.table.select("GET", "/maybe/x"),
+            config.rules.table.select(&wasmgate_config::RouteRequest::new("GET", "/maybe/x")),
             Some(Requirement::Token { providers, allow_missing: true, .. }) if providers[0] == internal
         ));
         assert_eq!(
-            config.rules.table.select("GET", "/public/a"),
+            config
+                .rules
+                .table
+                .select(&wasmgate_config::RouteRequest::new("GET", "/public/a")),
             Some(&Requirement::Public)
         );
     }
@@ -1141,6 +1315,73 @@ mod tests {
             (
                 edited(|c| c["max_waiting_requests"] = json!(100_001)),
                 "max_waiting_requests: must be between 1 and 100000",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"] = json!({"cluster": "idp"})),
+                "providers.idp.jwks.remote.path: required: the JWKS's path at the cluster (or set \"discovery\": true",
+            ),
+            (
+                edited(|c| c["providers"]["idp"]["jwks"]["remote"]["discovery"] = json!(true)),
+                "providers.idp.jwks.remote.path: with \"discovery\", the JWKS's location is the document's jwks_uri: leave path out",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["issuer"] = json!("billing-jobs");
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": true}});
+                }),
+                "providers.idp.jwks.remote.discovery: the issuer is where the document is found, but \"billing-jobs/.well-known/openid-configuration\" is not an http(s) URL; give the document's URL instead",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": "idp/config"}});
+                }),
+                "providers.idp.jwks.remote.discovery: \"idp/config\" is not an http(s) URL",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": "yes"}});
+                }),
+                "providers.idp.jwks.remote.discovery: \"yes\" is not an http(s) URL",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": 1}});
+                }),
+                "providers.idp.jwks.remote.discovery: expected true, false or the discovery document's URL",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"]["remote"]["jwks_clusters"] = json!({"keys": "k"})
+                }),
+                "providers.idp.jwks.remote.jwks_clusters: only with \"discovery\"",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": true,
+                                                                     "jwks_clusters": {"keys:443": "k"}}});
+                }),
+                "providers.idp.jwks.remote.jwks_clusters.keys:443: leave the port out",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": true,
+                                                                     "jwks_clusters": {"keys": ""}}});
+                }),
+                "providers.idp.jwks.remote.jwks_clusters.keys: must name an Envoy cluster",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": true,
+                                                                     "jwks_clusters": {"keys": "a", "KEYS": "b"}}});
+                }),
+                "providers.idp.jwks.remote.jwks_clusters: host \"keys\" is named twice",
+            ),
+            (
+                edited(|c| {
+                    c["providers"]["idp"]["jwks"] = json!({"remote": {"cluster": "idp", "discovery": true,
+                                                                     "jwks_clusters": {"IDP": "other"}}});
+                }),
+                "providers.idp.jwks.remote.jwks_clusters.idp: this is the discovery document's own host",
             ),
             (edited(|c| c["realm"] = json!("a\"b")), "realm"),
             (

@@ -17,11 +17,21 @@
 //! refresh time. A token with an unknown `kid` may force a refetch, at most once per
 //! `unknown_kid_refetch_interval` per provider (shared, so per instance).
 //!
+//! A provider with OpenID Connect discovery has one more document: the issuer's
+//! discovery document, whose `jwks_uri` says where the JWKS is. It is fetched under
+//! the same lease, before the JWKS when it is due (first, and then on its own
+//! refresh schedule, with the same policy), and only its checked `jwks_uri` is kept,
+//! in `.state`. When it names a new `jwks_uri`, the JWKS is due at once (from there);
+//! when it cannot be had, the last good `jwks_uri` keeps serving, and the document is
+//! retried with its own backoff.
+//!
 //! All times are milliseconds since the Unix epoch, passed in as `now`. The glue
 //! dispatches the callout a [`FetchOrder`] describes and hands the answer back as a
-//! [`FetchResponse`].
+//! [`FetchResponse`] (to [`Keyring::on_response`] for a JWKS, to
+//! [`Keyring::on_discovery_response`] for a discovery document).
 
 use crate::config::{JwtConfig, KeySource, RemoteJwks};
+use crate::discovery::{DocumentError, JwksLocation};
 use crate::jwks::KeySet;
 use serde::{Deserialize, Serialize};
 use std::rc::Rc;
@@ -98,6 +108,22 @@ struct FetchState {
     retry_at: u64,
     /// When the last refetch forced by an unknown `kid` started.
     refetched_at: u64,
+    /// Providers with discovery only (absent until the first document is dealt with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    discovery: Option<DiscoveryState>,
+}
+
+/// Where the discovery document of a provider stands, in `.state`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct DiscoveryState {
+    /// The last good document's `jwks_uri` ("" before the first), checked when it
+    /// came: it maps to a cluster.
+    jwks_uri: String,
+    /// When the document is fetched again: its refresh after a success, the retry
+    /// after a failure.
+    due_at: u64,
+    /// Consecutive failed fetches of the document.
+    failures: u32,
 }
 
 impl FetchState {
@@ -106,11 +132,20 @@ impl FetchState {
     }
 }
 
+/// Which document a fetch is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Document {
+    Jwks,
+    /// The issuer's OpenID Connect discovery document.
+    Discovery,
+}
+
 /// A callout the glue must send (from the root context), then answer with
-/// [`Keyring::on_response`].
+/// [`Keyring::on_response`] (a JWKS) or [`Keyring::on_discovery_response`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchOrder {
     pub provider: usize,
+    pub document: Document,
     pub cluster: String,
     pub path: String,
     pub authority: String,
@@ -134,8 +169,27 @@ pub struct FetchResponse {
 /// The result of a fetch, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchReport {
-    Success { keys: usize, time_to_live: u64 },
-    Failure { reason: String, retry_in: u64 },
+    Success {
+        keys: usize,
+        time_to_live: u64,
+    },
+    Failure {
+        reason: String,
+        retry_in: u64,
+    },
+    /// A discovery document was read; `changed`: its `jwks_uri` is not the one
+    /// before (or there was none), so the JWKS is fetched from there now.
+    Discovered {
+        jwks_uri: String,
+        changed: bool,
+        time_to_live: u64,
+    },
+    /// A discovery document came but is not to be followed (another issuer, a
+    /// `jwks_uri` on a host without a cluster): a failed fetch, counted apart.
+    Refused {
+        reason: String,
+        retry_in: u64,
+    },
 }
 
 /// Keys usable for a provider right now.
@@ -202,6 +256,8 @@ struct JwksCache {
     in_flight_until: Option<u64>,
 }
 
+/// Why a fetch without a status failed.
+const NO_ANSWER: &str = "no answer (timeout, reset or no healthy upstream)";
 /// How many times a CAS write is retried against concurrent writers.
 const CAS_ATTEMPTS: usize = 8;
 /// Extra lease time beyond the callout timeout, so the lease never ends before the
@@ -212,7 +268,14 @@ impl JwksCache {
     fn new(provider: &str, remote: &RemoteJwks, holder: u64) -> Self {
         // The source is part of the key: two configurations that give one provider
         // name different JWKS URLs must not share (or overwrite) each other's keys.
-        let source = format!("{}\n{}\n{}", remote.cluster, remote.authority, remote.path);
+        // With discovery, so is what the document is checked against.
+        let mut source = format!("{}\n{}\n{}", remote.cluster, remote.authority, remote.path);
+        if let Some(discovery) = &remote.discovery {
+            source.push_str(&format!(
+                "\ndiscovery\n{}\n{:?}",
+                discovery.issuer, discovery.jwks_clusters
+            ));
+        }
         let digest = ring::digest::digest(&ring::digest::SHA256, source.as_bytes());
         let hash: String = digest.as_ref()[..6]
             .iter()
@@ -284,9 +347,52 @@ impl JwksCache {
     /// No usable keys can be expected within a request's wait: fetches fail, none
     /// is under way, and the next try is later than `max_wait` from now.
     fn failing(&self, now: u64) -> bool {
-        self.shared.failures > 0
-            && self.shared.retry_at > now.saturating_add(self.policy().max_wait)
-            && !self.shared.lease_active(now)
+        let horizon = now.saturating_add(self.policy().max_wait);
+        let stuck = if self.knows_jwks_location() {
+            self.shared.failures > 0 && self.shared.retry_at > horizon
+        } else {
+            // Discovery has not found the JWKS yet.
+            let discovery = self.shared.discovery.clone().unwrap_or_default();
+            discovery.failures > 0 && discovery.due_at > horizon
+        };
+        stuck && !self.shared.lease_active(now)
+    }
+
+    /// Where the JWKS is: configured, or the last good discovery document's
+    /// `jwks_uri` (`None` before there is one).
+    fn jwks_location(&self) -> Option<JwksLocation> {
+        let remote = &self.remote;
+        match &remote.discovery {
+            None => Some(JwksLocation {
+                cluster: remote.cluster.clone(),
+                authority: remote.authority.clone(),
+                path: remote.path.clone(),
+            }),
+            Some(discovery) => {
+                let uri = &self.shared.discovery.as_ref()?.jwks_uri;
+                if uri.is_empty() {
+                    return None;
+                }
+                discovery.locate(uri).ok()
+            }
+        }
+    }
+
+    /// Cheaper than [`JwksCache::jwks_location`]: whether there is one.
+    fn knows_jwks_location(&self) -> bool {
+        self.remote.discovery.is_none()
+            || self
+                .shared
+                .discovery
+                .as_ref()
+                .is_some_and(|d| !d.jwks_uri.is_empty())
+    }
+
+    /// The discovery document is to be fetched now (providers with discovery only):
+    /// first, when its refresh is due, and when its retry is.
+    fn discovery_due(&self, now: u64) -> bool {
+        self.remote.discovery.is_some()
+            && now >= self.shared.discovery.as_ref().map_or(0, |d| d.due_at)
     }
 
     fn view(&self, now: u64) -> KeyView {
@@ -341,9 +447,9 @@ impl JwksCache {
         UnknownKid::Refused
     }
 
-    /// Takes the fetch lease when a fetch is due (or forced) and nobody holds it;
-    /// `Some(forced)` when this VM must now fetch.
-    fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<bool> {
+    /// Takes the fetch lease when a fetch is due (or forced) and nobody holds it: the
+    /// order this VM must now send. The discovery document, when due, goes first.
+    fn poll(&mut self, store: &dyn SharedStore, now: u64) -> Option<FetchOrder> {
         self.sync(store);
         if let Some(until) = self.in_flight_until {
             if now < until {
@@ -354,16 +460,29 @@ impl JwksCache {
             self.in_flight_until = None;
         }
         let shared = &self.shared;
-        let due = shared.seq == 0 || now >= shared.refresh_at;
-        let forced = self.want_refetch && self.refetch_allowed(now);
-        if self.want_refetch && !forced && !shared.lease_active(now) {
-            // Someone else refetched meanwhile, or we are backing off.
-            self.want_refetch = false;
-        }
-        let backing_off = shared.failures > 0 && now < shared.retry_at;
-        // (`forced` already implies that we are not backing off.)
-        let start = (due || forced) && !backing_off && !shared.lease_active(now);
-        if !start {
+        let (document, location, forced, due) = if self.discovery_due(now) {
+            let remote = &self.remote;
+            let location = JwksLocation {
+                cluster: remote.cluster.clone(),
+                authority: remote.authority.clone(),
+                path: remote.path.clone(),
+            };
+            (Document::Discovery, location, false, true)
+        } else {
+            let due = shared.seq == 0 || now >= shared.refresh_at;
+            let forced = self.want_refetch && self.refetch_allowed(now);
+            if self.want_refetch && !forced && !shared.lease_active(now) {
+                // Someone else refetched meanwhile, or we are backing off.
+                self.want_refetch = false;
+            }
+            let backing_off = shared.failures > 0 && now < shared.retry_at;
+            // (`forced` already implies that we are not backing off.)
+            if !(due || forced) || backing_off {
+                return None;
+            }
+            (Document::Jwks, self.jwks_location()?, forced, due)
+        };
+        if shared.lease_active(now) {
             return None;
         }
         let mut next = shared.clone();
@@ -378,11 +497,105 @@ impl JwksCache {
         match store.set(&self.state_key, &text, self.shared_cas) {
             Ok(()) => {
                 self.in_flight_until = Some(next.lease_until);
-                self.want_refetch = false;
+                if document == Document::Jwks {
+                    self.want_refetch = false;
+                }
                 self.shared = next;
-                Some(forced && !due)
+                Some(FetchOrder {
+                    provider: 0,
+                    document,
+                    cluster: location.cluster,
+                    path: location.path,
+                    authority: location.authority,
+                    timeout: self.policy().fetch_timeout,
+                    forced: forced && !due,
+                })
             }
             Err(SetError::CasMismatch | SetError::Refused) => None,
+        }
+    }
+
+    /// The answer to a discovery document's fetch: its checked `jwks_uri` into
+    /// `.state` (the JWKS due at once when it changed), or a failure that keeps the
+    /// last good `jwks_uri` and backs the document off.
+    fn on_discovery_response(
+        &mut self,
+        store: &dyn SharedStore,
+        now: u64,
+        response: &FetchResponse,
+    ) -> FetchReport {
+        self.in_flight_until = None;
+        let read = match (&self.remote.discovery, response.status) {
+            (None, _) => Err(DocumentError::Broken(
+                "this provider has no discovery".to_owned(),
+            )),
+            (_, None) => Err(DocumentError::Broken(NO_ANSWER.to_owned())),
+            (Some(_), Some(200)) if response.truncated => Err(DocumentError::Broken(format!(
+                "discovery document larger than {} bytes",
+                crate::discovery::MAX_DISCOVERY_BYTES
+            ))),
+            (Some(discovery), Some(200)) => discovery.read(&response.body),
+            (_, Some(status)) => Err(DocumentError::Broken(format!("HTTP status {status}"))),
+        };
+        let policy = self.policy().clone();
+        match read {
+            Ok(jwks_uri) => {
+                let ttl = policy.time_to_live(response.cache_control.as_deref());
+                let mut changed = false;
+                self.update_state(store, |state| {
+                    let before = state.discovery.take().unwrap_or_default();
+                    changed = before.jwks_uri != jwks_uri;
+                    if changed {
+                        // The keys come from there now: fetch them at once (the last
+                        // good ones stay usable meanwhile), without the old
+                        // location's backoff.
+                        state.refresh_at = state.refresh_at.min(now);
+                        state.failures = 0;
+                        state.retry_at = 0;
+                    }
+                    state.discovery = Some(DiscoveryState {
+                        jwks_uri: jwks_uri.clone(),
+                        due_at: now.saturating_add(ttl),
+                        failures: 0,
+                    });
+                });
+                FetchReport::Discovered {
+                    jwks_uri,
+                    changed,
+                    time_to_live: ttl,
+                }
+            }
+            Err(error) => {
+                let mut failures = 0;
+                self.update_state(store, |state| {
+                    let discovery = state.discovery.get_or_insert_with(Default::default);
+                    discovery.failures = discovery.failures.saturating_add(1);
+                    discovery.due_at = now.saturating_add(policy.backoff(discovery.failures));
+                    failures = discovery.failures;
+                });
+                let retry_in = policy.backoff(failures.max(1));
+                match error {
+                    DocumentError::Broken(reason) => FetchReport::Failure { reason, retry_in },
+                    DocumentError::Refused(reason) => FetchReport::Refused { reason, retry_in },
+                }
+            }
+        }
+    }
+
+    /// Changes `.state` with a CAS write (retried against concurrent writers),
+    /// releasing our lease; this VM's view of it follows.
+    fn update_state(&mut self, store: &dyn SharedStore, mut edit: impl FnMut(&mut FetchState)) {
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut state, cas) = self.read_state(store);
+            edit(&mut state);
+            if state.lease_holder == self.holder {
+                state.lease_holder = 0;
+                state.lease_until = 0;
+            }
+            if self.write_state(store, &state, cas) {
+                self.shared = state;
+                return;
+            }
         }
     }
 
@@ -394,7 +607,7 @@ impl JwksCache {
     ) -> FetchReport {
         self.in_flight_until = None;
         let parsed = match response.status {
-            None => Err("no answer (timeout, reset or no healthy upstream)".to_owned()),
+            None => Err(NO_ANSWER.to_owned()),
             Some(200) if response.truncated => Err(format!(
                 "JWKS larger than {} bytes",
                 crate::jwks::MAX_JWKS_BYTES
@@ -457,20 +670,14 @@ impl JwksCache {
     /// Counts a failed fetch in `.state`, schedules the retry and clears our lease.
     /// Returns the failure count.
     fn record_failure(&mut self, store: &dyn SharedStore, now: u64) -> u32 {
-        for _ in 0..CAS_ATTEMPTS {
-            let (mut state, cas) = self.read_state(store);
+        let policy = self.policy().clone();
+        let mut failures = self.shared.failures.saturating_add(1);
+        self.update_state(store, |state| {
             state.failures = state.failures.saturating_add(1);
-            state.retry_at = now.saturating_add(self.policy().backoff(state.failures));
-            if state.lease_holder == self.holder {
-                state.lease_holder = 0;
-                state.lease_until = 0;
-            }
-            if self.write_state(store, &state, cas) {
-                self.shared = state;
-                return self.shared.failures;
-            }
-        }
-        self.shared.failures.saturating_add(1)
+            state.retry_at = now.saturating_add(policy.backoff(state.failures));
+            failures = state.failures;
+        });
+        failures
     }
 
     fn read_state(&self, store: &dyn SharedStore) -> (FetchState, Option<Cas>) {
@@ -601,14 +808,10 @@ impl Keyring {
         let mut orders = Vec::new();
         for (index, provider) in self.providers.iter_mut().enumerate() {
             if let ProviderKeys::Remote(cache) = provider {
-                if let Some(forced) = cache.poll(store, now) {
+                if let Some(order) = cache.poll(store, now) {
                     orders.push(FetchOrder {
                         provider: index,
-                        cluster: cache.remote.cluster.clone(),
-                        path: cache.remote.path.clone(),
-                        authority: cache.remote.authority.clone(),
-                        timeout: cache.policy().fetch_timeout,
-                        forced,
+                        ..order
                     });
                 }
             }
@@ -616,8 +819,23 @@ impl Keyring {
         orders
     }
 
-    /// The answer to a [`FetchOrder`] (or a failure to dispatch it, as a response
-    /// without status).
+    /// The answer to a [`FetchOrder`] for a discovery document (or a failure to
+    /// dispatch it, as a response without status).
+    pub fn on_discovery_response(
+        &mut self,
+        provider: usize,
+        store: &dyn SharedStore,
+        now: u64,
+        response: &FetchResponse,
+    ) -> Option<FetchReport> {
+        Some(
+            self.remote(provider)?
+                .on_discovery_response(store, now, response),
+        )
+    }
+
+    /// The answer to a [`FetchOrder`] for a JWKS (or a failure to dispatch it, as a
+    /// response without status).
     pub fn on_response(
         &mut self,
         provider: usize,
@@ -625,8 +843,12 @@ impl Keyring {
         now: u64,
         response: &FetchResponse,
     ) -> Option<FetchReport> {
+        Some(self.remote(provider)?.on_response(store, now, response))
+    }
+
+    fn remote(&mut self, provider: usize) -> Option<&mut JwksCache> {
         match self.providers.get_mut(provider) {
-            Some(ProviderKeys::Remote(cache)) => Some(cache.on_response(store, now, response)),
+            Some(ProviderKeys::Remote(cache)) => Some(cache),
             _ => None,
         }
     }

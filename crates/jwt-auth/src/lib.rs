@@ -7,12 +7,14 @@
 //! * [`token`]: the compact JWS form, its header (`alg`, `kid`, `typ`, `crit`) and
 //!   claims, read as [`strict_json`] (no member named twice);
 //! * [`jwks`]: strict JWKS parsing into a [`KeySet`];
+//! * [`discovery`]: OpenID Connect discovery: the issuer's document and its `jwks_uri`;
 //! * [`verifier`]: signature checks, by the host where it can ([`host_verifier`]: Envoy's
 //!   own crypto through a foreign function), else in the VM with `ring`;
 //! * [`claims`]: `exp`/`nbf`/`iat`, issuer, audience, lifetime, scopes, claim-to-header;
 //! * [`jwks_cache`]: the JWKS cache policy shared by all VMs through a
 //!   [`SharedStore`](wasmgate_shared_store::SharedStore): one fetch per refresh, backoff,
-//!   last-known-good keys, rate-limited unknown-`kid` refetches;
+//!   last-known-good keys, rate-limited unknown-`kid` refetches, and the discovery
+//!   document ahead of the JWKS where a provider asks for it;
 //! * [`token_cache`]: a bounded cache of verified tokens, keyed by a hash of the token;
 //! * [`rules`]: which requirement applies to a request;
 //! * [`waitlist`]: the requests of a VM waiting for keys: bounded, and checked again
@@ -27,6 +29,7 @@
 pub mod authenticator;
 pub mod claims;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod extract;
 pub mod host_verifier;

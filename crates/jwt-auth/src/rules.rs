@@ -2,7 +2,7 @@
 //! configured `default`; CORS preflights may bypass authentication altogether.
 
 use crate::extract::RequestHeaders;
-use wasmgate_config::RouteTable;
+use wasmgate_config::{RouteRequest, RouteTable};
 
 /// What a route requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +37,14 @@ impl Rules {
         if self.bypass_cors_preflight && is_cors_preflight(method, headers) {
             return &Requirement::Public;
         }
-        self.table.select(method, path).unwrap_or(&self.default)
+        // The authority is read only where some rule names hosts.
+        let authority = self
+            .table
+            .names_hosts()
+            .then(|| headers.header(":authority"))
+            .flatten();
+        let request = RouteRequest::new(method, path).with_authority(authority.as_deref());
+        self.table.select(&request).unwrap_or(&self.default)
     }
 }
 
@@ -74,6 +81,50 @@ mod tests {
             }
             .map(str::to_owned)
         }
+    }
+
+    /// Only an `:authority`.
+    struct Authority(&'static str);
+
+    impl RequestHeaders for Authority {
+        fn header(&self, name: &str) -> Option<String> {
+            (name == ":authority").then(|| self.0.to_owned())
+        }
+    }
+
+    #[test]
+    fn rules_with_hosts_read_the_authority() {
+        let admin: RouteMatch =
+            wasmgate_config::from_json(br#"{"hosts": ["admin.example.com"]}"#).unwrap();
+        let rules = Rules {
+            table: RouteTable::new(
+                vec![
+                    (admin, token(vec![1])),
+                    (RouteMatch::prefix("/public"), Requirement::Public),
+                ],
+                None,
+            ),
+            default: token(vec![0]),
+            bypass_cors_preflight: false,
+        };
+        let at = |authority| Authority(authority);
+        assert_eq!(
+            rules.select("GET", "/public/x", &at("ADMIN.example.com:443")),
+            &token(vec![1])
+        );
+        assert_eq!(
+            rules.select("GET", "/public/x", &at("www.example.com")),
+            &Requirement::Public
+        );
+        assert_eq!(
+            rules.select("GET", "/x", &at("www.example.com")),
+            &token(vec![0])
+        );
+        // No authority: the host rule does not apply.
+        assert_eq!(
+            rules.select("GET", "/public/x", &cors(false)),
+            &Requirement::Public
+        );
     }
 
     /// A preflight's headers, or none.

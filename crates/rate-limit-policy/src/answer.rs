@@ -31,6 +31,10 @@ pub struct Answers {
     pub reset_format: ResetFormat,
     /// Also send `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11).
     pub ietf_headers: bool,
+    /// Send the headers on admitted responses too, not only on refusals. Off for a tier
+    /// in front of another (a pre-authentication limit), whose headers would replace
+    /// the ones the later tier set: a response carries one set of headers.
+    pub admitted_headers: bool,
 }
 
 /// The local reply that refuses a limited request.
@@ -49,6 +53,9 @@ impl Answers {
     /// that shadow mode let through (levels as they are). The limit reported in
     /// `X-RateLimit-*` is the one with the fewest requests left.
     pub fn admitted(&self, limits: &LimitSet, levels: &Levels) -> ResponseHeaders {
+        if !self.admitted_headers {
+            return ResponseHeaders::new();
+        }
         let tightest = limits
             .limits()
             .iter()

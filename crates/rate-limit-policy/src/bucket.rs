@@ -66,7 +66,9 @@ impl Limit {
 
     /// The period in whole seconds, if it is one.
     pub fn period_seconds(&self) -> Option<u64> {
-        (self.period_ms % 1000 == 0).then_some(self.period_ms / 1000)
+        self.period_ms
+            .is_multiple_of(1000)
+            .then_some(self.period_ms / 1000)
     }
 }
 

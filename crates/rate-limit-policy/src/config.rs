@@ -37,8 +37,14 @@ pub(crate) struct PolicySpec {
     reset_format: ResetFormat,
     #[serde(default)]
     ietf_headers: bool,
+    #[serde(default = "yes")]
+    admitted_headers: bool,
     #[serde(default)]
     shadow: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Default)]
@@ -200,6 +206,7 @@ impl PolicySpec {
                 status,
                 reset_format: self.reset_format,
                 ietf_headers: self.ietf_headers,
+                admitted_headers: self.admitted_headers,
             },
             digests: DigestMemo::default(),
         })
@@ -362,7 +369,10 @@ fn compile_limits(specs: Vec<LimitSpec>, cost: u64) -> Result<LimitSet, ConfigEr
 impl LimitSpec {
     fn compile(self) -> Result<Limit, ConfigError> {
         let period_ms = u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX);
-        if period_ms == 0 || period_ms > MAX_PERIOD_MS || self.per.subsec_micros() % 1000 != 0 {
+        if period_ms == 0
+            || period_ms > MAX_PERIOD_MS
+            || !self.per.subsec_micros().is_multiple_of(1000)
+        {
             return Err(ConfigError::new(
                 "per",
                 "a whole number of milliseconds, from 1ms to 366d",
@@ -411,7 +421,7 @@ fn duration_text(ms: u64) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms % size == 0 {
+        if ms.is_multiple_of(size) {
             return format!("{}{unit}", ms / size);
         }
     }

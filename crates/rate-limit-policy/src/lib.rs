@@ -26,7 +26,7 @@ pub use table::{
 use digest_memo::DigestMemo;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
-use wasmgate_config::{ConfigError, HeaderName, RouteTable};
+use wasmgate_config::{ConfigError, HeaderName, RouteRequest, RouteTable};
 use wasmgate_shared_store::SharedStore;
 
 /// What the policy needs to know about a request. The filter implements it over Envoy's
@@ -155,7 +155,11 @@ impl RateLimitPolicy {
     pub fn decide(&self, view: &dyn RequestView, store: &dyn SharedStore, now_ms: u64) -> Decision {
         let method = view.header(":method").unwrap_or_default();
         let path = view.header(":path").unwrap_or_default();
-        let Some(rule) = self.rules.select(&method, &path) else {
+        let authority = (self.rules.names_hosts())
+            .then(|| view.header(":authority"))
+            .flatten();
+        let route = RouteRequest::new(&method, &path).with_authority(authority.as_deref());
+        let Some(rule) = self.rules.select(&route) else {
             return Decision {
                 verdict: Verdict::Unlimited,
                 events: TableEvents::default(),

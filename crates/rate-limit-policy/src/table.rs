@@ -141,7 +141,7 @@ impl Slot {
         let Some((&FORMAT, rest)) = bytes.split_first() else {
             return Slot::Unreadable;
         };
-        if bytes.len() < HEADER_LEN || (bytes.len() - HEADER_LEN) % 8 != 0 {
+        if bytes.len() < HEADER_LEN || !(bytes.len() - HEADER_LEN).is_multiple_of(8) {
             return Slot::Unreadable;
         }
         let (digest, rest) = rest.split_at(16);

@@ -306,6 +306,37 @@ fn shadow_mode_reports_but_never_refuses() {
 }
 
 #[test]
+fn admitted_headers_off_leaves_admitted_responses_alone_and_still_explains_refusals() {
+    // A pre-authentication tier: one bucket per address, in front of a later tier
+    // whose headers the client is to see.
+    let gw = Gateway::new(
+        r#"{"identity": [{"address": {"ipv4_prefix": 32, "ipv6_prefix": 48}}],
+            "default": {"limits": [{"name": "per-address", "requests": 1, "per": "1s", "burst": 2}]},
+            "admitted_headers": false, "ietf_headers": true}"#,
+    );
+    let client = FakeRequest::get("/").with_address("192.0.2.7:4000");
+    for _ in 0..2 {
+        assert_eq!(gw.send(&client, T0), Verdict::Allowed(vec![]));
+    }
+    let Verdict::Limited(reply) = gw.send(&client, T0) else {
+        panic!("not limited")
+    };
+    assert_eq!(header(&reply.headers, "retry-after"), Some("1"));
+    assert_eq!(header(&reply.headers, "x-ratelimit-limit"), Some("2"));
+    assert!(reply
+        .body
+        .contains(r#""violated-policies":["per-address"]"#));
+    // Another address of the same /48 shares the bucket; one outside it does not.
+    let neighbour = FakeRequest::get("/").with_address("[2001:db8:1:ffff::1]:1");
+    let same_site = FakeRequest::get("/").with_address("[2001:db8:1:1::2]:1");
+    let elsewhere = FakeRequest::get("/").with_address("[2001:db8:2::1]:1");
+    assert!(matches!(gw.send(&neighbour, T0), Verdict::Allowed(_)));
+    assert!(matches!(gw.send(&same_site, T0), Verdict::Allowed(_)));
+    assert!(is_limited(&gw.send(&neighbour, T0)));
+    assert!(matches!(gw.send(&elsewhere, T0), Verdict::Allowed(_)));
+}
+
+#[test]
 fn unmatched_requests_are_not_limited_unless_there_is_a_default() {
     let gw = Gateway::new(PER_USER);
     assert_eq!(
@@ -505,9 +536,11 @@ fn invalid_configurations_name_the_field() {
 #[test]
 fn the_documented_example_is_a_valid_configuration() {
     let page = include_str!("../../../docs/filters/rate-limit.md");
+    // The page's main example (the pre-authentication tier's comes before it).
     let example = page
         .split("<!-- example: rate-limit -->\n```json")
-        .nth(1)
+        .skip(1)
+        .find(|rest| rest.contains("\"table\": {\"name\": \"edge\""))
         .and_then(|rest| rest.split("```").next())
         .expect("docs/filters/rate-limit.md has a marked JSON example");
     let gw = Gateway::new(example);

@@ -25,15 +25,19 @@ impl ApiKeyRequest {
     }
 
     /// Pauses until the root wakes this request, at the latest at the lookup timeout
-    /// plus grace.
-    fn wait(&mut self, hash: KeyHash, now: u64) -> Action {
-        let deadline = now + self.state.cache.policy().claim_ms;
-        self.state
+    /// plus grace; answers 503 at once when this worker holds too many paused already.
+    fn wait(&mut self, hash: KeyHash, now: u64, headers: &mut HeaderSnapshot) -> Action {
+        let deadline = now.saturating_add(self.state.cache.policy().claim_ms);
+        let waiting = self
+            .state
             .pending
             .borrow_mut()
             .wait(self.context_id, hash, deadline);
-        self.waited = true;
         self.state.adjust_tick();
+        if !waiting {
+            return self.finish_now(&Verdict::Deny(Denial::Overloaded), headers);
+        }
+        self.waited = true;
         Action::Pause
     }
 
@@ -63,7 +67,11 @@ impl ApiKeyRequest {
         let state = Rc::clone(&self.state);
         let config = &state.config;
         let path = headers.text(":path").unwrap_or_default();
-        let skipped = config.skips(headers.get(":method").unwrap_or_default(), &path);
+        let skipped = config.skips(
+            headers.get(":method").unwrap_or_default(),
+            headers.get(":authority"),
+            &path,
+        );
         // Whatever happens next, the upstream never sees an identity header the client
         // wrote: strip them first (on skipped routes unless an earlier filter owns them
         // there, `strip_on_skip: false`). The snapshot is read by now, so only the ones
@@ -73,6 +81,15 @@ impl ApiKeyRequest {
         }
         if skipped {
             state.metrics.skipped.increment();
+            // A key sent where none is needed is not passed on either.
+            if config.hide_credentials {
+                let edits = config.sources.hiding_edits_when_skipped(
+                    &config.format,
+                    &|name| headers.text(name),
+                    &path,
+                );
+                apply(edits, headers);
+            }
             return Action::Continue;
         }
         let hash = match config
@@ -91,22 +108,22 @@ impl ApiKeyRequest {
         let now = wasmgate_host::now_millis();
         if state.pending.borrow().fetching(&hash) {
             state.metrics.cache_coalesced.increment();
-            return self.wait(hash, now);
+            return self.wait(hash, now, headers);
         }
         let lookup = state.cache.begin(&hash, now);
         state.count_filled_slots();
         match &lookup {
             Lookup::Fresh(_) => state.metrics.cache_hit.increment(),
             Lookup::Stale(_) => state.metrics.cache_stale.increment(),
-            Lookup::Unavailable => {}
+            Lookup::Unavailable | Lookup::Overloaded => {}
             Lookup::Wait => {
                 state.metrics.cache_coalesced.increment();
-                return self.wait(hash, now);
+                return self.wait(hash, now, headers);
             }
-            Lookup::Fetch => {
+            Lookup::Fetch(permit) => {
                 state.metrics.cache_miss.increment();
-                state.pending.borrow_mut().queue(hash);
-                return self.wait(hash, now);
+                state.queue(hash, *permit);
+                return self.wait(hash, now, headers);
             }
         }
         match state.verdict(&lookup, now) {

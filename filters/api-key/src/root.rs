@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use wasmgate_api_key_auth::record::{read_lookup_response, MAX_RESPONSE_BODY};
 use wasmgate_api_key_auth::{
-    ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, StoreError, Verdict,
+    ApiKeyConfig, Denial, KeyCache, KeyHash, Lookup, PendingLookups, Permit, StoreError, Verdict,
 };
 use wasmgate_host::{
     Callout, CalloutResponse, Continuation, Counter, Gauge, HeaderSnapshot, Histogram, HostStore,
@@ -23,7 +23,7 @@ pub struct Metrics {
     pub allowed: Counter,
     pub failed_open: Counter,
     pub skipped: Counter,
-    denied: [Counter; 6],
+    denied: [Counter; Denial::ALL.len()],
     pub cache_hit: Counter,
     pub cache_miss: Counter,
     pub cache_stale: Counter,
@@ -39,19 +39,24 @@ impl Metrics {
     fn new() -> Self {
         let name = |suffix: &str| format!("wasmgate.api_key.{suffix}");
         let error_kinds = ["dispatch", "no_response", "status", "invalid_response"];
+        let cache =
+            |result: &str| Counter::tagged(&name("cache_lookups_total"), &[("result", result)]);
         Self {
-            allowed: Counter::new(&name("allowed")),
-            failed_open: Counter::new(&name("failed_open")),
-            skipped: Counter::new(&name("skipped")),
-            denied: Denial::ALL.map(|d| Counter::new(&name(&format!("denied.{}", d.reason())))),
-            cache_hit: Counter::new(&name("cache_hit")),
-            cache_miss: Counter::new(&name("cache_miss")),
-            cache_stale: Counter::new(&name("cache_stale")),
-            cache_coalesced: Counter::new(&name("cache_coalesced")),
-            lookups: Counter::new(&name("lookups")),
-            store_errors: error_kinds
-                .map(|kind| (kind, Counter::new(&name(&format!("store_error.{kind}"))))),
-            lookup_ms: Histogram::new(&name("lookup_ms")),
+            allowed: Counter::new(&name("allowed_total")),
+            failed_open: Counter::new(&name("fail_open_total")),
+            skipped: Counter::new(&name("skipped_total")),
+            denied: Denial::ALL
+                .map(|d| Counter::tagged(&name("denied_total"), &[("reason", d.reason())])),
+            cache_hit: cache("hit"),
+            cache_miss: cache("miss"),
+            cache_stale: cache("stale"),
+            cache_coalesced: cache("coalesced"),
+            lookups: Counter::new(&name("store_lookups_total")),
+            store_errors: error_kinds.map(|kind| {
+                let errors = Counter::tagged(&name("store_errors_total"), &[("kind", kind)]);
+                (kind, errors)
+            }),
+            lookup_ms: Histogram::new(&name("store_lookup_duration_milliseconds")),
             cache_slots: Gauge::new(&name("cache_slots")),
             cache_entries: Gauge::new(&name("cache_entries")),
         }
@@ -103,7 +108,16 @@ impl FilterState {
         match lookup {
             Lookup::Fresh(answer) | Lookup::Stale(answer) => Some(self.config.judge(answer, now)),
             Lookup::Unavailable => Some(self.config.unavailable()),
-            Lookup::Wait | Lookup::Fetch => None,
+            Lookup::Overloaded => Some(Verdict::Deny(Denial::Overloaded)),
+            Lookup::Wait | Lookup::Fetch(_) => None,
+        }
+    }
+
+    /// Queues a lookup for the root's next tick, holding `permit` until it answers
+    /// (or giving it back at once when this worker is asking already).
+    pub fn queue(&self, hash: KeyHash, permit: Permit) {
+        if !self.pending.borrow_mut().queue(hash, permit) {
+            self.cache.release(permit);
         }
     }
 
@@ -122,17 +136,15 @@ impl FilterState {
             match self.cache.begin(&hash, now) {
                 Lookup::Wait => {}
                 // The other worker's claim lapsed (or its slot was taken): ask ourselves.
-                Lookup::Fetch => {
-                    self.pending.borrow_mut().queue(hash);
-                }
+                Lookup::Fetch(permit) => self.queue(hash, permit),
                 settled => self.settle(&hash, &settled, now),
             }
         }
     }
 
     fn send_queued(&self, now: u64) {
-        let queued = self.pending.borrow().to_send();
-        for hash in queued {
+        let queued = self.pending.borrow_mut().take_queued();
+        for (hash, permit) in queued {
             let path = self.config.store.lookup_path(&hash);
             let callout = Callout {
                 cluster: &self.config.store.cluster,
@@ -153,6 +165,7 @@ impl FilterState {
                         self.config.store.cluster
                     );
                     self.pending.borrow_mut().abandon(&hash);
+                    self.cache.release(permit);
                     self.metrics.store_error(&StoreError::Dispatch);
                     let outcome = self.cache.fail(&hash, now);
                     self.settle(&hash, &outcome, now);
@@ -177,6 +190,7 @@ impl FilterState {
         let Some(answered) = self.pending.borrow_mut().answered(token) else {
             return;
         };
+        self.cache.release(answered.permit);
         self.metrics
             .lookup_ms
             .record(now.saturating_sub(answered.sent_at));

@@ -208,6 +208,9 @@ fn read_u32(buffer: &[u8], at: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

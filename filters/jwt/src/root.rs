@@ -12,8 +12,10 @@ use wasmgate_host::{
     Callout, CalloutResponse, Continuation, Counter, HeaderSnapshot, HostStore, TickDemand,
 };
 use wasmgate_jwt_auth::authenticator::{CacheUse, Context as CheckContext, RequestInfo};
+use wasmgate_jwt_auth::discovery::MAX_DISCOVERY_BYTES;
 use wasmgate_jwt_auth::host_verifier::HostVerifier;
 use wasmgate_jwt_auth::jwks::MAX_JWKS_BYTES;
+use wasmgate_jwt_auth::jwks_cache::Document;
 use wasmgate_jwt_auth::{
     Attempt, AuthError, Authenticator, FetchReport, FetchResponse, JwtConfig, Keyring, Outcome,
     TokenCache, WaitList, Wake,
@@ -34,8 +36,9 @@ pub struct Metrics {
     pub no_token_needed: Counter,
     denied: Vec<(&'static str, Counter)>,
     pub waited: Counter,
-    pub jwks_fetch_success: Counter,
-    pub jwks_fetch_failure: Counter,
+    /// JWKS and discovery fetches by document, provider and result: defined at a
+    /// provider's first fetch of that document.
+    fetches: RefCell<HashMap<(&'static str, String), Vec<(&'static str, Counter)>>>,
     pub token_cache_hit: Counter,
     pub token_cache_miss: Counter,
 }
@@ -43,23 +46,54 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let counter = |name: &str| Counter::new(&format!("wasmgate.jwt.{name}"));
+        let tagged = |name: &str, tags: &[(&str, &str)]| {
+            Counter::tagged(&format!("wasmgate.jwt.{name}"), tags)
+        };
         Self {
-            allowed: counter("allowed"),
-            no_token_needed: counter("no_token_needed"),
+            allowed: counter("allowed_total"),
+            no_token_needed: counter("no_token_needed_total"),
             denied: AuthError::REASONS
                 .iter()
-                .map(|reason| (*reason, counter(&format!("denied.{reason}"))))
+                .map(|reason| (*reason, tagged("denied_total", &[("reason", reason)])))
                 .collect(),
-            waited: counter("waited_for_keys"),
-            jwks_fetch_success: counter("jwks_fetch.success"),
-            jwks_fetch_failure: counter("jwks_fetch.failure"),
-            token_cache_hit: counter("token_cache.hit"),
-            token_cache_miss: counter("token_cache.miss"),
+            waited: counter("waited_for_keys_total"),
+            fetches: RefCell::new(HashMap::new()),
+            token_cache_hit: tagged("token_cache_lookups_total", &[("result", "hit")]),
+            token_cache_miss: tagged("token_cache_lookups_total", &[("result", "miss")]),
         }
     }
 
     pub fn denied(&self, reason: &str) {
         if let Some((_, counter)) = self.denied.iter().find(|(r, _)| *r == reason) {
+            counter.increment();
+        }
+    }
+
+    /// Counts a fetch of `document` for `provider`: `wasmgate_jwt_jwks_fetches_total`
+    /// (results `success`, `failure`) or `wasmgate_jwt_discovery_fetches_total`
+    /// (`success`, `failure`, `refused`: fetched but not usable), by provider.
+    pub fn fetched(&self, document: Document, provider: &str, result: &'static str) {
+        let (metric, results): (&'static str, &[&'static str]) = match document {
+            Document::Jwks => ("jwks_fetches_total", &["success", "failure"]),
+            Document::Discovery => (
+                "discovery_fetches_total",
+                &["success", "failure", "refused"],
+            ),
+        };
+        let mut fetches = self.fetches.borrow_mut();
+        let counters = fetches
+            .entry((metric, provider.to_string()))
+            .or_insert_with(|| {
+                results
+                    .iter()
+                    .map(|result| {
+                        let tags = [("provider", provider), ("result", *result)];
+                        let name = format!("wasmgate.jwt.{metric}");
+                        (*result, Counter::tagged(&name, &tags))
+                    })
+                    .collect()
+            });
+        if let Some((_, counter)) = counters.iter().find(|(known, _)| *known == result) {
             counter.increment();
         }
     }
@@ -86,7 +120,7 @@ impl EnvoyVerifier {
     fn new() -> Self {
         Self {
             available: Cell::new(true),
-            checked: Counter::new("wasmgate.jwt.signature.checked_by_envoy"),
+            checked: Counter::new("wasmgate.jwt.signatures_checked_by_envoy_total"),
         }
     }
 }
@@ -194,8 +228,8 @@ pub struct JwtRoot {
     /// are woken as the current one's, until none is left.
     retired: Vec<Rc<Shared>>,
     metrics: Option<Rc<Metrics>>,
-    /// Callout token -> the configuration and provider it fetches for.
-    callouts: HashMap<u32, (Rc<Shared>, usize)>,
+    /// Callout token -> the configuration, provider and document it fetches.
+    callouts: HashMap<u32, (Rc<Shared>, usize, Document)>,
     /// How a request that waited for keys goes on once let through.
     continuation: Continuation,
     tick: TickDemand,
@@ -258,7 +292,7 @@ impl JwtRoot {
         self.callouts.contains_key(&token)
     }
 
-    /// Starts the JWKS fetches this VM won the lease for.
+    /// Starts the fetches (JWKS, discovery documents) this VM won the lease for.
     fn fetch_due_keys(&mut self, now: u64) {
         let Some(shared) = self.shared.clone() else {
             return;
@@ -274,46 +308,87 @@ impl JwtRoot {
                 headers: vec![("accept", "application/json")],
                 timeout: Duration::from_millis(order.timeout),
             };
+            let what = match order.document {
+                Document::Jwks => "JWKS",
+                Document::Discovery => "discovery document",
+            };
             match callout.dispatch() {
                 Ok(token) => {
                     log::debug!(
-                        "{FILTER}: fetching JWKS of provider {provider}{}",
+                        "{FILTER}: fetching the {what} of provider {provider}{}",
                         if order.forced { " (unknown kid)" } else { "" }
                     );
                     self.callouts
-                        .insert(token, (Rc::clone(&shared), order.provider));
+                        .insert(token, (Rc::clone(&shared), order.provider, order.document));
                 }
                 Err(status) => {
                     log::warn!(
-                        "{FILTER}: cannot fetch JWKS of provider {provider} through cluster {}: {status:?}",
+                        "{FILTER}: cannot fetch the {what} of provider {provider} through cluster {}: {status:?}",
                         order.cluster
                     );
-                    self.report(&shared, order.provider, now, &FetchResponse::default());
+                    let answer = FetchResponse::default();
+                    self.report(&shared, order.provider, order.document, now, &answer);
                 }
             }
         }
     }
 
-    fn report(&self, shared: &Shared, provider: usize, now: u64, response: &FetchResponse) {
-        let report = shared
-            .keyring
-            .borrow_mut()
-            .on_response(provider, &HostStore, now, response);
+    fn report(
+        &self,
+        shared: &Shared,
+        provider: usize,
+        document: Document,
+        now: u64,
+        response: &FetchResponse,
+    ) {
+        let report = {
+            let mut keyring = shared.keyring.borrow_mut();
+            match document {
+                Document::Jwks => keyring.on_response(provider, &HostStore, now, response),
+                Document::Discovery => {
+                    keyring.on_discovery_response(provider, &HostStore, now, response)
+                }
+            }
+        };
         let name = &shared.auth.config().providers[provider].name;
         let Some(metrics) = &self.metrics else { return };
         match report {
             Some(FetchReport::Success { keys, time_to_live }) => {
-                metrics.jwks_fetch_success.increment();
+                metrics.fetched(document, name, "success");
                 log::info!(
                     "{FILTER}: provider {name}: loaded {keys} keys, next refresh in {}s",
                     time_to_live / 1000
                 );
             }
-            Some(FetchReport::Failure { reason, retry_in }) => {
-                metrics.jwks_fetch_failure.increment();
+            Some(FetchReport::Failure { reason, retry_in }) if document == Document::Jwks => {
+                metrics.fetched(document, name, "failure");
                 log::warn!(
                     "{FILTER}: provider {name}: JWKS fetch failed: {reason}; retry in {}ms (last good keys, if any, stay in use)",
                     retry_in
+                );
+            }
+            Some(FetchReport::Discovered {
+                jwks_uri,
+                changed,
+                time_to_live,
+            }) => {
+                metrics.fetched(document, name, "success");
+                log::info!(
+                    "{FILTER}: provider {name}: discovery document read, jwks_uri {jwks_uri}{}, next refresh in {}s",
+                    if changed { " (new)" } else { "" },
+                    time_to_live / 1000
+                );
+            }
+            Some(FetchReport::Failure { reason, retry_in }) => {
+                metrics.fetched(document, name, "failure");
+                log::warn!(
+                    "{FILTER}: provider {name}: discovery document fetch failed: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
+                );
+            }
+            Some(FetchReport::Refused { reason, retry_in }) => {
+                metrics.fetched(document, name, "refused");
+                log::warn!(
+                    "{FILTER}: provider {name}: discovery document refused: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
                 );
             }
             None => {}
@@ -385,10 +460,14 @@ impl Context for JwtRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let Some((shared, provider)) = self.callouts.remove(&token_id) else {
+        let Some((shared, provider, document)) = self.callouts.remove(&token_id) else {
             return;
         };
-        let answer = CalloutResponse::read(body_size, MAX_JWKS_BYTES);
+        let limit = match document {
+            Document::Jwks => MAX_JWKS_BYTES,
+            Document::Discovery => MAX_DISCOVERY_BYTES,
+        };
+        let answer = CalloutResponse::read(body_size, limit);
         let response = FetchResponse {
             status: answer.status,
             cache_control: answer.header("cache-control").map(str::to_owned),
@@ -396,7 +475,9 @@ impl Context for JwtRoot {
             body: answer.body,
         };
         let now = wasmgate_host::now_millis();
-        self.report(&shared, provider, now, &response);
+        self.report(&shared, provider, document, now, &response);
+        // A discovery document leads straight to its JWKS, without waiting a tick.
+        self.fetch_due_keys(now);
         self.wake_waiters(now);
     }
 }

@@ -9,7 +9,8 @@ here find them offline, for every WasmPlugin found under istio/:
   manifest for an oci:// url, the .wasm for http(s)), and the image tag is the
   workspace version;
 - `check_order`: phases and priorities put the filters in the order they rely on
-  (`PLUGIN_ROLES`), as istiod orders them;
+  (`PLUGIN_ROLES`, by role: a module may play two, as the rate-limit filter does
+  before and after authentication), as istiod orders them;
 - `check_clusters`: every Istio cluster name in a pluginConfig
   (`outbound|<port>|<subset>|<host>`) is created by a ServiceEntry (and a
   DestinationRule subset), and fields named `cluster` hold such names;
@@ -44,25 +45,40 @@ class PluginRole:
     """Where a filter's WasmPlugin belongs in the chain, and why."""
 
     phase: str
-    runs_after: tuple  # modules whose WasmPlugins (when shipped) must run earlier
+    runs_after: tuple  # roles whose WasmPlugins (when shipped) must run earlier
     reason: str
+    #: For a module shipped in more than one role: the module, and the `pluginName`
+    #: that says which role a WasmPlugin of it plays (the role of its own name
+    #: otherwise).
+    module: str = ""
+    plugin_name: str = ""
 
 
-#: One entry per filter module (build/wasm/<module>.wasm). A WasmPlugin whose module
-#: is missing here fails `check_order`: add its entry when adding its manifest.
+#: One entry per role a filter module (build/wasm/<module>.wasm) plays: its own name,
+#: or a second role of a module (the rate-limit filter before authentication). A
+#: WasmPlugin whose module is missing here fails `check_order`: add its entry when
+#: adding its manifest. The role is also the name of the filter's configuration in
+#: envoy-config/gateway.yaml (`check_agreement`).
 PLUGIN_ROLES = {
     "headers": PluginRole(
         "AUTHN", (),
         "removes client-sent identity headers before any auth filter sets its own; "
         "AUTHN is the earliest phase, the highest priority runs first"),
+    "pre-auth": PluginRole(
+        "AUTHN", ("headers",),
+        "limits each client address before a credential is checked, so it runs "
+        "before the auth filters (AUTHN, below the header filter's priority)",
+        module="rate-limit", plugin_name="wasmgate-pre-auth"),
     "jwt": PluginRole(
-        "AUTHN", ("headers",),
+        "AUTHN", ("headers", "pre-auth"),
         "authenticates, then sets x-user-id/x-tenant-id/x-scopes, which the header "
-        "filter must not strip afterwards"),
+        "filter must not strip afterwards; a forged token is to be rate limited "
+        "(pre-auth) before its signature is checked"),
     "api-key": PluginRole(
-        "AUTHN", ("headers",),
+        "AUTHN", ("headers", "pre-auth"),
         "authenticates, then sets x-api-key-id/x-tenant-id/x-plan, which the header "
-        "filter must not strip afterwards"),
+        "filter must not strip afterwards; a random key is to be rate limited "
+        "(pre-auth) before it is looked up"),
     "rate-limit": PluginRole(
         "AUTHZ", ("headers", "jwt", "api-key"),
         "keys its buckets by the identity and plan the auth filters set, so it runs "
@@ -91,6 +107,7 @@ DEPLOYMENT_SPECIFIC = {
                          "demo gateway keeps plain SHA-256",
     },
     "rate-limit": {},
+    "pre-auth": {},
 }
 
 ISTIO_CLUSTER = re.compile(r"^(inbound|outbound)\|(\d+)\|([^|]*)\|([^|]+)$")
@@ -188,6 +205,17 @@ def module_of(url: str) -> str:
     return last.removesuffix(".wasm")
 
 
+def role_of(doc: dict) -> str:
+    """The role a WasmPlugin plays (a key of `PLUGIN_ROLES`): the one its module and
+    `pluginName` name, else its module's own."""
+    spec = doc.get("spec", {})
+    module = module_of(spec.get("url", ""))
+    for role, entry in PLUGIN_ROLES.items():
+        if entry.module == module and entry.plugin_name == spec.get("pluginName"):
+            return role
+    return module
+
+
 def built_digests() -> dict:
     """build/oci/digests.json from `make oci`: {"version", "modules": {module:
     {"manifest", "wasm"}}} (hex sha256)."""
@@ -226,7 +254,7 @@ def check_order(plugins: list) -> list:
     problems = []
     placed = []
     for plugin in plugins:
-        module = module_of(plugin.doc["spec"]["url"])
+        module = role_of(plugin.doc)
         role = PLUGIN_ROLES.get(module)
         if role is None:
             problems.append(f"{plugin.label}: module {module!r} has no entry in PLUGIN_ROLES "
@@ -238,7 +266,7 @@ def check_order(plugins: list) -> list:
                             f"{role.phase}: it {role.reason}")
         placed.append(WasmPlugin.from_manifest(plugin.doc))
     ordered = IstiodEmulation().ordered(placed)
-    chain = [module_of(p.spec["url"]) for p in ordered]
+    chain = [role_of({"spec": p.spec}) for p in ordered]
     for position, module in enumerate(chain):
         for earlier in PLUGIN_ROLES[module].runs_after:
             if earlier in chain and chain.index(earlier) > position:
@@ -246,7 +274,7 @@ def check_order(plugins: list) -> list:
                                 f"but must run after it: {module} {PLUGIN_ROLES[module].reason}")
     for first, second in zip(ordered, ordered[1:]):
         if (first.phase, first.priority) == (second.phase, second.priority):
-            problems.append(f"{module_of(first.spec['url'])} and {module_of(second.spec['url'])} "
+            problems.append(f"{role_of({'spec': first.spec})} and {role_of({'spec': second.spec})} "
                             f"share phase {first.phase} and priority {first.priority}: their "
                             f"order would depend on creation time")
     return problems
@@ -299,10 +327,10 @@ def _strings(node, path=""):
 
 
 def check_agreement(plugins: list, gateway_configs: dict) -> list:
-    """`gateway_configs`: {module: JSON config of that filter in gateway.yaml}."""
+    """`gateway_configs`: {role: JSON config of that filter in gateway.yaml}."""
     problems = []
     for plugin in plugins:
-        module = module_of(plugin.doc["spec"]["url"])
+        module = role_of(plugin.doc)
         if module not in gateway_configs:
             problems.append(f"{plugin.label}: envoy-config/gateway.yaml has no {module} filter "
                             f"to agree with")

@@ -8,11 +8,13 @@ PyJWT (here) sign with them. Nothing private is stored in the repository.
 
 import json
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import jwt as pyjwt
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
@@ -127,22 +129,37 @@ class JwksFixture:
 
     def mode(self, **mode):
         """`status`, `delay_ms`, `down`, `cache_control`, `body`; unset fields reset."""
-        req = urllib.request.Request(self.service.url("/__jwks/mode"), method="POST",
+        self._post("/__jwks/mode", mode)
+
+    def discovery_mode(self, **mode):
+        """As `mode`, for the discovery document."""
+        self._post("/__jwks/discovery", mode)
+
+    def _post(self, path: str, mode: dict):
+        req = urllib.request.Request(self.service.url(path), method="POST",
                                      data=json.dumps(mode).encode())
         with urllib.request.urlopen(req, timeout=5) as resp:
             assert resp.status == 200
 
 
-def start_jwks(start_service, keys: KeyDir) -> JwksFixture:
-    # --mode-endpoint: tests steer the issuer through POST /__jwks/mode (`mode`).
-    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path), "--mode-endpoint"],
-                            "jwks")
+def start_jwks(start_service, keys: KeyDir, *args: str, name: str = "jwks") -> JwksFixture:
+    """`wasmgate-demo jwks`; `args` go to it (`--issuer`, `--jwks-uri`). With
+    --mode-endpoint: tests steer the issuer through POST /__jwks/mode and
+    /__jwks/discovery (`mode`, `discovery_mode`)."""
+    service = start_service([tool_path("demo"), "jwks", "--keys", str(keys.path),
+                             "--mode-endpoint", *args], name)
     return JwksFixture(service)
 
 
 def remote_jwks(**overrides) -> dict:
     """A `jwks.remote` block pointing at the fixture (cluster `idp`)."""
     return {"remote": {"cluster": "idp", "path": JWKS_PATH, "authority": "idp.test", **overrides}}
+
+
+def discovered_jwks(**overrides) -> dict:
+    """A `jwks.remote` block that finds the JWKS through the fixture's discovery
+    document (cluster `idp`, the document under ISSUER)."""
+    return {"remote": {"cluster": "idp", "discovery": True, **overrides}}
 
 
 def provider(jwks=None, **overrides) -> dict:
@@ -159,7 +176,7 @@ def plugin_config(providers=None, rules=None, default=None, **extra) -> dict:
 
 
 def jwt_gateway(echo, config, jwks: JwksFixture = None, hcm_extra: dict = None,
-                deployment: Deployment = Deployment("separate")) -> dict:
+                deployment: Deployment = Deployment("separate"), more_clusters=()) -> dict:
     """Envoy with the JWT filter (as `deployment` puts it) in front of the echo upstream;
     cluster `idp` reaches the JWKS fixture. Listener headers may be large (a 100 KiB
     token must reach the filter rather than be refused by Envoy's own 60 KiB limit)."""
@@ -167,6 +184,7 @@ def jwt_gateway(echo, config, jwks: JwksFixture = None, hcm_extra: dict = None,
     clusters = [cluster("upstream", echo.host, echo.port)]
     if jwks is not None:
         clusters.append(cluster("idp", jwks.host, jwks.port))
+    clusters.extend(more_clusters)
     return bootstrap(
         [http_listener("main", filters, [route("/", "upstream", name="default")],
                        hcm_extra={"max_request_headers_kb": 256, **(hcm_extra or {})})],
@@ -176,3 +194,34 @@ def jwt_gateway(echo, config, jwks: JwksFixture = None, hcm_extra: dict = None,
 
 def challenge(resp) -> str:
     return resp.headers.get("www-authenticate")
+
+
+def call(envoy, token, timeout=20):
+    """One request on a new connection (so requests spread over both workers)."""
+    return requests.get(envoy.url("/orders"), headers={"authorization": f"Bearer {token}",
+                                                        "connection": "close"}, timeout=timeout)
+
+
+class Background:
+    """A request sent from a thread, for requests that wait for keys."""
+
+    def __init__(self, envoy, token, timeout=20):
+        self.response = None
+        self.error = None
+        self.thread = threading.Thread(target=self._run, args=(envoy, token, timeout), daemon=True)
+        self.thread.start()
+
+    def _run(self, envoy, token, timeout):
+        try:
+            self.response = call(envoy, token, timeout)
+        except Exception as err:  # noqa: BLE001 - reported by result()
+            self.error = err
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+    def result(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the request never completed"
+        assert self.error is None, self.error
+        return self.response

@@ -79,12 +79,15 @@ class InFlight:
     """GETs sent all at once from a thread of their own (asyncio, one connection each,
     `Connection: close`): `answers` fills in as the server answers, so a test can look
     at Envoy while the rest are still open. `wait()` returns them all, or fails when
-    some are not answered within `timeout` seconds of the start."""
+    some are not answered within `timeout` seconds of the start. `sources`: local
+    addresses (127.x.y.z) the requests come from, in turn (a gateway that limits each
+    client address before authentication would refuse a flood from one)."""
 
-    def __init__(self, port: int, requests: list, timeout: float = 60.0):
+    def __init__(self, port: int, requests: list, timeout: float = 60.0, sources: list = None):
         self.port = port
         self.requests = requests  # [(path, {header: value})]
         self.timeout = timeout
+        self.sources = sources or ["127.0.0.1"]
         self.answers = []
         self.errors = []
         self._thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
@@ -101,16 +104,18 @@ class InFlight:
         return self.answers
 
     async def _all(self):
-        await asyncio.gather(*(self._one(path, headers) for path, headers in self.requests))
+        await asyncio.gather(*(self._one(path, headers, self.sources[i % len(self.sources)])
+                               for i, (path, headers) in enumerate(self.requests)))
 
-    async def _one(self, path, headers):
+    async def _one(self, path, headers, source):
         try:
-            await asyncio.wait_for(self._exchange(path, headers), self.timeout)
+            await asyncio.wait_for(self._exchange(path, headers, source), self.timeout)
         except Exception as err:  # noqa: BLE001 - reported by wait()
             self.errors.append(err)
 
-    async def _exchange(self, path, headers):
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+    async def _exchange(self, path, headers, source):
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port,
+                                                       local_addr=(source, 0))
         try:
             lines = [f"GET {path} HTTP/1.1", "host: localhost", "connection: close",
                      *(f"{name}: {value}" for name, value in headers.items())]

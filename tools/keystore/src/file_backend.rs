@@ -1,22 +1,21 @@
-//! Keys in a JSON file: the embedded default, for a demo or a single machine.
+//! Keys in a JSON file: the embedded default, for a demo or a single machine (one
+//! server per file; replicas need Redis).
 //!
 //! `PATH` holds `{"keys": [StoredKey, ...]}`; the CLI rewrites it atomically (a temp
-//! file renamed over it) under a lock file `PATH.lock`, and a running server reloads it
-//! when it changes, so keys created while it runs are found. Last-use times live in
-//! `PATH.last-used` (written by the server only, so the two never race).
+//! file renamed over it) holding an exclusive lock on `PATH.lock` (released by the OS
+//! if the command dies), and a running server reads it again when it changes, so keys
+//! created while it runs are found at once. Last-use times live in `PATH.last-used`,
+//! written by the server only, in batches (see `last_used.rs`).
 
-use crate::backend::{revoke_stored, BackendError, KeyBackend, ListedKey, Revoked, StoredKey};
+use crate::store::{BackendError, ChangeError, KeyChange, ListedKey, StoredKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
-use wasmgate_api_key_auth::{KeyHash, KeyRecord};
-
-/// How long the CLI waits for another writer's lock.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+use std::time::SystemTime;
+use wasmgate_api_key_auth::KeyHash;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct KeyFile {
@@ -28,7 +27,6 @@ struct Loaded {
     /// Modification time and length of the file last read.
     stamp: Option<(SystemTime, u64)>,
     by_hash: HashMap<String, StoredKey>,
-    last_used: HashMap<String, u64>,
 }
 
 pub struct FileBackend {
@@ -42,6 +40,10 @@ impl FileBackend {
             path: path.into(),
             loaded: Mutex::new(Loaded::default()),
         }
+    }
+
+    pub fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
 
     fn sidecar(&self) -> PathBuf {
@@ -68,7 +70,8 @@ impl FileBackend {
             .unwrap_or_default()
     }
 
-    /// Reads the file again if it changed since the last lookup.
+    /// Reads the file again if it changed since it was last read (one `stat` when it
+    /// did not).
     fn refresh(&self, loaded: &mut Loaded) -> Result<(), BackendError> {
         let stamp = match fs::metadata(&self.path) {
             Ok(meta) => Some((
@@ -88,56 +91,65 @@ impl FileBackend {
         }
         let file = self.read_keys()?;
         loaded.by_hash = file.keys.into_iter().map(|k| (k.hash.clone(), k)).collect();
-        if loaded.stamp.is_none() {
-            loaded.last_used = self.read_last_used();
-        }
         loaded.stamp = stamp.or(Some((SystemTime::UNIX_EPOCH, 0)));
         Ok(())
     }
 
     /// Read-modify-write of the key file under the lock.
-    fn update<T>(&self, change: impl FnOnce(&mut KeyFile) -> T) -> Result<T, BackendError> {
-        let _lock = LockFile::acquire(&with_suffix(&self.path, ".lock"))?;
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut KeyFile) -> Result<T, ChangeError>,
+    ) -> Result<T, ChangeError> {
+        let _lock = lock(&with_suffix(&self.path, ".lock"))?;
         let mut file = self.read_keys()?;
-        let result = change(&mut file);
+        let result = change(&mut file)?;
         write_atomically(&self.path, &file)?;
         Ok(result)
     }
-}
 
-impl KeyBackend for FileBackend {
-    fn lookup(&self, hash: &KeyHash, now: u64) -> Result<Option<KeyRecord>, BackendError> {
+    pub fn lookup(&self, hash: &KeyHash) -> Result<Option<StoredKey>, BackendError> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh(&mut loaded)?;
-        let Some(found) = loaded.by_hash.get(&hash.to_hex()).map(|k| k.record.clone()) else {
-            return Ok(None);
-        };
-        loaded.last_used.insert(found.key_id.clone(), now);
-        // Bookkeeping only: a failure to write it must not fail the lookup.
-        let _ = write_atomically(&self.sidecar(), &loaded.last_used);
-        Ok(Some(found))
+        Ok(loaded.by_hash.get(&hash.to_hex()).cloned())
     }
 
-    fn insert(&self, key: &StoredKey) -> Result<(), BackendError> {
-        self.update(|file| file.keys.push(key.clone()))
+    pub fn ping(&self) -> Result<(), BackendError> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        self.refresh(&mut loaded)
     }
 
-    fn revoke(&self, key_id: &str, now: u64) -> Result<Revoked, BackendError> {
+    pub fn insert(&self, key: &StoredKey) -> Result<(), BackendError> {
         self.update(|file| {
-            let Some(stored) = file.keys.iter_mut().find(|k| k.record.key_id == key_id) else {
-                return Revoked::NoSuchKey;
-            };
-            match revoke_stored(stored, now) {
-                Some(revoked) => {
-                    *stored = revoked;
-                    Revoked::Now
-                }
-                None => Revoked::Already,
-            }
+            file.keys.push(key.clone());
+            Ok(())
+        })
+        .map_err(|err| match err {
+            ChangeError::Backend(err) => err,
+            other => BackendError(other.to_string()),
         })
     }
 
-    fn list(&self) -> Result<Vec<ListedKey>, BackendError> {
+    pub fn change(
+        &self,
+        key_id: &str,
+        change: impl Fn(&StoredKey) -> Result<KeyChange, ChangeError>,
+    ) -> Result<KeyChange, ChangeError> {
+        self.update(|file| {
+            let stored = file
+                .keys
+                .iter_mut()
+                .find(|k| k.record.key_id == key_id)
+                .ok_or(ChangeError::NoSuchKey)?;
+            let decided = change(stored)?;
+            *stored = decided.replace.clone();
+            if let Some(new) = &decided.insert {
+                file.keys.push(new.clone());
+            }
+            Ok(decided)
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<ListedKey>, BackendError> {
         let last_used = self.read_last_used();
         Ok(self
             .read_keys()?
@@ -148,6 +160,16 @@ impl KeyBackend for FileBackend {
                 key,
             })
             .collect())
+    }
+
+    /// Merges `used` into the sidecar file (keeping the later time of each key).
+    pub fn write_last_used(&self, used: &[(String, u64)]) -> Result<(), BackendError> {
+        let mut all = self.read_last_used();
+        for (key_id, seconds) in used {
+            let entry = all.entry(key_id.clone()).or_insert(*seconds);
+            *entry = (*entry).max(*seconds);
+        }
+        write_atomically(&self.sidecar(), &all)
     }
 }
 
@@ -165,43 +187,24 @@ fn write_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(), BackendE
     fs::rename(&temp, path).map_err(fail)
 }
 
-/// A lock file created exclusively and removed on drop.
-struct LockFile(PathBuf);
-
-impl LockFile {
-    fn acquire(path: &Path) -> Result<Self, BackendError> {
-        let started = Instant::now();
-        loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(_) => return Ok(Self(path.to_owned())),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists && started.elapsed() < LOCK_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => {
-                    return Err(BackendError(format!(
-                        "cannot lock {} ({e}); if no other `keys` command is running, remove it",
-                        path.display()
-                    )))
-                }
-            }
-        }
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
+/// An exclusive lock on `path` (created if missing), held until the file is dropped;
+/// the OS releases it if the process dies.
+fn lock(path: &Path) -> Result<fs::File, BackendError> {
+    let fail = |e: std::io::Error| BackendError(format!("cannot lock {}: {e}", path.display()));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(fail)?;
+    file.lock().map_err(fail)?;
+    Ok(file)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wasmgate_api_key_auth::{KeyHasher, KeyStatus};
+    use wasmgate_api_key_auth::{KeyHasher, KeyRecord, KeyStatus};
 
     fn temp_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -214,48 +217,83 @@ mod tests {
     }
 
     fn stored(key: &str, id: &str) -> StoredKey {
-        StoredKey {
-            hash: KeyHasher::Sha256.hash(key).to_hex(),
-            record: KeyRecord {
-                key_id: id.into(),
-                tenant_id: "acme".into(),
-                plan: Some("gold".into()),
-                scopes: vec![],
-                status: KeyStatus::Active,
-                expires_at: None,
-            },
-            created_at: 100,
-            revoked_at: None,
-        }
+        let record = KeyRecord {
+            key_id: id.into(),
+            tenant_id: "acme".into(),
+            plan: Some("gold".into()),
+            scopes: vec![],
+            status: KeyStatus::Active,
+            expires_at: None,
+        };
+        StoredKey::new(KeyHasher::Sha256.hash(key).to_hex(), record, 100)
+    }
+
+    fn revoke(backend: &FileBackend, key_id: &str, now: u64) -> Result<KeyChange, ChangeError> {
+        backend.change(key_id, |k| match k.revoked(now) {
+            Some(replace) => Ok(KeyChange {
+                replace,
+                insert: None,
+            }),
+            None => Err(ChangeError::Refused("already".into())),
+        })
     }
 
     #[test]
-    fn a_running_server_sees_keys_the_cli_adds_and_revokes() {
+    fn a_running_server_sees_keys_the_cli_adds_and_changes() {
         let path = temp_path("reload");
         let server = FileBackend::new(&path);
         let cli = FileBackend::new(&path);
         let hash = KeyHasher::Sha256.hash("sk_live_one");
-        assert_eq!(server.lookup(&hash, 1), Ok(None), "no file yet: no keys");
+        assert_eq!(server.lookup(&hash), Ok(None), "no file yet: no keys");
         cli.insert(&stored("sk_live_one", "key_1")).unwrap();
-        let found = server.lookup(&hash, 2).unwrap().unwrap();
-        assert_eq!(found.key_id, "key_1");
-        assert_eq!(cli.revoke("key_1", 3), Ok(Revoked::Now));
-        assert_eq!(cli.revoke("key_1", 4), Ok(Revoked::Already));
-        assert_eq!(cli.revoke("key_9", 4), Ok(Revoked::NoSuchKey));
         assert_eq!(
-            server.lookup(&hash, 5).unwrap().unwrap().status,
+            server.lookup(&hash).unwrap().unwrap().record.key_id,
+            "key_1"
+        );
+        assert!(revoke(&cli, "key_1", 3).is_ok());
+        assert!(matches!(
+            revoke(&cli, "key_1", 4),
+            Err(ChangeError::Refused(_))
+        ));
+        assert_eq!(revoke(&cli, "key_9", 4), Err(ChangeError::NoSuchKey));
+        assert_eq!(
+            server.lookup(&hash).unwrap().unwrap().record.status,
             KeyStatus::Revoked
         );
+        server
+            .write_last_used(&[("key_1".into(), 5), ("key_2".into(), 7)])
+            .unwrap();
+        server.write_last_used(&[("key_1".into(), 4)]).unwrap();
         let listed = cli.list().unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].last_used, Some(5));
+        assert_eq!(listed[0].last_used, Some(5), "a later time is kept");
         assert_eq!(listed[0].key.revoked_at, Some(3));
         let text = fs::read_to_string(&path).unwrap();
         assert!(
             !text.contains("sk_live_one"),
             "the key itself is never stored"
         );
-        assert!(!with_suffix(&path, ".lock").exists());
+    }
+
+    #[test]
+    fn a_change_adds_and_replaces_in_one_write() {
+        let path = temp_path("change");
+        let backend = FileBackend::new(&path);
+        backend.insert(&stored("sk_live_old", "key_old")).unwrap();
+        let mut retiring = stored("sk_live_old", "key_old");
+        retiring.revoked_at = Some(500);
+        let new = stored("sk_live_new", "key_new");
+        backend
+            .change("key_old", |_| {
+                Ok(KeyChange {
+                    replace: retiring.clone(),
+                    insert: Some(new.clone()),
+                })
+            })
+            .unwrap();
+        let mut listed: Vec<_> = backend.list().unwrap().into_iter().map(|l| l.key).collect();
+        listed.sort_by(|a, b| a.record.key_id.cmp(&b.record.key_id));
+        assert_eq!(listed, [new, retiring]);
     }
 
     #[test]
@@ -263,7 +301,8 @@ mod tests {
         let path = temp_path("corrupt");
         fs::write(&path, b"{not json").unwrap();
         let backend = FileBackend::new(&path);
-        assert!(backend.lookup(&KeyHasher::Sha256.hash("x"), 1).is_err());
+        assert!(backend.lookup(&KeyHasher::Sha256.hash("x")).is_err());
+        assert!(backend.ping().is_err());
         assert!(backend.insert(&stored("x", "key_x")).is_err());
     }
 }

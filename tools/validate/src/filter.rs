@@ -3,6 +3,7 @@
 
 use schemars::generate::SchemaSettings;
 use schemars::Schema;
+use serde_json::Value;
 use wasmgate_api_key_auth::ApiKeyConfig;
 use wasmgate_combined_config::CombinedConfig;
 use wasmgate_config::ConfigError;
@@ -99,13 +100,60 @@ impl Filter {
         if !definitions.is_empty() {
             root.insert("$defs".into(), definitions.into());
         }
+        if let Some(object) = root.as_object_mut() {
+            object.values_mut().for_each(durations_as_written);
+        }
         root
     }
+}
+
+/// A default that schemars took from a `std::time::Duration` (`{"secs": 60, "nanos":
+/// 0}`, its serde form) written as a configuration writes it (`"60s"`).
+fn durations_as_written(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(default) = object.get_mut("default") {
+                if let Some(text) = duration_text(default) {
+                    *default = Value::String(text);
+                }
+            }
+            object.values_mut().for_each(durations_as_written);
+        }
+        Value::Array(items) => items.iter_mut().for_each(durations_as_written),
+        _ => {}
+    }
+}
+
+fn duration_text(value: &Value) -> Option<String> {
+    let object = value.as_object()?;
+    if object.len() != 2 {
+        return None;
+    }
+    let secs = object.get("secs")?.as_u64()?;
+    let nanos = object.get("nanos")?.as_u64()?;
+    Some(if nanos == 0 {
+        format!("{secs}s")
+    } else {
+        format!("{}ms", secs * 1000 + nanos / 1_000_000)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_defaults_are_written_as_in_a_configuration() {
+        let schema = Filter::ApiKey.schema().to_value();
+        let cache = &schema["$defs"]["CacheSpec"]["properties"];
+        assert_eq!(cache["ttl"]["default"], "60s");
+        assert_eq!(cache["error_backoff"]["default"], "1s");
+        assert_eq!(
+            duration_text(&serde_json::json!({"secs": 0, "nanos": 250_000_000})).as_deref(),
+            Some("250ms")
+        );
+        assert_eq!(duration_text(&serde_json::json!({"secs": 1})), None);
+    }
 
     #[test]
     fn names_as_written_in_configs_and_manifests() {

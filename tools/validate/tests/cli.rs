@@ -195,15 +195,13 @@ fn a_plain_configuration_is_checked_as_the_filter_given() {
     let output = validate(&["--filter", "headers", &good, &bad]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert_eq!(
-        text.lines().collect::<Vec<_>>(),
-        [
-            format!("{good}: (headers): ok"),
-            format!(
-                "{bad}: (headers): error: rules[0].match: exactly one of \"prefix\" or \"exact\" is required at line 1 column 56"
-            ),
-        ]
-    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], format!("{good}: (headers): ok"));
+    // The parser's own words, and serde's place in the file.
+    let refusal = format!("{bad}: (headers): error: rules[0].match: ");
+    assert!(lines[1].starts_with(&refusal), "{text}");
+    assert!(lines[1].ends_with(" at line 1 column 56"), "{text}");
     // The same JSON is not an Envoy config: nothing to check there, and no error.
     let output = validate(&[&good]);
     assert_eq!(output.status.code(), Some(0));

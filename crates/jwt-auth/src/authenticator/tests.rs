@@ -8,18 +8,18 @@ use crate::token::Alg;
 use serde_json::{json, Value};
 use wasmgate_shared_store::MemoryStore;
 
-const NOW: u64 = 1_700_000_000_000;
-const NOW_SECS: u64 = NOW / 1000;
-const ISS: &str = "https://issuer.test";
+pub(super) const NOW: u64 = 1_700_000_000_000;
+pub(super) const NOW_SECS: u64 = NOW / 1000;
+pub(super) const ISS: &str = "https://issuer.test";
 
-fn claims() -> Value {
+pub(super) fn claims() -> Value {
     json!({
         "iss": ISS, "aud": "orders", "sub": "alice", "tenant_id": "acme",
         "scope": "orders:read profile", "iat": NOW_SECS, "exp": NOW_SECS + 3600
     })
 }
 
-fn with(field: &str, value: Value) -> Value {
+pub(super) fn with(field: &str, value: Value) -> Value {
     let mut c = claims();
     c[field] = value;
     c
@@ -41,28 +41,28 @@ fn inline_vm() -> Vm {
     Vm::new(inline_config(testkit::keys().jwks()), 1)
 }
 
-fn allow(outcome: Outcome) -> Grant {
+pub(super) fn allow(outcome: Outcome) -> Grant {
     match outcome {
         Outcome::Allow(grant) => grant,
         other => panic!("expected Allow, got {other:?}"),
     }
 }
 
-fn deny(outcome: Outcome) -> AuthError {
+pub(super) fn deny(outcome: Outcome) -> AuthError {
     match outcome {
         Outcome::Deny(err) => err,
         other => panic!("expected Deny, got {other:?}"),
     }
 }
 
-fn wait(outcome: Outcome) -> Attempt {
+pub(super) fn wait(outcome: Outcome) -> Attempt {
     match outcome {
         Outcome::Wait(attempt) => attempt,
         other => panic!("expected Wait, got {other:?}"),
     }
 }
 
-fn sign(alg: Alg, claims: &Value) -> String {
+pub(super) fn sign(alg: Alg, claims: &Value) -> String {
     testkit::keys().sign(alg, Some(Keys::kid_for(alg)), claims)
 }
 
@@ -564,7 +564,7 @@ fn remote_config() -> Value {
     })
 }
 
-fn ok(jwks: &Value) -> FetchResponse {
+pub(super) fn ok(jwks: &Value) -> FetchResponse {
     FetchResponse {
         status: Some(200),
         body: jwks.to_string().into_bytes(),
@@ -573,17 +573,17 @@ fn ok(jwks: &Value) -> FetchResponse {
     }
 }
 
-fn down() -> FetchResponse {
+pub(super) fn down() -> FetchResponse {
     FetchResponse::default()
 }
 
-fn one_order(vm: &mut Vm, store: &MemoryStore, now: u64) -> FetchOrder {
+pub(super) fn one_order(vm: &mut Vm, store: &MemoryStore, now: u64) -> FetchOrder {
     let orders = vm.keyring.poll(store, now);
     assert_eq!(orders.len(), 1, "{orders:?}");
     orders.into_iter().next().unwrap()
 }
 
-fn no_order(vm: &mut Vm, store: &MemoryStore, now: u64) {
+pub(super) fn no_order(vm: &mut Vm, store: &MemoryStore, now: u64) {
     let orders = vm.keyring.poll(store, now);
     assert!(orders.is_empty(), "{orders:?}");
 }
