@@ -99,11 +99,7 @@ pub fn in_text(text: &str) -> Result<Vec<Found>, String> {
 }
 
 fn in_document(document: usize, value: &Value, found: &mut Vec<Found>) {
-    if value.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
-        found.push(wasm_plugin(document, value));
-    } else {
-        walk(document, value, "", Context::default(), found);
-    }
+    walk(document, value, "", Context::default(), found);
 }
 
 /// Where the walk is: the enclosing listener's name and the innermost name.
@@ -127,9 +123,14 @@ impl Context<'_> {
 fn walk(document: usize, value: &Value, pointer: &str, context: Context, found: &mut Vec<Found>) {
     match value {
         Value::Object(object) => {
-            if let Some(wasm) = wasm_message(object) {
+            // A WasmPlugin document, or one in a `kind: List` (kubectl get -o yaml).
+            if object.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+                found.push(wasm_plugin(document, value, pointer));
+                return;
+            }
+            if let Some((wasm, at)) = wasm_message(object) {
                 let config = wasm.get("config").cloned().unwrap_or(Value::Null);
-                let pointer = format!("{pointer}/config");
+                let pointer = format!("{pointer}{at}/config");
                 found.push(envoy_plugin(document, &config, &pointer, context));
                 return;
             }
@@ -170,16 +171,18 @@ fn is_listener(object: &Map<String, Value>) -> bool {
 }
 
 /// The `Wasm` message an object is, directly (`"@type": ...wasm.v3.Wasm`) or as a
-/// `TypedStruct` (`type_url` + `value`, as Istio `EnvoyFilter` patches write it).
-fn wasm_message(object: &Map<String, Value>) -> Option<&Map<String, Value>> {
+/// `TypedStruct` (`type_url` + `value`, as Istio `EnvoyFilter` patches write it), and
+/// where it is in the object (`""` or `"/value"`).
+fn wasm_message(object: &Map<String, Value>) -> Option<(&Map<String, Value>, &'static str)> {
     let type_url = object.get("@type").and_then(Value::as_str)?;
     if type_url.ends_with(WASM_TYPE) {
-        return Some(object);
+        return Some((object, ""));
     }
     let inner = object.get("type_url").and_then(Value::as_str)?;
-    (type_url.ends_with("TypedStruct") && inner.ends_with(WASM_TYPE))
-        .then(|| object.get("value").and_then(Value::as_object))
-        .flatten()
+    if !(type_url.ends_with("TypedStruct") && inner.ends_with(WASM_TYPE)) {
+        return None;
+    }
+    Some((object.get("value")?.as_object()?, "/value"))
 }
 
 /// An Envoy `PluginConfig` (the `config` of a `Wasm` filter).
@@ -260,7 +263,7 @@ fn envoy_configuration(any: Option<&Value>) -> Result<Vec<u8>, String> {
 }
 
 /// An Istio `WasmPlugin`: what istiod hands the filter is its `pluginConfig` as JSON.
-fn wasm_plugin(document: usize, manifest: &Value) -> Found {
+fn wasm_plugin(document: usize, manifest: &Value, pointer: &str) -> Found {
     let spec = manifest.get("spec").unwrap_or(&Value::Null);
     let text = |value: Option<&Value>| value.and_then(Value::as_str).map(str::to_owned);
     let metadata_name = text(manifest.pointer("/metadata/name"));
@@ -302,7 +305,7 @@ fn wasm_plugin(document: usize, manifest: &Value) -> Found {
     Found {
         document,
         name,
-        pointer: "/spec/pluginConfig".to_owned(),
+        pointer: format!("{pointer}/spec/pluginConfig"),
         filter: identify(&candidates),
         config,
         env,

@@ -357,3 +357,70 @@ fn the_committed_schemas_are_the_generated_ones() {
         );
     }
 }
+
+/// What `kubectl get wasmplugins -o yaml` prints (a `List`), and an `EnvoyFilter` that
+/// patches a Wasm filter in as a `TypedStruct`.
+const KUBECTL_LIST_AND_ENVOY_FILTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: extensions.istio.io/v1alpha1
+  kind: WasmPlugin
+  metadata: {name: limits, namespace: edge}
+  spec:
+    url: oci://registry.example.com/wasmgate/rate-limit@sha256:0123
+    pluginConfig:
+      default:
+        limits: [{requests: 5, per: 1 minute}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: strip, namespace: edge}
+spec:
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: strip-identity
+        typed_config:
+          "@type": type.googleapis.com/udpa.type.v1.TypedStruct
+          type_url: type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+          value:
+            config:
+              root_id: wasmgate-headers
+              configuration:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{"strip_inbound": ["x-user-id"]}'
+"#;
+
+#[test]
+fn wasmplugins_in_a_list_and_envoy_filter_patches_are_found() {
+    let scratch = Scratch::new("kinds").unwrap();
+    let file = scratch
+        .write("cluster.yaml", KUBECTL_LIST_AND_ENVOY_FILTER)
+        .unwrap();
+    let output = validate(&[&file]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{file}: document 1: edge/limits (rate-limit): error: default.limits[0].per: \"1 minute\": unknown unit \"minute\"; expected a duration such as \"250ms\", \"10s\", \"5m\", \"1h\" or \"1d\""),
+            format!("{file}: document 2: strip-identity (headers): ok"),
+        ]
+    );
+    let output = validate(&["--output", "json", &file]);
+    let pointers: Vec<String> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["pointer"].to_string())
+        .collect();
+    assert_eq!(
+        pointers,
+        [
+            r#""/items/0/spec/pluginConfig""#,
+            r#""/spec/configPatches/0/patch/value/typed_config/value/config""#
+        ]
+    );
+}
