@@ -26,11 +26,12 @@ Each FILE is one of:
     or JSON, one or more documents: every envoy.filters.http.wasm filter in it whose
     vm_config.code file (build/wasm/jwt.wasm), root_id or plugin name (jwt,
     wasmgate-jwt) names a wasmgate filter is checked; its configuration is the
-    google.protobuf.StringValue (or BytesValue) Envoy hands the filter. Other Wasm
-    filters are listed as skipped.
-  - an Istio WasmPlugin manifest (multi-document YAML): each WasmPlugin's
-    pluginConfig, for the filter its url (oci://.../jwt:0.1.0), pluginName or name
-    names.
+    google.protobuf.StringValue (or BytesValue) Envoy hands the filter; a Wasm
+    filter patched in as a TypedStruct counts too. Other Wasm filters are listed as
+    skipped.
+  - an Istio WasmPlugin manifest (multi-document YAML, or a List as kubectl prints
+    it): each WasmPlugin's pluginConfig, for the filter its url
+    (oci://.../jwt:0.1.0), pluginName or name names.
   - with --filter: the plain JSON configuration of that one filter, as the filter
     receives it (`-` reads standard input).
 
