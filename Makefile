@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs observability fmt run certs clean bench bench-wasm fuzz fuzz-smoke
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs schema observability fmt run certs clean bench bench-wasm fuzz fuzz-smoke
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -92,6 +92,11 @@ lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 docs: ## Check the docs: relative links and anchors, every example and field against the parsers.
 	python3 scripts/check-links.py
 	$(CARGO) test -q --workspace --test docs
+
+# The JSON Schemas are generated from the parsers' types (tools/validate); a unit test
+# (tools/validate/tests/cli.rs) fails when the committed ones are out of date.
+schema: tools ## Regenerate docs/schema/<filter>.schema.json from the filters' config types.
+	$(BUILD)/bin/wasmgate-validate schema --out docs/schema
 
 # Benchmarks (BENCHMARKS.md; bench/): never part of `make test`. QUICK=1: a short run
 # written to build/bench/BENCHMARKS-quick.md. BENCH_ARGS: more options (`--help`).

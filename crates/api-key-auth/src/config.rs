@@ -23,6 +23,7 @@ pub const MAX_IN_FLIGHT: u32 = 1024;
 pub const MAX_CACHE_DURATION: Duration = Duration::from_secs(3600);
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct ConfigSpec {
     store: StoreSpec,
@@ -48,6 +49,7 @@ struct ConfigSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct StoreSpec {
     cluster: String,
@@ -58,6 +60,10 @@ struct StoreSpec {
         default = "default_timeout",
         deserialize_with = "wasmgate_config::duration"
     )]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     timeout: Duration,
     #[serde(
         default = "default_max_in_flight",
@@ -67,6 +73,7 @@ struct StoreSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct SourcesSpec {
     headers: Vec<HeaderName>,
@@ -75,6 +82,7 @@ struct SourcesSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct FormatSpec {
     prefixes: Vec<String>,
@@ -85,22 +93,40 @@ struct FormatSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct CacheSpec {
     #[serde(deserialize_with = "wasmgate_config::number::u32")]
     slots: u32,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     ttl: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     negative_ttl: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     max_stale: Duration,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     error_backoff: Duration,
 }
 
 /// `null` turns a header off; leaving the field out keeps the default name.
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 struct ForwardSpec {
     tenant_id: Option<HeaderName>,
@@ -276,6 +302,13 @@ impl ApiKeyConfig {
     ) -> Result<Self, ConfigError> {
         let spec: ConfigSpec = wasmgate_config::from_json(bytes)?;
         spec.compile(env)
+    }
+
+    /// The JSON Schema of the configuration [`Self::from_json`] reads (feature `schema`):
+    /// the shape only, its nested types' schemas go into `generator`'s definitions.
+    #[cfg(feature = "schema")]
+    pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <ConfigSpec as schemars::JsonSchema>::json_schema(generator)
     }
 
     /// Whether a request passes without a key; `authority` is its `:authority`.

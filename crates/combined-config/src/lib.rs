@@ -104,6 +104,29 @@ impl CombinedConfig {
     }
 }
 
+/// The JSON Schema of the configuration [`CombinedConfig::from_json`] reads (feature
+/// `schema`): each section is the separate filter's schema.
+#[cfg(feature = "schema")]
+pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut sections = serde_json::Map::new();
+    for stage in Stage::ORDER {
+        let schema = match stage {
+            Stage::Headers => HeaderPolicy::config_schema(generator),
+            Stage::Jwt => JwtConfig::config_schema(generator),
+            Stage::ApiKey => ApiKeyConfig::config_schema(generator),
+            Stage::RateLimit => RateLimitPolicy::config_schema(generator),
+        };
+        sections.insert(stage.section().to_owned(), schema.to_value());
+    }
+    schemars::json_schema!({
+        "description": "The combined module: one section per stage, each configured as the separate filter; at least one.",
+        "type": "object",
+        "properties": sections,
+        "additionalProperties": false,
+        "minProperties": 1,
+    })
+}
+
 /// A stage's section parsed by the separate filter's parser; a refusal names the
 /// section.
 fn section<T>(

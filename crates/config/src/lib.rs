@@ -15,6 +15,8 @@ mod header;
 pub mod host;
 pub mod number;
 mod route;
+#[cfg(feature = "schema")]
+pub mod schema;
 
 pub use duration::{duration, optional_duration, parse_duration};
 pub use error::ConfigError;

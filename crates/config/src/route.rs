@@ -30,12 +30,43 @@ pub enum PathMatch {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RouteMatchSpec {
     hosts: Option<Vec<String>>,
     prefix: Option<String>,
     exact: Option<String>,
     methods: Option<Vec<String>>,
+}
+
+/// The written form's schema, and what the derive cannot say: not both `prefix` and
+/// `exact`, and one of them or `hosts`.
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for RouteMatch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RouteMatch".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let mut schema = RouteMatchSpec::json_schema(generator);
+        let given = |field: &str, kind: &str| serde_json::json!({"required": [field], "properties": {field: {"type": kind}}});
+        schema.insert(
+            "anyOf".into(),
+            serde_json::json!([
+                given("prefix", "string"),
+                given("exact", "string"),
+                given("hosts", "array")
+            ]),
+        );
+        schema.insert(
+            "not".into(),
+            serde_json::json!({
+                "required": ["prefix", "exact"],
+                "properties": {"prefix": {"type": "string"}, "exact": {"type": "string"}},
+            }),
+        );
+        schema
+    }
 }
 
 impl TryFrom<RouteMatchSpec> for RouteMatch {

@@ -12,6 +12,7 @@ use wasmgate_config::{
 const MAX_VALUE_LEN: usize = 8 * 1024;
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct PolicySpec {
     #[serde(default)]
@@ -26,6 +27,7 @@ struct PolicySpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     #[serde(rename = "match")]
@@ -35,6 +37,7 @@ struct RuleSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct ActionsSpec {
     request: Option<OpsSpec>,
@@ -42,6 +45,7 @@ struct ActionsSpec {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct OpsSpec {
     #[serde(default)]
@@ -101,6 +105,13 @@ impl HeaderPolicy {
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let spec: PolicySpec = wasmgate_config::from_json(bytes)?;
         spec.compile()
+    }
+
+    /// The JSON Schema of the configuration [`Self::from_json`] reads (feature `schema`):
+    /// the shape only, its nested types' schemas go into `generator`'s definitions.
+    #[cfg(feature = "schema")]
+    pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <PolicySpec as schemars::JsonSchema>::json_schema(generator)
     }
 
     pub fn strip_inbound(&self) -> &[HeaderName] {

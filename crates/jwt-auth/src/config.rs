@@ -80,6 +80,13 @@ impl JwtConfig {
         JwtConfig::try_from(raw)
     }
 
+    /// The JSON Schema of the configuration [`Self::from_json`] reads (feature `schema`):
+    /// the shape only, its nested types' schemas go into `generator`'s definitions.
+    #[cfg(feature = "schema")]
+    pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <RawConfig as schemars::JsonSchema>::json_schema(generator)
+    }
+
     #[cfg(test)]
     pub fn provider_index(&self, name: &str) -> Option<usize> {
         self.providers.iter().position(|p| p.name == name)
@@ -92,6 +99,7 @@ const DEFAULT_MAX_WAITING_REQUESTS: u64 = 1000;
 const MAX_MAX_WAITING_REQUESTS: u64 = 100_000;
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
@@ -130,6 +138,7 @@ fn default_max_waiting_requests() -> u64 {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     issuer: String,
@@ -144,6 +153,10 @@ struct RawProvider {
     #[serde(default = "yes")]
     require_exp: bool,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     max_lifetime: Option<Duration>,
     from_headers: Option<Vec<RawHeaderLocation>>,
     from_params: Option<Vec<String>>,
@@ -161,6 +174,7 @@ fn yes() -> bool {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderLocation {
     name: HeaderName,
@@ -169,6 +183,7 @@ struct RawHeaderLocation {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 enum RawClaimPaths {
     One(String),
@@ -176,6 +191,7 @@ enum RawClaimPaths {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     remote: Option<RawRemote>,
@@ -183,6 +199,7 @@ struct RawJwks {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRemote {
     cluster: String,
@@ -192,22 +209,58 @@ struct RawRemote {
     jwks_clusters: Option<BTreeMap<String, String>>,
     authority: Option<String>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     cache_duration: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     min_cache_duration: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     max_cache_duration: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     max_staleness: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     backoff_initial: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     backoff_max: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     unknown_kid_refetch_interval: Option<Duration>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     max_wait: Option<Duration>,
 }
 
@@ -227,6 +280,7 @@ const DEFAULT_UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 /// A rule (with `match`) or the `default` (without).
 struct RawRequirement {

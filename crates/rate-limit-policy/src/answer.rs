@@ -12,6 +12,7 @@ pub type ResponseHeaders = Vec<(&'static str, String)>;
 
 /// How `X-RateLimit-Reset` is written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ResetFormat {
     /// Unix time (seconds) at which the bucket is full again, e.g. `1713272400`.

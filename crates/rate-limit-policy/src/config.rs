@@ -28,8 +28,9 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_TABLE_NAME_LEN: usize = 32;
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-struct PolicySpec {
+pub(crate) struct PolicySpec {
     #[serde(default)]
     table: TableSpec,
     identity: Option<Vec<IdentitySpec>>,
@@ -54,6 +55,7 @@ fn yes() -> bool {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct TableSpec {
     name: Option<String>,
@@ -66,6 +68,7 @@ struct TableSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub(crate) enum IdentitySpec {
     Header(HeaderName),
@@ -74,6 +77,7 @@ pub(crate) enum IdentitySpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddressSpec {
     #[serde(default, deserialize_with = "number::optional_u32")]
@@ -83,6 +87,7 @@ pub(crate) struct AddressSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
     name: Option<String>,
@@ -101,12 +106,17 @@ struct RuleSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct LimitSpec {
     name: Option<String>,
     #[serde(deserialize_with = "number::u64")]
     requests: u64,
     #[serde(deserialize_with = "wasmgate_config::duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "wasmgate_config::schema::DurationText")
+    )]
     per: Duration,
     #[serde(default, deserialize_with = "number::optional_u64")]
     burst: Option<u64>,

@@ -51,6 +51,7 @@ pub struct LeaseSettings {
 /// What a request gets when the global tier cannot decide: the service failed, timed out,
 /// answered UNKNOWN, or (lease) its lease ran out while the service was away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// Admit it (the local buckets already did).
@@ -90,12 +91,17 @@ pub struct GlobalTier {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub(crate) struct GlobalSpec {
     mode: ModeSpec,
     cluster: Option<String>,
     domain: Option<String>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     timeout: Option<Duration>,
     failure_mode: Option<FailureMode>,
     fallback_share: Option<f64>,
@@ -104,6 +110,7 @@ pub(crate) struct GlobalSpec {
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 enum ModeSpec {
     Exact,
@@ -111,11 +118,16 @@ enum ModeSpec {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct LeaseSpec {
     #[serde(default, deserialize_with = "wasmgate_config::number::optional_u64")]
     size: Option<u64>,
     #[serde(default, deserialize_with = "wasmgate_config::optional_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<wasmgate_config::schema::DurationText>")
+    )]
     period: Option<Duration>,
 }
 

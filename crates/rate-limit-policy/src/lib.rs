@@ -65,6 +65,7 @@ pub trait RequestView {
 
 /// What the endpoint part of a bucket key is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Endpoint {
     /// The rule itself: every request the rule matches shares the client's buckets.
@@ -256,6 +257,13 @@ impl RateLimitPolicy {
     /// Parses and validates the plugin configuration (JSON).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         config::parse(bytes)
+    }
+
+    /// The JSON Schema of the configuration [`Self::from_json`] reads (feature `schema`):
+    /// the shape only, its nested types' schemas go into `generator`'s definitions.
+    #[cfg(feature = "schema")]
+    pub fn config_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <config::PolicySpec as schemars::JsonSchema>::json_schema(generator)
     }
 
     pub fn table(&self) -> &BucketTable {
