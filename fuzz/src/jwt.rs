@@ -432,7 +432,7 @@ pub fn host_verifier(data: &[u8]) {
         Alg::ES384 => signature.len() != 96,
         _ => false,
     };
-    if mode % 2 == 0 {
+    if mode.is_multiple_of(2) {
         let result = host_verifier::check(&FixedAnswer(answer), alg, &key, message, signature);
         if !by_host {
             assert_eq!(result, None);

@@ -69,8 +69,11 @@ impl Drop for RedisProcess {
     }
 }
 
+/// Opens one more handle on a store's counters (one more replica).
+type OpenStore = Box<dyn Fn() -> Store>;
+
 /// Two handles on the same counters: two replicas.
-fn stores(name: &str) -> Vec<(Box<dyn Fn() -> Store>, Option<RedisProcess>)> {
+fn stores(name: &str) -> Vec<(OpenStore, Option<RedisProcess>)> {
     let memory = MemoryCounters::default();
     let redis = RedisProcess::start(name);
     let url = redis.url();
