@@ -32,6 +32,8 @@ from harness.recording_store import record
 from harness.shipped import shipped_plugin_configs
 
 API_KEY = "wasmgate_api_key_"
+# Requests the partner sends beside the random-key flood, at the fewest.
+PARTNER_REQUESTS = 10
 FLOOD = 20_000
 
 
@@ -41,6 +43,8 @@ def shipped_config(name: str) -> dict:
                 if filter_name == name)
 
 
+# wrk on 512 connections loads every CPU: on its own (conftest.py, `serial`).
+@pytest.mark.serial
 def test_a_flood_of_random_keys_never_puts_more_than_the_cap_on_the_store(
         start_envoy, recording_store, tmp_path):
     config = shipped_config("api-key")
@@ -63,8 +67,11 @@ def test_a_flood_of_random_keys_never_puts_more_than_the_cap_on_the_store(
     flooding.set()
 
     def partner_traffic():
+        # All through the flood, and at least PARTNER_REQUESTS times (a flood that ends
+        # in under a second would leave too few answers to judge).
         deadline = time.monotonic() + 120
-        while flooding.is_set() and time.monotonic() < deadline:
+        while ((flooding.is_set() or sum(partner_answers.values()) < PARTNER_REQUESTS)
+               and time.monotonic() < deadline):
             answer = get(envoy.port(), "/partner/orders", {"x-api-key": partner})
             partner_answers[answer.status] += 1
             time.sleep(0.05)
@@ -96,7 +103,8 @@ def test_a_flood_of_random_keys_never_puts_more_than_the_cap_on_the_store(
     unknown = envoy.metric(API_KEY + "denied_total", reason="unknown")
     assert unknown + envoy.metric(API_KEY + "denied_total", reason="overloaded") >= FLOOD
     # The partner's key kept working all along, refreshed or served stale.
-    assert partner_answers[200] >= 10 and set(partner_answers) == {200}, partner_answers
+    assert partner_answers[200] >= PARTNER_REQUESTS and set(partner_answers) == {200}, \
+        partner_answers
     assert envoy.alive()
 
 
@@ -110,8 +118,8 @@ def forged_token(gateway) -> str:
 
 def flood(port: int, source_ip: str, total: int, gateway, threads: int = 8) -> list:
     """`total` requests from `source_ip`, alternately a forged token on /api/ and a
-    random API key on /partner, over keep-alive connections; returns (status, headers,
-    body) of each. Bounded by count and by the socket timeouts."""
+    random API key on /partner, over keep-alive connections; returns (path, status,
+    headers, body) of each. Bounded by count and by the socket timeouts."""
     per_thread = -(-total // threads)
 
     def run(_):
@@ -128,8 +136,8 @@ def flood(port: int, source_ip: str, total: int, gateway, threads: int = 8) -> l
                         "x-api-key": "sk_live_" + secrets.token_urlsafe(32)}
                 conn.request("GET", path, headers=headers)
                 resp = conn.getresponse()
-                answers.append((resp.status, {k.lower(): v for k, v in resp.getheaders()},
-                                resp.read()))
+                answers.append((path, resp.status,
+                                {k.lower(): v for k, v in resp.getheaders()}, resp.read()))
         finally:
             conn.close()
         return answers
@@ -154,7 +162,8 @@ def test_a_flood_of_forged_credentials_from_one_address_gets_429_before_any_chec
     assert limit["per"] == "1s"
     # Requests the auth filters judged: each forged token a signature check, each
     # random key a lookup (or a 503 when max_in_flight lookups are out already).
-    judged = lambda: sum(envoy.stats(r"wasmgate\.(jwt|api_key)\.denied\.").values())  # noqa: E731
+    judged = lambda: (envoy.metric("wasmgate_jwt_denied_total")  # noqa: E731
+                      + envoy.metric(API_KEY + "denied_total"))
     before = judged()
     lookups = envoy.metric(API_KEY + "store_lookups_total")
 
@@ -162,7 +171,7 @@ def test_a_flood_of_forged_credentials_from_one_address_gets_429_before_any_chec
     started = time.monotonic()
     answers = flood(envoy.port(), attacker, burst + 2_000, gateway)
     elapsed = time.monotonic() - started
-    statuses = Counter(status for status, _, _ in answers)
+    statuses = Counter(status for _, status, _, _ in answers)
     print(f"\n{len(answers)} forged credentials in {elapsed:.1f} s: {dict(statuses)}")
 
     # The burst, and what refilled meanwhile, reached the auth filters (401; 503 for
@@ -172,8 +181,10 @@ def test_a_flood_of_forged_credentials_from_one_address_gets_429_before_any_chec
     assert burst <= passed <= burst + per_second * (elapsed + 1), statuses
     # ...and each of them was judged once; the rest cost no check and no lookup.
     assert judged() - before == passed
-    assert envoy.metric(API_KEY + "store_lookups_total") - lookups <= passed // 2 + 1
-    limited = [(headers, body) for status, headers, body in answers if status == 429]
+    keys_passed = sum(1 for path, status, _, _ in answers
+                      if path == "/partner/orders" and status != 429)
+    assert envoy.metric(API_KEY + "store_lookups_total") - lookups <= keys_passed
+    limited = [(headers, body) for _, status, headers, body in answers if status == 429]
     for headers, body in limited[:50]:
         assert headers["x-ratelimit-limit"] == str(burst)
         assert int(headers["retry-after"]) >= 1

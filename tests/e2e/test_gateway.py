@@ -381,11 +381,17 @@ def test_the_operations_page_lists_every_metric_the_filters_export(gateway):
             exported.setdefault(family, set()).update(label for label, _ in labels if label != "le")
     page = (ROOT / "docs" / "operations.md").read_text()
     table = page[page.index("### Every metric"):page.index("## Prometheus")]
-    documented = {}
-    for name, labels in re.findall(r"^\| [a-z-]+ \| `(wasmgate_\w+)` \|([^|]*)\|", table, re.M):
+    documented, optional = {}, set()
+    rows = re.findall(r"^\| [a-z-]+ \| `(wasmgate_\w+)` \|([^|]*)\|[^|]*\|([^|]*)\|", table, re.M)
+    for name, labels, meaning in rows:
         # The labels column: `reason`, or `provider`, `result` (`success`, `failure`).
         documented[name] = set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", labels)))
-    assert set(documented) == set(exported)
+        # A family of a feature the demo gateway does not configure (OIDC discovery):
+        # test_jwt_discovery.py reads it from an Envoy that does.
+        if "Only with a provider that sets `discovery`" in meaning:
+            optional.add(name)
+    assert optional == {"wasmgate_jwt_discovery_fetches_total"}
+    assert set(documented) - optional == set(exported)
     for name, labels in exported.items():
         assert documented[name] == labels, name
 
@@ -685,6 +691,8 @@ def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, 
         gateway.stop()
 
 
+# Two thousand connections held open: on its own (conftest.py, `serial`).
+@pytest.mark.serial
 def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_certs, on_failure):
     """gateway.yaml's circuit breakers, as shipped: 1024 connections (one per request
     over HTTP/1.1, so also the 1024 requests), then 256 requests waiting for one, then
