@@ -64,8 +64,15 @@ push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each dig
 
 test: build lint docs observability unit fuzz-smoke e2e ## Everything: lint, docs, rules, unit tests, a short fuzz run, end-to-end tests in real Envoy.
 
+# The rate-limit service (and so RocksDB's C++, tools/ratelimit/Cargo.toml) is tested and
+# linted in the `service` profile `make tools` builds it in: RocksDB is built once, not
+# again for the dev and test profiles. Everything else: the dev profile, as usual.
+NOT_SERVICE := --workspace --exclude wasmgate-ratelimit
+SERVICE     := --profile service -p wasmgate-ratelimit
+
 unit: ## Unit tests of the host-independent crates (native, fast).
-	$(CARGO) test --workspace
+	$(CARGO) test $(NOT_SERVICE)
+	$(CARGO) test $(SERVICE)
 
 # Fuzzing (docs/fuzzing.md; fuzz/): cargo-fuzz builds every target once, then each runs
 # for FUZZ_S seconds from its committed seeds. `make test` runs each for FUZZ_SMOKE_S.
@@ -84,14 +91,15 @@ e2e: ## End-to-end tests: real Envoy, real .wasm files, real HTTP.
 
 lint: ## rustfmt and clippy (wasm and native), warnings are errors.
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy $(NOT_SERVICE) --all-targets -- -D warnings
+	$(CARGO) clippy $(SERVICE) --all-targets -- -D warnings
 	$(CARGO) clippy --target $(WASM_TARGET) $(addprefix -p wasmgate-,$(FILTERS)) -- -D warnings
 
-# The docs test is crates/combined-config/tests/docs.rs; run through --workspace it shares
-# `make unit`'s build (with -p, cargo would build the parsers' dependencies a second time).
+# The docs test is crates/combined-config/tests/docs.rs; run over `make unit`'s packages it
+# shares that build (with -p, cargo would build the parsers' dependencies a second time).
 docs: ## Check the docs: relative links and anchors, every example and field against the parsers.
 	python3 scripts/check-links.py
-	$(CARGO) test -q --workspace --test docs
+	$(CARGO) test -q $(NOT_SERVICE) --test docs
 
 # The JSON Schemas are generated from the parsers' types (tools/validate); a unit test
 # (tools/validate/tests/cli.rs) fails when the committed ones are out of date.
