@@ -179,18 +179,22 @@ def test_https_overlay_is_each_plugin_with_its_patch():
 
 def test_gateway_api_overlay_attaches_every_plugin_by_targetrefs():
     """The same plugins, in the Gateway's namespace, naming the Gateway instead of
-    selecting pods (one or the other: the CRD's CEL rule)."""
-    base = {p.name: p.doc for p in _plugins(BASE)}
+    selecting pods (one or the other: the CRD's CEL rule); all else as in the base."""
+    base = {(m.kind, m.name): m.doc for m in render(BASE)}
     rendered = render(OVERLAYS / "gateway-api")
+    assert {(m.kind, m.name) for m in rendered} == set(base)
     plugins = {p.name: p.doc for p in wasm_plugins(list(rendered))}
-    assert set(plugins) == set(base)
-    (namespace,) = {m.doc["metadata"]["namespace"] for m in rendered}
+    (namespace,) = {doc["metadata"]["namespace"] for doc in plugins.values()}
+    assert namespace != "istio-system"
+    for manifest in rendered:
+        if manifest.kind != "WasmPlugin":
+            assert manifest.doc == base[(manifest.kind, manifest.name)], manifest.label
     for name, doc in plugins.items():
         (ref,) = doc["spec"]["targetRefs"]
         assert ref["kind"] == "Gateway" and ref["group"] == "gateway.networking.k8s.io", ref
         assert "namespace" not in ref  # the Gateway is in the plugin's own namespace
         assert "selector" not in doc["spec"], name
-        expected = copy.deepcopy(base[name])
+        expected = copy.deepcopy(base[("WasmPlugin", name)])
         del expected["spec"]["selector"]
         expected["spec"]["targetRefs"] = [ref]
         expected["metadata"]["namespace"] = namespace
