@@ -20,7 +20,7 @@ PYTEST_ARGS  ?=
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 export PATH  := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs fmt run certs clean bench bench-wasm fuzz fuzz-smoke
+.PHONY: help setup build wasm tools oci istio-pin push test unit e2e lint msrv docs observability fmt run certs clean bench bench-wasm fuzz fuzz-smoke
 
 help: ## List the targets.
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,7 +62,7 @@ push: oci ## Push the OCI images to REGISTRY=HOST[:PORT]/PATH, checking each dig
 	@[ -n "$(REGISTRY)" ] || { echo "push: set REGISTRY=HOST[:PORT]/PATH, e.g. make push REGISTRY=registry.example.com/wasmgate" >&2; exit 2; }
 	@python3 scripts/push-images.py --registry '$(REGISTRY)' --tls-verify '$(PUSH_TLS_VERIFY)' --oci $(BUILD)/oci
 
-test: build lint docs unit fuzz-smoke e2e ## Everything: lint, docs, unit tests, a short fuzz run, end-to-end tests in real Envoy.
+test: build lint docs observability unit fuzz-smoke e2e ## Everything: lint, docs, rules, unit tests, a short fuzz run, end-to-end tests in real Envoy.
 
 unit: ## Unit tests of the host-independent crates (native, fast).
 	$(CARGO) test --workspace
@@ -107,6 +107,13 @@ bench-wasm:
 
 msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
 	@scripts/check-rust-version.sh
+
+# Prometheus's config and the alerting rules as Prometheus reads them, and the rules'
+# unit tests on synthetic series (observability/prometheus/tests/).
+observability: ## Check the Prometheus config and rules (promtool) and run the rules' unit tests.
+	promtool check config observability/prometheus/prometheus.yml
+	promtool check rules observability/prometheus/rules/*.yml
+	promtool test rules observability/prometheus/tests/*.yml
 
 fmt: ## Format the Rust code.
 	$(CARGO) fmt --all

@@ -115,19 +115,21 @@ def _jwt_counters(prefix: str = "http.main.jwt_authn.") -> dict:
             "cache hits": prefix + "jwt_cache_hit", "cache misses": prefix + "jwt_cache_miss"}
 
 
+# The filters' metrics by their `/stats` names, tags written in as the filters do
+# (filters/host/src/metrics.rs; in Prometheus: wasmgate_jwt_token_cache_lookups_total{result="hit"}).
 _WASM = "wasmcustom.wasmgate."
-WASM_JWT_COUNTERS = {"jwt allowed": _WASM + "jwt.allowed",
-                     "token cache hits": _WASM + "jwt.token_cache.hit",
-                     "token cache misses": _WASM + "jwt.token_cache.miss",
-                     "signatures checked by Envoy": _WASM + "jwt.signature.checked_by_envoy",
-                     "JWKS fetches": _WASM + "jwt.jwks_fetch.success"}
-WASM_API_KEY_COUNTERS = {"api key allowed": _WASM + "api_key.allowed",
-                         "cache hits": _WASM + "api_key.cache_hit",
-                         "lookups": _WASM + "api_key.lookups"}
-WASM_RATE_LIMIT_COUNTERS = {"rate limit allowed": _WASM + "rate_limit.allowed",
-                            "overflow": _WASM + "rate_limit.overflow",
-                            "fail open": _WASM + "rate_limit.fail_open"}
-WASM_HEADERS_COUNTERS = {"headers requests": _WASM + "headers.requests"}
+WASM_JWT_COUNTERS = {"jwt allowed": _WASM + "jwt.allowed_total",
+                     "token cache hits": _WASM + "jwt.result=.=hit;.;token_cache_lookups_total",
+                     "token cache misses": _WASM + "jwt.result=.=miss;.;token_cache_lookups_total",
+                     "signatures checked by Envoy": _WASM + "jwt.signatures_checked_by_envoy_total",
+                     "JWKS fetches": _WASM + "jwt.provider=.=bench;.;result=.=success;.;jwks_fetches_total"}
+WASM_API_KEY_COUNTERS = {"api key allowed": _WASM + "api_key.allowed_total",
+                         "cache hits": _WASM + "api_key.result=.=hit;.;cache_lookups_total",
+                         "lookups": _WASM + "api_key.store_lookups_total"}
+WASM_RATE_LIMIT_COUNTERS = {"rate limit allowed": _WASM + "rate_limit.allowed_total",
+                            "overflow": _WASM + "rate_limit.overflow_total",
+                            "fail open": _WASM + "rate_limit.fail_open_total"}
+WASM_HEADERS_COUNTERS = {"headers requests": _WASM + "headers.requests_total"}
 
 # --- baselines ---------------------------------------------------------------------
 

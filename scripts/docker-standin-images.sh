@@ -8,10 +8,14 @@
 #       links, and busybox's sh and sed for docker/gateway-entrypoint.sh
 #   wasmgate/demo-standin:latest   for docker/demo.Dockerfile: build/bin/wasmgate-demo,
 #       build/bin/wasmgate-keystore, the glibc libraries they link, /var/lib/wasmgate
+#   wasmgate/prometheus-standin:2.42.0  for prom/prometheus:v2.42.0: Debian's
+#       prometheus 2.42 (the binary, the libraries it links, its web UI's files) at the
+#       image's places (/bin/prometheus, /prometheus)
 #
 #   scripts/docker-standin-images.sh      (DOCKER_HOST picks the engine, as for docker)
 #
-# Needs `make build` (the demo binaries), `make setup` (Envoy, busybox-static).
+# Needs `make build` (the demo binaries), `make setup` (Envoy, busybox-static,
+# prometheus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 docker="${DOCKER:-docker}"
@@ -51,3 +55,8 @@ add_binary "$work/demo" build/bin/wasmgate-demo /usr/local/bin/wasmgate-demo
 add_binary "$work/demo" build/bin/wasmgate-keystore /usr/local/bin/wasmgate-keystore
 mkdir -p "$work/demo/var/lib/wasmgate"
 import "$work/demo" wasmgate/demo-standin:latest '["/usr/local/bin/wasmgate-demo"]'
+
+add_binary "$work/prometheus" "$(command -v prometheus)" /bin/prometheus
+mkdir -p "$work/prometheus/usr/share/prometheus" "$work/prometheus/prometheus"
+cp -r /usr/share/prometheus/web "$work/prometheus/usr/share/prometheus/"
+import "$work/prometheus" wasmgate/prometheus-standin:2.42.0 '["/bin/prometheus"]'

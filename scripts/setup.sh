@@ -25,8 +25,10 @@ fi
 #    skopeo (an independent OCI implementation) checks the images `make oci` writes;
 #    docker.io (an engine the compose test starts by hand) and busybox-static (sh and
 #    sed for the stand-in Envoy image) run docker-compose.yml for real; docker-registry
-#    (the CNCF distribution server) is the registry `make push` is tested against.
-debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry)
+#    (the CNCF distribution server) is the registry `make push` is tested against;
+#    prometheus (with promtool) scrapes the demo gateway and checks the alerting rules.
+debs=(clang llvm redis-server nginx-light wrk openssl curl ca-certificates skopeo docker.io busybox-static docker-registry
+      prometheus)
 missing=()
 for pkg in "${debs[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -17,7 +17,7 @@ from harness import Seen, wait_for
 from harness.docs import doc_example
 from harness.bootstrap import bootstrap, cluster, http_listener, route
 
-METRIC = "wasmcustom.wasmgate.api_key."
+METRIC = "wasmgate_api_key_"
 
 
 def gateway(deployment, echo, store, config=None, env_keys=None, **bootstrap_extra):
@@ -96,7 +96,7 @@ def test_a_created_key_passes_and_the_upstream_sees_its_identity_not_the_key(
     assert seen.header("x-plan") == "gold"
     assert seen.header("x-api-key") is None
     assert created.api_key not in resp.text
-    assert envoy.stat(METRIC + "allowed") == 1
+    assert envoy.metric(METRIC + "allowed_total") == 1
     assert keystore.lookups() == 1
     [listed] = keystore.list()
     assert listed["last_used_at"] is not None
@@ -129,8 +129,8 @@ def test_unknown_revoked_and_expired_keys_get_the_same_401(deployment, start_env
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == 'ApiKey realm="orders"'
     assert missing.json()["message"] == "an API key is required"
-    stats = envoy.stats(r"wasmgate\.api_key\.denied")
-    assert {name.rsplit(".", 1)[1]: value for name, value in stats.items() if value} == {
+    denied = envoy.series(METRIC + "denied_total")
+    assert {dict(tags)["reason"]: value for tags, value in denied.items() if value} == {
         "unknown": 1, "revoked": 2, "expired": 1, "missing": 1}
 
 
@@ -152,8 +152,8 @@ def test_malformed_keys_are_refused_without_a_lookup(deployment, start_envoy, ec
         assert (resp.status_code, resp.text) == (401, unknown.text)
     # The key store's own counter: none of them was looked up.
     assert keystore.lookups() == 1
-    assert envoy.stat(METRIC + "denied.malformed") == len(malformed)
-    assert envoy.stat(METRIC + "lookups") == 1
+    assert envoy.metric(METRIC + "denied_total", reason="malformed") == len(malformed)
+    assert envoy.metric(METRIC + "store_lookups_total") == 1
 
 
 def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
@@ -186,7 +186,7 @@ def test_bearer_and_query_keys_are_accepted_and_hidden_skip_routes_pass(
     assert seen.header("x-tenant-id") is None and seen.header("x-scopes") is None
     assert seen.header("x-api-key") is None and seen.query == ""
     assert seen.header("authorization") == "Bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln"
-    assert envoy.stat(METRIC + "skipped") == 1
+    assert envoy.metric(METRIC + "skipped_total") == 1
     assert keystore.lookups() == 1
 
 
@@ -225,18 +225,20 @@ def test_a_thousand_requests_with_one_key_make_one_lookup_per_ttl(deployment, st
     assert finished - started < ttl, "the burst outlasted the TTL; it cannot show one lookup per TTL"
     # Both workers served it: the first requests waited on one lookup, the rest hit.
     assert keystore.lookups() == 1
-    assert envoy.stat(METRIC + "lookups") == 1
-    assert envoy.stat(METRIC + "cache_miss") == 1
-    assert envoy.stat(METRIC + "cache_hit") + envoy.stat(METRIC + "cache_coalesced") == 999
+    assert envoy.metric(METRIC + "store_lookups_total") == 1
+    assert envoy.metric(METRIC + "cache_lookups_total", result="miss") == 1
+    assert (envoy.metric(METRIC + "cache_lookups_total", result="hit")
+            + envoy.metric(METRIC + "cache_lookups_total", result="coalesced")) == 999
 
     wait_until(started + ttl + 0.2, "the cached answer to expire")
     second = time.monotonic()
     assert load(envoy, lambda i: [created.api_key] * 50, connections=20) == Counter({200: 1000})
     assert time.monotonic() - second < ttl
     assert keystore.lookups() == 2
-    assert envoy.stat(METRIC + "lookups") == 2
+    assert envoy.metric(METRIC + "store_lookups_total") == 2
     # Both lookups' round trips are in the latency histogram.
-    wait_for(lambda: re.search(r"lookup_ms: P0\(\d", envoy.admin("/stats?filter=lookup_ms")),
+    wait_for(lambda: re.search(r"store_lookup_duration_milliseconds: P0\(\d",
+                               envoy.admin("/stats?filter=store_lookup_duration")),
              10, "the lookup latency histogram to be flushed")
 
 
@@ -265,13 +267,13 @@ def test_when_the_store_is_down_cached_keys_work_until_max_stale_and_new_keys_ge
     assert unavailable.status_code == 503
     assert unavailable.headers["retry-after"] == "1"
     assert "www-authenticate" not in unavailable.headers
-    assert envoy.stat(METRIC + "cache_stale") == 1
-    assert envoy.stat(METRIC + "store_error.status") >= 2
+    assert envoy.metric(METRIC + "cache_lookups_total", result="stale") == 1
+    assert envoy.metric(METRIC + "store_errors_total", kind="status") >= 2
 
     # ttl + max_stale after it was fetched, the answer is too old to trust.
     wait_until(fetched + 3.2, "the cached answer to pass max_stale")
     assert get(envoy, known.api_key).status_code == 503
-    assert envoy.stat(METRIC + "denied.store_unavailable") == 2
+    assert envoy.metric(METRIC + "denied_total", reason="store_unavailable") == 2
 
 
 def test_a_revoked_key_works_at_most_ttl_plus_max_stale_while_the_store_fails(
@@ -365,9 +367,9 @@ def test_a_hung_store_ends_requests_at_the_timeout_with_503(deployment, start_en
         assert status == 503
         assert elapsed >= 0.4, results  # it did wait for the store...
     # ...on one lookup per key, which Envoy ended at the timeout (with a local 504).
-    assert envoy.stat(METRIC + "lookups") == 2
-    assert envoy.stat(METRIC + "store_error.status") == 2
-    assert envoy.stat(METRIC + "denied.store_unavailable") == 6
+    assert envoy.metric(METRIC + "store_lookups_total") == 2
+    assert envoy.metric(METRIC + "store_errors_total", kind="status") == 2
+    assert envoy.metric(METRIC + "denied_total", reason="store_unavailable") == 6
     assert get(envoy).status_code == 401  # and the gateway still answers at once
 
 
@@ -393,7 +395,7 @@ def test_a_request_body_reaches_the_upstream_after_the_lookup(deployment, start_
     seen = Seen(resp)
     assert seen.header("x-tenant-id") == "acme"
     assert seen.body == body
-    assert envoy.stat(METRIC + "cache_miss") == 1
+    assert envoy.metric(METRIC + "cache_lookups_total", result="miss") == 1
 
 
 def test_fail_open_passes_anonymously_when_the_store_cannot_answer(deployment, start_envoy, echo,
@@ -407,14 +409,14 @@ def test_fail_open_passes_anonymously_when_the_store_cannot_answer(deployment, s
     assert seen.header("x-tenant-id") is None
     assert seen.header("x-api-key-id") is None
     assert seen.header("x-api-key") is None
-    assert envoy.stat(METRIC + "failed_open") == 1
+    assert envoy.metric(METRIC + "fail_open_total") == 1
 
 
 def test_a_missing_store_cluster_is_a_503_not_a_crash(deployment, start_envoy, echo, keystore):
     envoy = start_envoy(gateway(deployment, echo, keystore.service,
                                 {"store": {"cluster": "no-such-cluster"}}))
     assert get(envoy, random_key()).status_code == 503
-    assert envoy.stat(METRIC + "store_error.dispatch") == 1
+    assert envoy.metric(METRIC + "store_errors_total", kind="dispatch") == 1
     assert envoy.alive()
 
 
@@ -430,8 +432,8 @@ def test_twenty_thousand_random_keys_leave_the_cache_at_its_bound(deployment, st
     # Every key was looked up once (no colliding key was mistaken for another)...
     assert keystore.lookups() == 20_000
     # ...and the table holds at most its 64 slots, all now in use.
-    assert envoy.stat(METRIC + "cache_slots") == 64
-    assert envoy.stat(METRIC + "cache_entries") == 64
+    assert envoy.metric(METRIC + "cache_slots") == 64
+    assert envoy.metric(METRIC + "cache_entries") == 64
     created = keystore.create("acme", "gold")
     assert get(envoy, created.api_key).status_code == 200
     assert envoy.alive()

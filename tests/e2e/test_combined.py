@@ -85,9 +85,9 @@ def test_each_stage_works_on_what_the_previous_one_left(start_envoy, start_servi
     assert "x-ratelimit-remaining" not in refused.headers
     assert refused.headers["x-served-by"] == "wasmgate"
     assert third.headers["x-served-by"] == "wasmgate"
-    assert envoy.stat("wasmcustom.wasmgate.rate_limit.allowed") == 3
-    assert envoy.stat("wasmcustom.wasmgate.rate_limit.limited") == 1
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.missing_token") == 1
+    assert envoy.metric("wasmgate_rate_limit_allowed_total") == 3
+    assert envoy.metric("wasmgate_rate_limit_limited_total") == 1
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="missing_token") == 1
 
 
 def test_a_request_one_stage_paused_goes_through_the_later_stages(start_envoy, start_service,
@@ -107,8 +107,8 @@ def test_a_request_one_stage_paused_goes_through_the_later_stages(start_envoy, s
     for t in threads:
         t.start()
     # All three are held (none has an answer) until the keys come.
-    waited = "wasmcustom.wasmgate.jwt.waited_for_keys"
-    wait_for(lambda: envoy.stat(waited) == 3, 10, "the three requests to wait for keys")
+    waited = "wasmgate_jwt_waited_for_keys_total"
+    wait_for(lambda: envoy.metric(waited) == 3, 10, "the three requests to wait for keys")
     assert answers == [None, None, None]
     jwks.mode()  # up again
     for t in threads:
@@ -135,7 +135,7 @@ def test_a_request_waiting_for_the_key_store_goes_through_the_rate_limit(start_e
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert [a.headers.get("x-ratelimit-remaining") for a in answers[:2]] == ["1", "0"]
     assert Seen(answers[0]).header("x-api-key-id") == created.key_id
-    assert envoy.stat("wasmcustom.wasmgate.api_key.lookups") == 1
+    assert envoy.metric("wasmgate_api_key_store_lookups_total") == 1
 
 
 @pytest.mark.parametrize("config, problem", [

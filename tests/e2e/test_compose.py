@@ -9,6 +9,7 @@ so the binary is called directly). The schema is compose-spec's own
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,16 +19,17 @@ import yaml
 
 import compose
 from harness import ROOT, Seen, wait_for
-from harness.demo_gateway import CALLOUT_SERVICES, DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS
+from harness.demo_gateway import CALLOUT_SERVICES, DEMO_SERVICES, GATEWAY_CONFIG, GATEWAY_PORTS, OTLP_PORT
 from harness.dockerd import PrivateDockerd
 from harness.ports import free_ports
-from harness.shipped import load_shipped
+from harness.shipped import load_shipped, with_tracing
 
 COMPOSE = str(Path(compose.__file__).parent / "docker-compose")
 SCHEMA = ROOT / "tests" / "data" / "compose" / "compose-spec.json"
 BASE = ROOT / "docker-compose.yml"
 HOST = ROOT / "docker-compose.host.yml"
 TIMEOUT = 10
+PROMETHEUS_PORT = 9090  # published by the gateway service, whose namespace it shares
 
 
 def compose_run(*args, files=(BASE,), env=None, timeout=120, check=True):
@@ -85,6 +87,13 @@ def test_a_broken_compose_file_is_refused(tmp_path):
         check_schema(document, tmp_path, "broken")
 
 
+def prometheus_query(api: str, query: str) -> list:
+    """The result of an instant query to Prometheus's HTTP API (empty: no series)."""
+    resp = requests.get(f"{api}/query", params={"query": query}, timeout=TIMEOUT)
+    resp.raise_for_status()
+    return resp.json()["data"]["result"]
+
+
 def listen_port(service):
     command = service["command"]
     return int(command[command.index("--listen") + 1].rsplit(":", 1)[1])
@@ -106,10 +115,19 @@ def test_compose_runs_what_gateway_yaml_routes_to():
     services = config["services"]
     gateway = services.pop("gateway")
     assert gateway["image"] == "envoyproxy/envoy:v1.40.0"
+    assert gateway["environment"]["WASMGATE_TRACING"] == "off"
+    # Prometheus, on the shipped config and rules, scraping in the gateway's namespace.
+    prometheus = services.pop("prometheus")
+    assert prometheus["image"] == "prom/prometheus:v2.42.0"
+    assert prometheus["network_mode"] == "service:gateway"
+    assert [(Path(v["source"]).relative_to(ROOT), v["target"]) for v in prometheus["volumes"]] == [
+        (Path("observability/prometheus"), "/etc/prometheus")]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert f"--web.listen-address=0.0.0.0:{PROMETHEUS_PORT}" in prometheus["command"]
     # Every demo service and callout server of gateway.yaml, on the port gateway.yaml
     # sends it to.
     expected = {instance: (f"echo {service}", port) for port, (service, instance)
-                in DEMO_SERVICES.items() if service != "otel-collector"}
+                in DEMO_SERVICES.items()}
     expected["jwks"] = ("jwks", next(p for p, n in CALLOUT_SERVICES.items() if n == "jwks"))
     expected["keystore"] = ("keystore serve",
                             next(p for p, n in CALLOUT_SERVICES.items() if n == "keystore"))
@@ -122,7 +140,8 @@ def test_compose_runs_what_gateway_yaml_routes_to():
         assert services[name]["volumes"][0]["type"] == "volume"
     # Every listener published, admin not: it stays on the container's loopback.
     published = {(p["published"], p["target"]) for p in gateway["ports"]}
-    assert published == {(str(port), port) for name, port in GATEWAY_PORTS.items() if name != "admin"}
+    assert published == {(str(port), port) for name, port in GATEWAY_PORTS.items() if name != "admin"} | {
+        (str(PROMETHEUS_PORT), PROMETHEUS_PORT)}
     mounts = {v["target"]: Path(v["source"]).relative_to(ROOT) for v in gateway["volumes"]}
     assert mounts["/wasmgate/envoy-config"] == Path("envoy-config")
     assert mounts["/wasmgate/build/wasm"] == Path("build/wasm")
@@ -130,30 +149,49 @@ def test_compose_runs_what_gateway_yaml_routes_to():
     assert gateway["command"][0] == GATEWAY_CONFIG
 
 
-@pytest.mark.parametrize("bind", ["0.0.0.0", "192.0.2.7"])
-def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind):
-    # docker/gateway-entrypoint.sh, run here with a fake `envoy` that keeps its config.
+def run_entrypoint(tmp_path, **env):
+    """docker/gateway-entrypoint.sh, run here with a fake `envoy` that keeps its config:
+    (exit code, the config Envoy would have run, stderr)."""
     fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
+    fake_bin.mkdir(exist_ok=True)
     (fake_bin / "envoy").write_text(f'#!/bin/sh\ncp "$2" {tmp_path}/seen.yaml\n')
     (fake_bin / "envoy").chmod(0o755)
-    subprocess.run(["sh", str(ROOT / "docker" / "gateway-entrypoint.sh"), GATEWAY_CONFIG, "--x"],
-                   cwd=ROOT, check=True, timeout=30,
-                   env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}",
-                        "WASMGATE_BIND_ADDRESS": bind})
-    shipped = yaml.safe_load((ROOT / GATEWAY_CONFIG).read_text())
-    seen = yaml.safe_load((tmp_path / "seen.yaml").read_text())
+    (tmp_path / "seen.yaml").unlink(missing_ok=True)
+    result = subprocess.run(["sh", str(ROOT / "docker" / "gateway-entrypoint.sh"), GATEWAY_CONFIG, "--x"],
+                            cwd=ROOT, timeout=30, capture_output=True, text=True,
+                            env={**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}", **env})
+    seen = tmp_path / "seen.yaml"
+    return result.returncode, seen.read_text() if seen.exists() else None, result.stderr
+
+
+@pytest.mark.parametrize("bind, tracing", [("0.0.0.0", "off"), ("192.0.2.7", "off"), ("0.0.0.0", "on")])
+def test_the_entrypoint_rebinds_the_listeners_and_never_admin(tmp_path, bind, tracing):
+    code, seen, _ = run_entrypoint(tmp_path, WASMGATE_BIND_ADDRESS=bind, WASMGATE_TRACING=tracing)
+    assert code == 0
+    text = (ROOT / GATEWAY_CONFIG).read_text()
+    shipped = yaml.safe_load(with_tracing(text) if tracing == "on" else text)
+    seen = yaml.safe_load(seen)
     # Admin can stop Envoy (/quitquitquit) and change it (/runtime_modify): loopback only.
     assert seen["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
     listeners = {listener["name"]: listener for listener in seen["static_resources"]["listeners"]}
     assert set(listeners) >= {"main", "tls", "stats"}
     for listener in listeners.values():
         assert listener["address"]["socket_address"]["address"] == bind
+    # Tracing only when asked: no spans, no export errors without a collector.
+    for name in ("main", "tls"):
+        manager = listeners[name]["filter_chains"][0]["filters"][0]["typed_config"]
+        assert ("tracing" in manager) == (tracing == "on")
     # Nothing else changed: put the shipped addresses back and compare everything.
     for listener, original in zip(seen["static_resources"]["listeners"],
                                   shipped["static_resources"]["listeners"]):
         listener["address"] = original["address"]
     assert seen == shipped
+
+
+def test_the_entrypoint_refuses_an_unknown_tracing_switch(tmp_path):
+    code, seen, stderr = run_entrypoint(tmp_path, WASMGATE_TRACING="yes")
+    assert (code, seen) == (2, None)
+    assert "WASMGATE_TRACING must be on or off" in stderr
 
 
 @pytest.fixture
@@ -172,13 +210,23 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
     written here moves every port to a free one."""
     subprocess.run([str(ROOT / "scripts" / "docker-standin-images.sh")], env=dockerd.env,
                    check=True, capture_output=True, timeout=300)
-    shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES, *CALLOUT_SERVICES})
+    shipped = sorted({*GATEWAY_PORTS.values(), *DEMO_SERVICES, *CALLOUT_SERVICES, OTLP_PORT,
+                      PROMETHEUS_PORT})
     ports = dict(zip(shipped, free_ports(len(shipped))))
     jwks_port, keystore_port = (next(p for p, n in CALLOUT_SERVICES.items() if n == name)
                                 for name in ("jwks", "keystore"))
     config_dir = tmp_path / "envoy-config"
     config_dir.mkdir()
     (config_dir / "gateway.yaml").write_text(yaml.safe_dump(load_shipped(GATEWAY_CONFIG, ports)))
+    # Prometheus's shipped config and rules, scraping the stats listener of this gateway.
+    prometheus_dir = tmp_path / "prometheus"
+    shutil.copytree(ROOT / "observability" / "prometheus", prometheus_dir)
+    prometheus_config = yaml.safe_load((prometheus_dir / "prometheus.yml").read_text())
+    job, = prometheus_config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": [f"127.0.0.1:{GATEWAY_PORTS['stats']}"]}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[GATEWAY_PORTS['stats']]}"]}]
+    (prometheus_dir / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
+    prometheus_command = resolved((BASE, HOST))["services"]["prometheus"]["command"]
     override = {"services": {
         "gateway": {"volumes": [
             {"type": "bind", "source": str(config_dir), "target": "/wasmgate/envoy-config", "read_only": True},
@@ -186,9 +234,14 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
             # The SDS files of a test's certificates name them by their path here.
             {"type": "bind", "source": str(demo_certs), "target": str(demo_certs), "read_only": True},
         ]},
+        "prometheus": {
+            "volumes": [{"type": "bind", "source": str(prometheus_dir), "target": "/etc/prometheus",
+                         "read_only": True}],
+            "command": [arg.replace(f":{PROMETHEUS_PORT}", f":{ports[PROMETHEUS_PORT]}")
+                        for arg in prometheus_command]},
         **{instance: {"command": ["echo", "--listen", f"127.0.0.1:{ports[port]}", "--name", service,
                                   "--instance", instance]}
-           for port, (service, instance) in DEMO_SERVICES.items() if service != "otel-collector"},
+           for port, (service, instance) in DEMO_SERVICES.items()},
         "jwks": {"command": ["jwks", "--listen", f"127.0.0.1:{ports[jwks_port]}",
                              "--keys", "/var/lib/wasmgate/jwks-keys"]},
         "keystore": {"command": ["--store", "file:/var/lib/wasmgate/keys.json", "serve",
@@ -198,7 +251,8 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
     test_override.write_text(yaml.safe_dump(override))
     files = (BASE, HOST, test_override)
     env = {**dockerd.env, "ENVOY_IMAGE": "wasmgate/envoy-standin:1.40.0",
-           "WASMGATE_DEMO_IMAGE": "wasmgate/demo-standin:latest"}
+           "WASMGATE_DEMO_IMAGE": "wasmgate/demo-standin:latest",
+           "PROMETHEUS_IMAGE": "wasmgate/prometheus-standin:2.42.0"}
     project = ["-p", f"wasmgate-test-{os.getpid()}"]
     compose_run(*project, "up", "-d", "--no-build", "--pull", "never", files=files, env=env, timeout=300)
 
@@ -238,7 +292,7 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
         # Metrics come from the stats listener (admin itself stays on loopback).
         admin = requests.get(f"http://127.0.0.1:{ports[9902]}/stats/prometheus", timeout=TIMEOUT).text
         for metric in ("headers_requests", "jwt_allowed", "api_key_allowed", "rate_limit_allowed"):
-            assert f"wasmgate_{metric}{{}}" in admin
+            assert f"wasmgate_{metric}_total{{}}" in admin
 
         # The gateway container's stdout is the JSON access log.
         request_id = resp.headers["x-request-id"]
@@ -249,9 +303,18 @@ def test_compose_up_answers_through_the_standin_images(dockerd, demo_certs, tmp_
                        for line in out.splitlines())
 
         wait_for(logged, 20, "the access log line in `docker compose logs gateway`")
+
+        # Prometheus scrapes the gateway: its target is up and the filters' series are in.
+        prometheus = f"http://127.0.0.1:{ports[PROMETHEUS_PORT]}/api/v1"
+        wait_for(lambda: prometheus_query(prometheus, 'up{job="wasmgate-gateway"} == 1'), 60,
+                 "Prometheus to scrape the gateway")
+        assert wait_for(lambda: prometheus_query(prometheus, "wasmgate_jwt_allowed_total > 0"), 30,
+                        "a wasmgate series in Prometheus")
         out = compose_run(*project, "ps", "--format", "json", files=files, env=env).stdout.strip()
         running = json.loads(out) if out.startswith("[") else [json.loads(l) for l in out.splitlines()]
-        assert {c["Service"]: c["Image"] for c in running}["gateway"] == "wasmgate/envoy-standin:1.40.0"
+        images = {c["Service"]: c["Image"] for c in running}
+        assert images["gateway"] == "wasmgate/envoy-standin:1.40.0"
+        assert images["prometheus"] == "wasmgate/prometheus-standin:2.42.0"
     except BaseException:
         print(compose_run(*project, "logs", files=files, env=env, check=False).stdout[-20000:])
         print(dockerd.log())

@@ -55,6 +55,17 @@ def test_the_istio_quickstart_is_a_valid_wasmplugin_whose_config_works(start_env
     assert seen.header("x-gateway") == "wasmgate"
 
 
+def test_the_istio_sketch_of_versions_and_the_experiment_is_valid_for_istio():
+    """docs/gateway-and-mesh.md's VirtualService (not shipped): Istio's schema takes it,
+    and it routes with the gateway's own Accept expression."""
+    service = yaml.safe_load(marked_block("docs/gateway-and-mesh.md", "istio: versions and experiment"))
+    assert CrdCatalog.load(CRD_FILE).validate(service) == []
+    accept = next(m["headers"]["accept"]["regex"] for route in service["spec"]["http"]
+                  for m in route["match"] if "accept" in m.get("headers", {}))
+    gateway = (ROOT / "envoy-config" / "gateway.yaml").read_text()
+    assert f"regex: '1|accept:{accept}'" in gateway
+
+
 def check_links(*files):
     return subprocess.run([sys.executable, str(CHECK_LINKS), *map(str, files)],
                           capture_output=True, text=True, timeout=60)

@@ -24,7 +24,7 @@ ENVIRONMENT_PORTS = ["WASMGATE_HTTP_PORT", "WASMGATE_HTTPS_PORT", "WASMGATE_ADMI
                      "WASMGATE_STATS_PORT",
                      "WASMGATE_OTLP_PORT", "WASMGATE_PORT_USERS_A", "WASMGATE_PORT_USERS_B",
                      "WASMGATE_PORT_ORDERS_V1", "WASMGATE_PORT_ORDERS_V2", "WASMGATE_PORT_PRODUCTS",
-                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE"]
+                     "WASMGATE_PORT_JWKS", "WASMGATE_PORT_KEYSTORE", "WASMGATE_PROMETHEUS_PORT"]
 JWT = re.compile(r"^eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+$")
 
 
@@ -58,6 +58,43 @@ def partner_answers(out):
             and '"x-api-key-id":["key_' in body and '"x-api-key"' not in body)
 
 
+def versions_by_header(out):
+    """v1 by X-API-Version (the path the service saw, deprecated), v2 by Accept, 406."""
+    statuses = [s for s, _, _ in answers(out)]
+    (_, v1_head, bodies), (_, _, unknown) = answers(out)  # the v2 answer follows v1's body
+    v1, v2 = re.findall(r'"path":"([^"]*)"', bodies)
+    return (statuses == [200, 406] and (v1, v2) == ("/api/v1/users/42", "/api/v2/users/42")
+            and "deprecation: @" in v1_head and "vary: x-api-version, accept" in v1_head
+            and '"error":"unsupported_api_version"' in unknown)
+
+
+def ab_pinned(out):
+    return [line.strip() for line in out.splitlines() if line.strip()] == [
+        '10 "instance":"orders-v2"', '10 "instance":"orders-v1"']
+
+
+def least_request(out):
+    counts = instance_counts(out)
+    # Round robin would give users-b 50; least request about 25. Reaching 50 anyway
+    # would take a coin that comes up one time in four to come up 50 times in 100.
+    return sum(counts.values()) == 100 and counts.get("users-a", 0) > counts.get("users-b", 0)
+
+
+def mobile_host(out):
+    refused, _, rest = out.partition("\n")
+    (status, head, body), = answers(rest)
+    return (refused == "401" and status == 200 and "content-encoding: gzip" in head
+            and "cache-control: private, no-cache" in head and "x-ratelimit-limit: 300" in head
+            and '"x-client-type":["mobile"]' in body and '"x-user-id":["alice"]' in body)
+
+
+def partner_host(out):
+    refused, _, rest = out.partition("\n")
+    (status, head, body), = answers(rest)
+    return (refused == "401" and status == 200 and '"instance":"orders-v1"' in body
+            and '"x-client-type":["partner"]' in body and "x-ratelimit-limit: 120" in head)
+
+
 def limited(out):
     codes = out.splitlines()[0].split()
     (status, head, body), = answers(out)
@@ -81,6 +118,7 @@ STEP_CHECKS = {
         and '"x-tenant-id":["acme"]' in out and "admin" not in out
         and '"authorization"' not in out),
     "The same on v2": lambda out: "HTTP/1.1 200" in out and "deprecation" not in out.lower(),
+    "Versions by header": versions_by_header,
     "HTTPS with the demo certificate": lambda out: '"x-forwarded-proto":["https"]' in out,
     "Scopes": lambda out: (
         out.startswith("HTTP/1.1 403") and 'error="insufficient_scope"' in out
@@ -88,15 +126,18 @@ STEP_CHECKS = {
     "Canary": lambda out: (
         sum(instance_counts(out).values()) == 100
         and 1 <= instance_counts(out).get("orders-v2", 0) <= 30),
-    # Round robin per Envoy worker (two here), and each curl is a new connection.
-    "Load balancing": lambda out: (
-        set(instance_counts(out)) == {"users-a", "users-b"} and min(instance_counts(out).values()) >= 3),
+    "A/B": ab_pinned,
+    "Load balancing, least request": least_request,
     "Retry": lambda out: out.startswith("200") and "upstream_rq_retry_success: 1" in out,
     "Timeout": lambda out: out.startswith("504 "),
     "Outlier detection": lambda out: (
-        "200 " * 12 in out and "ejections_active: 1" in out
+        "200 " * 40 in out and "ejections_active: 1" in out
         and int(re.search(r"retry\.upstream_rq_500: (\d+)", out).group(1)) >= 5),
-    "Tracing": lambda out: "00-4bf92f3577b34da6a3ce929d0e0e4736-" in out,
+    # Off by default: no span of Envoy's own, the client's traceparent as it came.
+    "Tracing is off": lambda out: out.strip() == (
+        '"traceparent":["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]'),
+    "Backends for frontends": mobile_host,
+    "The partner host": partner_host,
     "Create an API key": lambda out: (
         re.search(r"^api_key +sk_live_[\w-]{43}$", out, re.M) is not None
         and re.search(r"^key_\w+ +acme +gold +active", out, re.M) is not None),
@@ -104,10 +145,18 @@ STEP_CHECKS = {
     "Rate limit": limited,
     "The access log": access_log_lines,
     "Metrics in Prometheus format": lambda out: all(
-        f"wasmgate_{name}{{}}" in out for name in (
-            "headers_requests", "jwt_allowed", "jwt_denied_missing_token", "jwt_denied_expired",
-            "api_key_allowed", "rate_limit_allowed", "rate_limit_limited")),
+        f"wasmgate_{name} " in out for name in (
+            "headers_requests_total{}", "jwt_allowed_total{}",
+            'jwt_denied_total{reason="missing_token"}', 'jwt_denied_total{reason="expired"}',
+            "api_key_allowed_total{}", "rate_limit_allowed_total{}", "rate_limit_limited_total{}")),
+    "Prometheus scrapes the gateway": lambda out: (
+        out.splitlines()[0] == '"health":"up"'
+        and {line.split('"')[3] for line in out.splitlines()[1:]}
+        >= {"missing_token", "expired", "insufficient_scope"}),
 }
+# Steps whose output may lag: the access log is written once a second, Prometheus
+# scrapes every 5 s.
+RETRIED = ("The access log", "Prometheus scrapes the gateway")
 
 
 def run_commands(commands):
@@ -156,11 +205,15 @@ def test_make_run_walk_through_works_and_ctrl_c_stops_everything(tmp_path):
             check = next((c for phrase, c in STEP_CHECKS.items() if title.startswith(phrase)), None)
             assert check is not None, f"no check for the walk-through step {title!r}"
             out = run_commands(commands)
-            if title.startswith("The access log") and not check(out):
-                # Envoy writes the access log once a second: look again.
+            if title.startswith(RETRIED) and not check(out):
                 out = wait_for(lambda: (lambda o: o if check(o) else None)(run_commands(commands)),
-                               10, "access log lines")
+                               15, f"the output of {title!r}")
             assert check(out), f"step {title!r} printed:\n{out}"
+
+        # Tracing is off: Envoy never tried to export a span (it would log an error
+        # each time, with no collector).
+        envoy_log = (tmp_path / "run" / "envoy.log").read_text(errors="replace")
+        assert "][tracing]" not in envoy_log and "OTLP" not in envoy_log
 
         # Ctrl-C (SIGINT to the foreground process group) stops the script and
         # everything it started: nothing keeps a port.

@@ -146,7 +146,7 @@ def test_strip_inbound_removes_spoofed_identity_headers(start_envoy, echo, deplo
         assert seen.header("x-scopes") is None, path
         # Stripped values are invisible to templates as well.
         assert seen.header("x-copied-user") is None, path
-    assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == 6
+    assert envoy.metric("wasmgate_headers_spoofed_headers_stripped_total") == 6
 
 
 def test_response_cleanup_and_request_id_echo(start_envoy, echo, deployment):

@@ -85,7 +85,7 @@ def probe_headers(envoy, callouts):
     a token, for when the JWT filter runs too: the service then sees the token's
     identity, never the spoofed one.)"""
     spoofed = {"x-user-id": "admin", "x-tenant-id": "other", "x-plan": "gold"}
-    stripped = envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped")
+    stripped = envoy.metric("wasmgate_headers_spoofed_headers_stripped_total")
     resp = requests.get(envoy.url("/api/v1/users/42"), headers={**spoofed, **callouts.bearer()},
                         timeout=10)
     seen = Seen(resp)
@@ -96,7 +96,7 @@ def probe_headers(envoy, callouts):
     assert seen.header("x-client-ip") == "127.0.0.1"
     assert resp.headers["x-request-id"] == seen.header("x-request-id")
     assert resp.headers["sunset"] == "Thu, 31 Dec 2026 23:59:59 GMT"
-    assert envoy.stat("wasmcustom.wasmgate.headers.spoofed_headers_stripped") == stripped + 3
+    assert envoy.metric("wasmgate_headers_spoofed_headers_stripped_total") == stripped + 3
 
 
 def probe_jwt(envoy, callouts):
@@ -116,7 +116,7 @@ def probe_jwt(envoy, callouts):
         refused = requests.request(method, orders, json={}, headers=callouts.bearer(), timeout=10)
         assert refused.status_code == 403, method
     assert requests.get(envoy.url("/public/x"), timeout=10).status_code == 200
-    assert envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success") >= 1
+    assert envoy.metric("wasmgate_jwt_jwks_fetches_total", result="success") >= 1
 
 
 def probe_api_key(envoy, callouts):
@@ -349,7 +349,7 @@ def test_emulated_istio_delivery_fail_close_denies_all_when_the_sha256_does_not_
         resp = requests.get(envoy.url(path), timeout=10)
         assert resp.status_code == 403, resp.text
         assert resp.text == "RBAC: access denied"
-    assert envoy.stat("wasmcustom.wasmgate.headers.requests") == 0
+    assert envoy.metric("wasmgate_headers_requests_total") == 0
 
 
 def test_emulated_istio_delivery_fail_open_passes_through_when_the_sha256_does_not_match(gateway):

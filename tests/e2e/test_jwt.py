@@ -91,7 +91,7 @@ def test_valid_tokens_pass_and_the_upstream_sees_the_identity(gateway, keys):
         python = keys.mint(kid)
         for token in (rust, python):
             assert_identity(get(envoy, token=token, headers=spoof))
-    assert envoy.stat("wasmcustom.wasmgate.jwt.allowed") == 2 * len(kids)
+    assert envoy.metric("wasmgate_jwt_allowed_total") == 2 * len(kids)
 
 
 def test_tokens_from_jwcrypto_verify_and_its_forgeries_do_not(gateway, keys):
@@ -232,10 +232,10 @@ def test_each_rejection_gets_its_status_and_challenge(gateway, keys):
         longest = max(token.split("."), key=len)
         if len(longest) >= 20:
             assert longest not in log, name
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.expired") == 2
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.kid_required") == 1
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="expired") == 2
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="kid_required") == 1
     # The raw-bytes header, no header, and Basic credentials.
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.missing_token") == 3
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="missing_token") == 3
 
 
 def test_a_provider_with_required_typ_takes_access_tokens_only(gateway, keys):
@@ -256,7 +256,7 @@ def test_a_provider_with_required_typ_takes_access_tokens_only(gateway, keys):
     assert_identity(get(envoy, "/orders/1", token=id_token))
     assert_identity(get(envoy, "/orders/1",
                         token=pyjwt.encode(claims_for(), keys.keys["ed1"][1], algorithm="EdDSA")))
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.wrong_type") == 2
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="wrong_type") == 2
 
 
 def test_per_route_rules_public_and_scoped(gateway, keys):
@@ -289,12 +289,13 @@ def test_the_token_cache_answers_repeat_tokens(gateway, keys):
     with requests.Session() as session:
         for _ in range(10):
             assert_identity(get(envoy, token=token, session=session))
-    assert envoy.stat("wasmcustom.wasmgate.jwt.token_cache.miss") == 1
-    assert envoy.stat("wasmcustom.wasmgate.jwt.token_cache.hit") == 9
-    # Prometheus shows custom metrics without Envoy's `wasmcustom` namespace.
+    assert envoy.metric("wasmgate_jwt_token_cache_lookups_total", result="miss") == 1
+    assert envoy.metric("wasmgate_jwt_token_cache_lookups_total", result="hit") == 9
+    # Prometheus shows custom metrics without Envoy's `wasmcustom` namespace, their
+    # tags as labels (the bootstrap's stats_tags).
     metrics = envoy.admin("/stats/prometheus").splitlines()
-    assert "wasmgate_jwt_token_cache_hit{} 9" in metrics
-    assert "wasmgate_jwt_allowed{} 10" in metrics
+    assert 'wasmgate_jwt_token_cache_lookups_total{result="hit"} 9' in metrics
+    assert "wasmgate_jwt_allowed_total{} 10" in metrics
 
 
 def test_hmac_with_an_inline_secret_and_tokens_from_cookies_and_params(start_envoy, echo,

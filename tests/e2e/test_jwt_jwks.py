@@ -11,8 +11,7 @@ from harness import Seen, wait_for
 from harness.jwt import (Background, KeyDir, call, jwt_gateway, plugin_config, provider,
                          remote_jwks, start_jwks)
 
-FETCH_OK = "wasmcustom.wasmgate.jwt.jwks_fetch.success"
-FETCH_FAILED = "wasmcustom.wasmgate.jwt.jwks_fetch.failure"
+FETCHES = "wasmgate_jwt_jwks_fetches_total"
 
 
 def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None, **remote):
@@ -29,7 +28,7 @@ def setup(deployment, tmp_path, start_envoy, start_service, echo, jwks_mode=None
 def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_envoy, start_service,
                                                   echo):
     envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo)
-    wait_for(lambda: envoy.stat(FETCH_OK) >= 1, 10, "the first JWKS fetch")
+    wait_for(lambda: envoy.metric(FETCHES, result="success") >= 1, 10, "the first JWKS fetch")
     for i in range(20):
         resp = call(envoy, keys.mint("k1", sub=f"user{i}"))
         assert resp.status_code == 200, resp.text
@@ -37,8 +36,8 @@ def test_the_jwks_is_fetched_once_for_two_workers(deployment, tmp_path, start_en
     # Every VM (two workers and the main thread's) started, ticked and served: still
     # exactly one fetch.
     assert jwks.requests() == 1
-    assert envoy.stat(FETCH_OK) == 1
-    assert envoy.stat(FETCH_FAILED) == 0
+    assert envoy.metric(FETCHES, result="success") == 1
+    assert envoy.metric(FETCHES, result="failure") == 0
 
 
 def test_a_rotated_key_works_at_once_and_unknown_kids_are_rate_limited(deployment, tmp_path,
@@ -72,7 +71,7 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(deployment, tm
     waiting = [Background(envoy, keys.mint("k1", sub=f"early{i}")) for i in range(4)]
     # A client that gives up while its request waits: the filter must forget it.
     impatient = Background(envoy, keys.mint("k1"), timeout=0.5)
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 2, 15, "failed JWKS fetches")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 2, 15, "failed JWKS fetches")
     assert not any(w.done() for w in waiting), "requests should wait for the keys"
     wait_for(impatient.done, 10, "the impatient client to give up")
     assert isinstance(impatient.error, requests.exceptions.Timeout), impatient.error
@@ -81,7 +80,7 @@ def test_jwks_down_at_start_requests_wait_then_pass_once_it_is_up(deployment, tm
         resp = request.result()
         assert resp.status_code == 200, resp.text
         assert Seen(resp).header("x-user-id") == f"early{i}"
-    assert envoy.stat("wasmcustom.wasmgate.jwt.waited_for_keys") == 5
+    assert envoy.metric("wasmgate_jwt_waited_for_keys_total") == 5
     assert envoy.alive()
 
 
@@ -93,10 +92,10 @@ def test_no_keys_at_all_is_503_not_401(deployment, tmp_path, start_envoy, start_
     assert resp.status_code == 503
     assert "www-authenticate" not in resp.headers
     assert resp.json()["error"] == "temporarily_unavailable"
-    assert envoy.stat("wasmcustom.wasmgate.jwt.denied.keys_unavailable") == 1
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="keys_unavailable") == 1
     # A broken document is a failure too, never keys.
     jwks.mode(body='{"keys": [{"kty": "RSA", "n": "not base64!", "e": "AQAB"}]}')
-    wait_for(lambda: jwks.stats()["served"] >= 1 and envoy.stat(FETCH_FAILED) >= 3, 10,
+    wait_for(lambda: jwks.stats()["served"] >= 1 and envoy.metric(FETCHES, result="failure") >= 3, 10,
              "the broken JWKS to be fetched")
     assert call(envoy, keys.mint("k1")).status_code == 503
     jwks.mode()
@@ -112,7 +111,7 @@ def test_jwks_down_after_a_good_fetch_keeps_the_last_good_keys(deployment, tmp_p
     assert call(envoy, keys.mint("k1")).status_code == 200
     jwks.mode(down=True)
     # The 1 s cache expires; refreshes fail again and again.
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 3, 15, "failed refreshes")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 3, 15, "failed refreshes")
     for i in range(6):  # new tokens: verified with the last good keys, not the token cache
         resp = call(envoy, keys.mint("k1", sub=f"later{i}"))
         assert resp.status_code == 200, resp.text
@@ -127,7 +126,7 @@ def test_a_slow_jwks_within_the_timeout_holds_requests_until_it_answers(deployme
     resp = call(envoy, keys.mint("k1"))
     assert resp.status_code == 200, resp.text
     assert jwks.requests() == 1
-    assert envoy.stat(FETCH_FAILED) == 0
+    assert envoy.metric(FETCHES, result="failure") == 0
 
 
 def test_a_jwks_slower_than_the_timeout_is_a_failure(deployment, tmp_path, start_envoy,
@@ -135,5 +134,5 @@ def test_a_jwks_slower_than_the_timeout_is_a_failure(deployment, tmp_path, start
     envoy, jwks, keys = setup(deployment, tmp_path, start_envoy, start_service, echo,
                               jwks_mode={"delay_ms": 3000}, timeout="300ms",
                               backoff_initial="5s", max_wait="1s")
-    wait_for(lambda: envoy.stat(FETCH_FAILED) >= 1, 10, "the fetch to time out")
+    wait_for(lambda: envoy.metric(FETCHES, result="failure") >= 1, 10, "the fetch to time out")
     assert call(envoy, keys.mint("k1")).status_code == 503

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (decode_dss_signatur
 from harness.jwt import KeyDir, challenge, jwt_gateway, plugin_config, start_jwks
 from harness.paths import wasm_path
 
-CHECKED_BY_ENVOY = "wasmcustom.wasmgate.jwt.signature.checked_by_envoy"
+CHECKED_BY_ENVOY = "wasmgate_jwt_signatures_checked_by_envoy_total"
 BAD_SIGNATURE = ('Bearer realm="wasmgate", error="invalid_token", '
                  'error_description="signature does not verify"')
 
@@ -106,7 +106,7 @@ def test_envoy_checks_rsa_and_ecdsa_signatures_and_the_vm_the_rest(start_envoy, 
     host_checks = _check_every_algorithm(envoy, keys)
     # Every RS*/ES* signature (each token new, so none came from the token cache) went
     # to Envoy; PS256 and EdDSA ones did not.
-    assert envoy.stat(CHECKED_BY_ENVOY) == host_checks
+    assert envoy.metric(CHECKED_BY_ENVOY) == host_checks
     assert "does not check signatures" not in envoy.log()
 
 
@@ -182,7 +182,7 @@ def test_without_foreign_functions_signatures_are_checked_in_the_vm(start_envoy,
     envoy = start_envoy(config)
 
     _check_every_algorithm(envoy, keys)
-    assert envoy.stat(CHECKED_BY_ENVOY) == 0
+    assert envoy.metric(CHECKED_BY_ENVOY) == 0
     log = envoy.log()
     assert "the host does not check signatures" in log
     # Envoy logs each refused call; the filter stopped asking after the first one in

@@ -15,8 +15,6 @@ from harness.jwt import KeyDir, jwt_gateway, plugin_config, provider, remote_jwk
 BOUND = 100        # max_waiting_requests in the VM
 REFUSED = 100      # requests sent while BOUND wait
 LEAVING = 20       # waiting clients that close their connection
-WAITED = "wasmcustom.wasmgate.jwt.waited_for_keys"
-TOO_MANY = "wasmcustom.wasmgate.jwt.denied.too_many_waiting"
 
 
 def send_waiting(envoy, token: str) -> socket.socket:
@@ -50,7 +48,7 @@ def test_past_the_bound_requests_get_503_at_once_and_the_rest_pass_when_keys_arr
     token = keys.mint("k1")  # waiting is per request, not per token: one for all
 
     waiting = [send_waiting(envoy, token) for _ in range(BOUND)]
-    wait_for(lambda: envoy.stat(WAITED) == BOUND, 30, f"{BOUND} requests to wait for keys")
+    wait_for(lambda: envoy.metric("wasmgate_jwt_waited_for_keys_total") == BOUND, 30, f"{BOUND} requests to wait for keys")
     # Past the bound: 503 at once, with when to come back (max_wait), while the
     # first BOUND still wait for their keys.
     for _ in range(REFUSED):
@@ -61,7 +59,7 @@ def test_past_the_bound_requests_get_503_at_once_and_the_rest_pass_when_keys_arr
         assert "www-authenticate" not in resp.headers
         assert resp.json() == {"error": "temporarily_unavailable",
                                "message": "too many requests are waiting for signing keys"}
-    assert envoy.stat(TOO_MANY) == REFUSED
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="too_many_waiting") == REFUSED
     # Envoy serves everything else meanwhile.
     assert requests.get(envoy.url("/public/x"), timeout=10).status_code == 200
 
@@ -71,8 +69,8 @@ def test_past_the_bound_requests_get_503_at_once_and_the_rest_pass_when_keys_arr
     wait_for(lambda: envoy.stat("http.main.downstream_cx_destroy_remote_active_rq") == LEAVING,
              30, "Envoy to see the leaving clients go")
     waiting = waiting[LEAVING:] + [send_waiting(envoy, token) for _ in range(LEAVING)]
-    wait_for(lambda: envoy.stat(WAITED) == BOUND + LEAVING, 30, "the newcomers to wait")
-    assert envoy.stat(TOO_MANY) == REFUSED
+    wait_for(lambda: envoy.metric("wasmgate_jwt_waited_for_keys_total") == BOUND + LEAVING, 30, "the newcomers to wait")
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="too_many_waiting") == REFUSED
 
     jwks.mode()  # the keys arrive at the next retry
     statuses = [status_of(sock) for sock in waiting]
@@ -80,4 +78,4 @@ def test_past_the_bound_requests_get_503_at_once_and_the_rest_pass_when_keys_arr
     assert envoy.alive()
     assert requests.get(envoy.url("/orders/3"), headers={"authorization": f"Bearer {token}"},
                         timeout=10).status_code == 200
-    assert envoy.stat(TOO_MANY) == REFUSED
+    assert envoy.metric("wasmgate_jwt_denied_total", reason="too_many_waiting") == REFUSED

@@ -13,7 +13,7 @@ from harness import wait_for
 from harness.bootstrap import bootstrap, cluster, http_listener, route
 from harness.load import fire_together, get, wrk_distinct_clients
 
-STAT = "wasmcustom.wasmgate.rate_limit."
+STAT = "wasmgate_rate_limit_"
 
 
 def gateway(deployment, echo, config, routes=None, before=()) -> dict:
@@ -67,9 +67,9 @@ def test_exactly_the_limit_is_admitted_across_workers(deployment, start_envoy, e
     statuses = [a.status for a in answers]
     assert statuses.count(200) == 50, statuses
     assert statuses.count(429) == 150, statuses
-    assert envoy.stat(STAT + "allowed") == 50
-    assert envoy.stat(STAT + "limited") == 150
-    assert envoy.stat(STAT + "fail_open") == 0
+    assert envoy.metric(STAT + "allowed_total") == 50
+    assert envoy.metric(STAT + "limited_total") == 150
+    assert envoy.metric(STAT + "fail_open_total") == 0
 
     elapsed = math.ceil(finished - started)
     for answer in answers:
@@ -234,9 +234,9 @@ def test_shadow_mode_reports_but_never_refuses(deployment, start_envoy, echo):
     assert [a.status for a in answers] == [200] * 5
     assert [a.header("x-ratelimit-remaining") for a in answers] == ["1", "0", "0", "0", "0"]
     assert all(a.header("retry-after") is None for a in answers)
-    assert envoy.stat(STAT + "allowed") == 2
-    assert envoy.stat(STAT + "shadow_limited") == 3
-    assert envoy.stat(STAT + "limited") == 0
+    assert envoy.metric(STAT + "allowed_total") == 2
+    assert envoy.metric(STAT + "shadow_limited_total") == 3
+    assert envoy.metric(STAT + "limited_total") == 0
 
 
 def test_unmatched_requests_are_not_counted(deployment, start_envoy, echo):
@@ -281,13 +281,13 @@ def test_a_limited_client_stays_limited_through_a_flood_of_new_clients(deploymen
     sent = wrk_distinct_clients(port, "/", "x-user-id", 20_000, tmp_path, prefix="flood")
     assert sent >= 20_000, sent
     assert envoy.alive()
-    counted = envoy.stat(STAT + "allowed") + envoy.stat(STAT + "limited")
+    counted = envoy.metric(STAT + "allowed_total") + envoy.metric(STAT + "limited_total")
     assert counted >= 20_000 + 6, counted
     # Every slot holds a bucket and the table grew no further: newcomers beyond it
     # share the rule's overflow bucket.
-    assert envoy.stat(STAT + "slots_in_use") == 1000
-    assert envoy.stat(STAT + "overflow") >= 20_000 - 1000
-    assert envoy.stat(STAT + "fail_open") == 0
+    assert envoy.metric(STAT + "slots_in_use") == 1000
+    assert envoy.metric(STAT + "overflow_total") >= 20_000 - 1000
+    assert envoy.metric(STAT + "fail_open_total") == 0
     # Nobody's bucket was reset to make room.
     after = get(port, "/", as_user("victim"))
     assert after.status == 429

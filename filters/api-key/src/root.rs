@@ -39,19 +39,24 @@ impl Metrics {
     fn new() -> Self {
         let name = |suffix: &str| format!("wasmgate.api_key.{suffix}");
         let error_kinds = ["dispatch", "no_response", "status", "invalid_response"];
+        let cache =
+            |result: &str| Counter::tagged(&name("cache_lookups_total"), &[("result", result)]);
         Self {
-            allowed: Counter::new(&name("allowed")),
-            failed_open: Counter::new(&name("failed_open")),
-            skipped: Counter::new(&name("skipped")),
-            denied: Denial::ALL.map(|d| Counter::new(&name(&format!("denied.{}", d.reason())))),
-            cache_hit: Counter::new(&name("cache_hit")),
-            cache_miss: Counter::new(&name("cache_miss")),
-            cache_stale: Counter::new(&name("cache_stale")),
-            cache_coalesced: Counter::new(&name("cache_coalesced")),
-            lookups: Counter::new(&name("lookups")),
-            store_errors: error_kinds
-                .map(|kind| (kind, Counter::new(&name(&format!("store_error.{kind}"))))),
-            lookup_ms: Histogram::new(&name("lookup_ms")),
+            allowed: Counter::new(&name("allowed_total")),
+            failed_open: Counter::new(&name("fail_open_total")),
+            skipped: Counter::new(&name("skipped_total")),
+            denied: Denial::ALL
+                .map(|d| Counter::tagged(&name("denied_total"), &[("reason", d.reason())])),
+            cache_hit: cache("hit"),
+            cache_miss: cache("miss"),
+            cache_stale: cache("stale"),
+            cache_coalesced: cache("coalesced"),
+            lookups: Counter::new(&name("store_lookups_total")),
+            store_errors: error_kinds.map(|kind| {
+                let errors = Counter::tagged(&name("store_errors_total"), &[("kind", kind)]);
+                (kind, errors)
+            }),
+            lookup_ms: Histogram::new(&name("store_lookup_duration_milliseconds")),
             cache_slots: Gauge::new(&name("cache_slots")),
             cache_entries: Gauge::new(&name("cache_entries")),
         }

@@ -25,8 +25,10 @@ impl HeadersRoot {
         self.policy = Some(Rc::new(policy));
         if self.metrics.is_none() {
             self.metrics = Some(Rc::new(Metrics {
-                requests: Counter::new("wasmgate.headers.requests"),
-                spoofed_headers_stripped: Counter::new("wasmgate.headers.spoofed_headers_stripped"),
+                requests: Counter::new("wasmgate.headers.requests_total"),
+                spoofed_headers_stripped: Counter::new(
+                    "wasmgate.headers.spoofed_headers_stripped_total",
+                ),
             }));
         }
     }

@@ -36,11 +36,9 @@ pub struct Metrics {
     pub no_token_needed: Counter,
     denied: Vec<(&'static str, Counter)>,
     pub waited: Counter,
-    pub jwks_fetch_success: Counter,
-    pub jwks_fetch_failure: Counter,
-    pub discovery_success: Counter,
-    pub discovery_failure: Counter,
-    pub discovery_refused: Counter,
+    /// JWKS and discovery fetches by document, provider and result: defined at a
+    /// provider's first fetch of that document.
+    fetches: RefCell<HashMap<(&'static str, String), Vec<(&'static str, Counter)>>>,
     pub token_cache_hit: Counter,
     pub token_cache_miss: Counter,
 }
@@ -48,26 +46,54 @@ pub struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let counter = |name: &str| Counter::new(&format!("wasmgate.jwt.{name}"));
+        let tagged = |name: &str, tags: &[(&str, &str)]| {
+            Counter::tagged(&format!("wasmgate.jwt.{name}"), tags)
+        };
         Self {
-            allowed: counter("allowed"),
-            no_token_needed: counter("no_token_needed"),
+            allowed: counter("allowed_total"),
+            no_token_needed: counter("no_token_needed_total"),
             denied: AuthError::REASONS
                 .iter()
-                .map(|reason| (*reason, counter(&format!("denied.{reason}"))))
+                .map(|reason| (*reason, tagged("denied_total", &[("reason", reason)])))
                 .collect(),
-            waited: counter("waited_for_keys"),
-            jwks_fetch_success: counter("jwks_fetch.success"),
-            jwks_fetch_failure: counter("jwks_fetch.failure"),
-            discovery_success: counter("discovery.success"),
-            discovery_failure: counter("discovery.failure"),
-            discovery_refused: counter("discovery.refused"),
-            token_cache_hit: counter("token_cache.hit"),
-            token_cache_miss: counter("token_cache.miss"),
+            waited: counter("waited_for_keys_total"),
+            fetches: RefCell::new(HashMap::new()),
+            token_cache_hit: tagged("token_cache_lookups_total", &[("result", "hit")]),
+            token_cache_miss: tagged("token_cache_lookups_total", &[("result", "miss")]),
         }
     }
 
     pub fn denied(&self, reason: &str) {
         if let Some((_, counter)) = self.denied.iter().find(|(r, _)| *r == reason) {
+            counter.increment();
+        }
+    }
+
+    /// Counts a fetch of `document` for `provider`: `wasmgate_jwt_jwks_fetches_total`
+    /// (results `success`, `failure`) or `wasmgate_jwt_discovery_fetches_total`
+    /// (`success`, `failure`, `refused`: fetched but not usable), by provider.
+    pub fn fetched(&self, document: Document, provider: &str, result: &'static str) {
+        let (metric, results): (&'static str, &[&'static str]) = match document {
+            Document::Jwks => ("jwks_fetches_total", &["success", "failure"]),
+            Document::Discovery => (
+                "discovery_fetches_total",
+                &["success", "failure", "refused"],
+            ),
+        };
+        let mut fetches = self.fetches.borrow_mut();
+        let counters = fetches
+            .entry((metric, provider.to_string()))
+            .or_insert_with(|| {
+                results
+                    .iter()
+                    .map(|result| {
+                        let tags = [("provider", provider), ("result", *result)];
+                        let name = format!("wasmgate.jwt.{metric}");
+                        (*result, Counter::tagged(&name, &tags))
+                    })
+                    .collect()
+            });
+        if let Some((_, counter)) = counters.iter().find(|(known, _)| *known == result) {
             counter.increment();
         }
     }
@@ -94,7 +120,7 @@ impl EnvoyVerifier {
     fn new() -> Self {
         Self {
             available: Cell::new(true),
-            checked: Counter::new("wasmgate.jwt.signature.checked_by_envoy"),
+            checked: Counter::new("wasmgate.jwt.signatures_checked_by_envoy_total"),
         }
     }
 }
@@ -328,14 +354,14 @@ impl JwtRoot {
         let Some(metrics) = &self.metrics else { return };
         match report {
             Some(FetchReport::Success { keys, time_to_live }) => {
-                metrics.jwks_fetch_success.increment();
+                metrics.fetched(document, name, "success");
                 log::info!(
                     "{FILTER}: provider {name}: loaded {keys} keys, next refresh in {}s",
                     time_to_live / 1000
                 );
             }
             Some(FetchReport::Failure { reason, retry_in }) if document == Document::Jwks => {
-                metrics.jwks_fetch_failure.increment();
+                metrics.fetched(document, name, "failure");
                 log::warn!(
                     "{FILTER}: provider {name}: JWKS fetch failed: {reason}; retry in {}ms (last good keys, if any, stay in use)",
                     retry_in
@@ -346,7 +372,7 @@ impl JwtRoot {
                 changed,
                 time_to_live,
             }) => {
-                metrics.discovery_success.increment();
+                metrics.fetched(document, name, "success");
                 log::info!(
                     "{FILTER}: provider {name}: discovery document read, jwks_uri {jwks_uri}{}, next refresh in {}s",
                     if changed { " (new)" } else { "" },
@@ -354,14 +380,13 @@ impl JwtRoot {
                 );
             }
             Some(FetchReport::Failure { reason, retry_in }) => {
-                metrics.discovery_failure.increment();
+                metrics.fetched(document, name, "failure");
                 log::warn!(
                     "{FILTER}: provider {name}: discovery document fetch failed: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
                 );
             }
             Some(FetchReport::Refused { reason, retry_in }) => {
-                metrics.discovery_failure.increment();
-                metrics.discovery_refused.increment();
+                metrics.fetched(document, name, "refused");
                 log::warn!(
                     "{FILTER}: provider {name}: discovery document refused: {reason}; retry in {retry_in}ms (the last good jwks_uri, if any, stays in use)"
                 );

@@ -26,13 +26,13 @@ impl Metrics {
     fn new() -> Self {
         let name = |n: &str| format!("wasmgate.rate_limit.{n}");
         Self {
-            allowed: Counter::new(&name("allowed")),
-            limited: Counter::new(&name("limited")),
-            shadow_limited: Counter::new(&name("shadow_limited")),
-            fail_open: Counter::new(&name("fail_open")),
-            cas_conflicts: Counter::new(&name("cas_conflicts")),
-            overflow: Counter::new(&name("overflow")),
-            slots_reclaimed: Counter::new(&name("slots_reclaimed")),
+            allowed: Counter::new(&name("allowed_total")),
+            limited: Counter::new(&name("limited_total")),
+            shadow_limited: Counter::new(&name("shadow_limited_total")),
+            fail_open: Counter::new(&name("fail_open_total")),
+            cas_conflicts: Counter::new(&name("cas_conflicts_total")),
+            overflow: Counter::new(&name("overflow_total")),
+            slots_reclaimed: Counter::new(&name("slots_reclaimed_total")),
             slots_in_use: Gauge::new(&name("slots_in_use")),
         }
     }

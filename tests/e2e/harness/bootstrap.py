@@ -5,6 +5,8 @@ Tests of shipped configs load `envoy-config/*.yaml` instead (run what you ship).
 
 import json
 
+from .metrics import STATS_CONFIG
+
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -88,9 +90,12 @@ def cluster(name: str, address: str, port: int, timeout: str = "5s", **extra) ->
 
 
 def bootstrap(listeners: list, clusters: list, node_id: str = "wasmgate-test", **extra) -> dict:
+    """A bootstrap with gateway.yaml's `stats_config`: the filters' metrics with their
+    tags, as the docs tell users to configure."""
     return {
         "node": {"id": node_id, "cluster": "wasmgate-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_config": STATS_CONFIG,
         "static_resources": {"listeners": listeners, "clusters": clusters},
         **extra,
     }

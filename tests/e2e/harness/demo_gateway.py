@@ -16,6 +16,7 @@ import json
 
 from .jwt import KeyDir, claims_for
 from .keystore import KeyStore
+from .otlp import OtlpReceiver
 from .paths import tool_path
 from .ports import free_ports
 from .shipped import load_shipped
@@ -29,16 +30,18 @@ GATEWAY_CONFIG = "envoy-config/gateway.yaml"
 GATEWAY_PORTS = {"main": 8080, "tls": 8443, "stats": 9902, "admin": 9901}
 
 # Shipped port → (service, instance): one `wasmgate-demo echo --name SERVICE
-# --instance INSTANCE` each. The collector stands in for an OpenTelemetry collector
-# (OTLP/HTTP); the echo accepts the spans Envoy posts.
+# --instance INSTANCE` each.
 DEMO_SERVICES = {
     18081: ("users", "users-a"),
     18082: ("users", "users-b"),
     18083: ("orders", "orders-v1"),
     18084: ("orders", "orders-v2"),
     18085: ("products", "products"),
-    4318: ("otel-collector", "otel-collector"),
 }
+
+# Where gateway.yaml sends trace spans when tracing is on: an OpenTelemetry collector
+# (OTLP/HTTP), here `OtlpReceiver`.
+OTLP_PORT = 4318
 
 # Shipped port → the server behind an auth filter's callout cluster.
 CALLOUT_SERVICES = {
@@ -53,17 +56,24 @@ SIGNING_KEY = "demo-es256"
 
 
 class DemoGateway(Stack):
-    """Starts the demo services, then Envoy (`envoy`) on the shipped gateway.yaml."""
+    """Starts the demo services, then Envoy (`envoy`) on the shipped gateway.yaml.
+
+    With `tracing=True`, gateway.yaml's tracing is turned on (as `WASMGATE_TRACING=on`
+    does) and `collector` (an `OtlpReceiver`) receives the spans; without, the
+    collector's port leads nowhere, as in `make run`.
+    """
 
     envoy = None
     signing_keys = None  # KeyDir: the keys the JWKS issuer publishes
     keys = None          # KeyStore: the key store's CLI and counters
+    collector = None     # OtlpReceiver, with tracing
 
-    def __init__(self, workdir, certs_dir, upstreams: dict = None):
+    def __init__(self, workdir, certs_dir, upstreams: dict = None, tracing: bool = False):
         """`upstreams`: {instance: port} of servers a test runs in place of some demo
         services (they must answer `GET /healthz`)."""
         super().__init__(workdir, certs_dir)
         self.upstreams = upstreams or {}
+        self.tracing = tracing
 
     def start(self):
         try:
@@ -71,6 +81,11 @@ class DemoGateway(Stack):
             ports[GATEWAY_PORTS["admin"]] = free_ports(1)[0]
             for port, (service, instance) in DEMO_SERVICES.items():
                 ports[port] = self.upstreams.get(instance) or self.start_echo(service, instance).port
+            if self.tracing:
+                self.collector = OtlpReceiver().start()
+                ports[OTLP_PORT] = self.collector.port
+            else:
+                ports[OTLP_PORT], = free_ports(1)
             self.signing_keys = KeyDir(self.workdir / "jwks-keys")
             self.signing_keys.add(SIGNING_KEY, "ES256")
             jwks = self.start_server("jwks", [tool_path("demo"), "jwks", "--keys",
@@ -80,7 +95,7 @@ class DemoGateway(Stack):
                 "keystore", [tool_path("keystore"), "--store", store, "serve"]))
             ports[18090], ports[18091] = jwks.port, self.keys.service.port
             # Access log lines reach stdout within 250 ms (Envoy's default is 10 s).
-            self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports,
+            self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports, tracing=self.tracing,
                                           extra_args=["--file-flush-interval-msec", "250"])
             # On a busy machine the first health checks can time out while Envoy is
             # still starting; until the next round passes, every host counts as
@@ -89,12 +104,17 @@ class DemoGateway(Stack):
             wait_for(self.all_healthy, 30, "every demo service to pass its health checks")
             # The JWT filter fetches the JWKS on its first tick; a request before that
             # would wait for it (up to max_wait). Tests start with the keys in place.
-            wait_for(lambda: self.envoy.stat("wasmcustom.wasmgate.jwt.jwks_fetch.success"),
+            wait_for(lambda: self.envoy.metric("wasmgate_jwt_jwks_fetches_total", result="success"),
                      30, "the JWT filter's first JWKS fetch")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def stop(self):
+        super().stop()
+        if self.collector is not None:
+            self.collector.stop()
 
     def all_healthy(self) -> bool:
         """True when every host of every health-checked cluster passes its checks."""

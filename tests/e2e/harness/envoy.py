@@ -9,6 +9,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .metrics import select
 from .paths import ROOT, envoy_binary
 from .process import spawn, stop_process
 from .wait import wait_for
@@ -140,6 +141,17 @@ class Envoy:
     def stat(self, name: str, default: int = 0) -> int:
         """One counter or gauge; wasm metrics are under `wasmcustom.<name>`."""
         return self.stats(f"^{re.escape(name)}$").get(name, default)
+
+    def metric(self, metric: str, **tags) -> int:
+        """A wasmgate metric by its Prometheus name, summed over the series whose tags
+        include `tags`: `metric("wasmgate_jwt_denied_total", reason="expired")`. 0 when
+        there is none (harness/metrics.py)."""
+        return sum(select(self.stats("^wasmcustom\\."), metric, **tags).values())
+
+    def series(self, metric: str, **tags) -> dict:
+        """Every series of a wasmgate metric whose tags include `tags`: {((tag, value),
+        ...): value}."""
+        return select(self.stats("^wasmcustom\\."), metric, **tags)
 
     def ejected_hosts(self, cluster: str) -> set:
         """Ports of the hosts of `cluster` that outlier detection has ejected."""

@@ -25,8 +25,10 @@ class Http2Answer:
     server_certificate: bytes = None  # DER, over TLS
 
 
-def http2_request(port: int, method: str, path: str, headers: dict = None, body: bytes = b"",
+def http2_request(port: int, method: str, path: str, headers=None, body: bytes = b"",
                   context: ssl.SSLContext = None, timeout: float = 10) -> Http2Answer:
+    """`headers`: a dict, or a list of (name, value) pairs to send a name more than once
+    (HTTP/2 clients send each cookie as a header of its own)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     answer = Http2Answer()
     try:
@@ -41,7 +43,8 @@ def http2_request(port: int, method: str, path: str, headers: dict = None, body:
             normalize_outbound_headers=False))
         conn.initiate_connection()
         request = [(":method", method), (":path", path), (":scheme", "https" if context else "http"),
-                   (":authority", "localhost"), *(headers or {}).items()]
+                   (":authority", "localhost"),
+                   *(headers.items() if isinstance(headers, dict) else headers or [])]
         conn.send_headers(1, request, end_stream=not body)
         if body:
             conn.send_data(1, body, end_stream=True)

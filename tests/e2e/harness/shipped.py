@@ -6,6 +6,7 @@ listeners and admin) or to the port a fixture server actually got.
 """
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -18,10 +19,23 @@ from .paths import ROOT
 SHIPPED_CERTS_DIR = "build/certs/"
 
 
-def load_shipped(relative_path: str, ports: dict, certs_dir=None) -> dict:
+# A shipped config's optional part (gateway.yaml's tracing): lines commented out with
+# this mark, which the switch removes (scripts/run-demo.sh and
+# docker/gateway-entrypoint.sh do the same with sed when WASMGATE_TRACING=on).
+OPTIONAL_MARK = re.compile(r"^( *)#~ ", re.M)
+
+
+def with_tracing(text: str) -> str:
+    """A shipped config's text with its `#~ ` lines (tracing) turned on."""
+    return OPTIONAL_MARK.sub(r"\1", text)
+
+
+def load_shipped(relative_path: str, ports: dict, certs_dir=None, tracing: bool = False) -> dict:
     """The YAML file as a dict, with every `port_value` in `ports` replaced, and, with
-    `certs_dir`, every file name under build/certs/ moved to that directory."""
-    config = yaml.safe_load((ROOT / relative_path).read_text())
+    `certs_dir`, every file name under build/certs/ moved to that directory. With
+    `tracing`, its `#~ ` lines are turned on first (`WASMGATE_TRACING=on`)."""
+    text = (ROOT / relative_path).read_text()
+    config = yaml.safe_load(with_tracing(text) if tracing else text)
     _rewrite_ports(config, ports)
     if certs_dir is not None:
         _rewrite_cert_paths(config, f"{Path(certs_dir)}/")
@@ -78,31 +92,36 @@ def _rewrite_ports(node, ports):
             _rewrite_ports(item, ports)
 
 
+def _mappings(node):
+    """Every mapping of a parsed YAML document, in file order."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _mappings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _mappings(item)
+
+
 def shipped_typed_configs(relative_path: str, type_suffix: str) -> list:
     """Every object of a shipped Envoy config whose `@type` ends with `type_suffix`
     (`HttpConnectionManager`, `wasm.v3.Wasm`), in file order."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if str(node.get("@type", "")).endswith(type_suffix):
-                found.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load((ROOT / relative_path).read_text()))
-    return found
+    return [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+            if str(node.get("@type", "")).endswith(type_suffix)]
 
 
 def shipped_plugin_configs(relative_path: str) -> list:
-    """Every wasm filter's JSON configuration in a shipped Envoy config, as
-    (filter name, wasm filename, parsed JSON) tuples."""
-    return [(typed["config"].get("name"), typed["config"]["vm_config"]["code"]["local"]["filename"],
-             json.loads(typed["config"]["configuration"]["value"]))
-            for typed in shipped_typed_configs(relative_path, "wasm.v3.Wasm")]
+    """The JSON configuration of every wasm filter a shipped Envoy config runs by
+    default, as (filter name, wasm filename, parsed JSON) tuples: the filters every
+    request meets, which Istio's WasmPlugins mirror. Filters that are off unless a
+    virtual host or route switches them on (`disabled: true`, gateway.yaml's backends
+    for frontends) are left out: a WasmPlugin cannot be switched per host."""
+    filters = [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+               if str(node.get("typed_config", {}).get("@type", "")).endswith("wasm.v3.Wasm")
+               and not node.get("disabled")]
+    return [(f["typed_config"]["config"].get("name"),
+             f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+             json.loads(f["typed_config"]["config"]["configuration"]["value"])) for f in filters]
 
 
 def shipped_envoy_configs() -> list:

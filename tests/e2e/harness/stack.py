@@ -31,14 +31,16 @@ class Stack:
         self.instances[name] = Service(argv, name, self.workdir).start()
         return self.instances[name]
 
-    def start_envoy(self, name: str, shipped_config: str, ports: dict, **envoy_kwargs) -> Envoy:
+    def start_envoy(self, name: str, shipped_config: str, ports: dict, tracing: bool = False,
+                    **envoy_kwargs) -> Envoy:
         """Envoy on `shipped_config` with `ports` mapped and the demo certificates of
-        this stack. Every port the file names must be mapped: an unmapped one would
-        bind or call a fixed port that someone else on the machine may hold."""
+        this stack (and its `#~ ` tracing lines turned on, with `tracing`). Every port
+        the file names must be mapped: an unmapped one would bind or call a fixed port
+        that someone else on the machine may hold."""
         unmapped = shipped_ports(shipped_config) - ports.keys()
         assert not unmapped, (
             f"{shipped_config} names ports {sorted(unmapped)} that the test does not map")
-        config = load_shipped(shipped_config, ports, certs_dir=self.certs_dir)
+        config = load_shipped(shipped_config, ports, certs_dir=self.certs_dir, tracing=tracing)
         self.envoys[name] = Envoy(config, self.workdir, name=name, **envoy_kwargs).start()
         return self.envoys[name]
 
