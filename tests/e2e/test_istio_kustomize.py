@@ -29,6 +29,7 @@ BASE = ISTIO_DIR / "base"
 MESH = ISTIO_DIR / "mesh"
 OVERLAYS = ISTIO_DIR / "overlays"
 PART_OF = "app.kubernetes.io/part-of"
+KUBERNETES_VERSION = "1.37.0"  # kubernetes-validate's schemas, kubectl's version
 #: Kinds that act on the whole mesh or on workloads other than the plugins' own
 #: callouts: none of them belongs in what users apply.
 MESH_POLICY_KINDS = {"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication",
@@ -92,11 +93,17 @@ def test_the_layout_has_a_base_and_the_overlays():
 
 
 @pytest.mark.parametrize("directory", kustomization_dirs(), ids=_id)
-def test_kustomization_renders_objects_valid_for_istio(crds, directory):
+def test_kustomization_renders_valid_objects(crds, directory):
+    """Istio's objects against Istio's CRDs and CEL rules; Kubernetes' own (Deployment,
+    Service, ...) against Kubernetes' OpenAPI schemas (kubernetes-validate, strict)."""
     rendered = render(directory)
     assert rendered, f"{_id(directory)} renders nothing"
     for manifest in rendered:
-        assert [str(p) for p in crds.validate(manifest.doc)] == [], manifest.label
+        if manifest.doc["apiVersion"].rpartition("/")[0].endswith("istio.io"):
+            assert [str(p) for p in crds.validate(manifest.doc)] == [], manifest.label
+        else:
+            import kubernetes_validate  # only istio/ratelimit-service/ has such objects
+            kubernetes_validate.validate(manifest.doc, KUBERNETES_VERSION, strict=True)
 
 
 @pytest.mark.parametrize("directory", entry_points(), ids=_id)
@@ -133,19 +140,29 @@ def test_base_is_every_wasmplugin_as_its_file_says():
 
 def test_base_holds_only_the_plugins_and_the_hosts_they_call():
     """No mesh-wide or demo policy in what users apply: besides the WasmPlugins, only
-    ServiceEntries and DestinationRules for the hosts the plugins' callouts name."""
+    the hosts the plugins' callouts name (ServiceEntry, DestinationRule) and, where such
+    a host is a Service of the cluster, its namespace and what runs there."""
     rendered = list(render(BASE))
     called = _called_hosts(wasm_plugins(rendered))
     assert called, "no callout cluster found in the plugins"
+    # <name>.<namespace>.svc.cluster.local: a Service the plugins call
+    service_namespaces = {host.split(".")[1] for host in called
+                          if host.endswith(".svc.cluster.local")}
     for manifest in rendered:
-        spec = manifest.doc["spec"]
+        meta, spec = manifest.doc["metadata"], manifest.doc.get("spec") or {}
         assert manifest.kind not in MESH_POLICY_KINDS, manifest.label
+        if manifest.kind == "WasmPlugin":
+            continue
         if manifest.kind == "ServiceEntry":
             assert set(spec["hosts"]) <= called, manifest.label
         elif manifest.kind == "DestinationRule":
             assert spec["host"] in called, manifest.label
+        elif manifest.kind == "Namespace":
+            assert meta["name"] in service_namespaces, manifest.label
         else:
-            assert manifest.kind == "WasmPlugin", manifest.label
+            assert meta.get("namespace") in service_namespaces, manifest.label
+            if manifest.kind == "Service":
+                assert f"{meta['name']}.{meta['namespace']}.svc.cluster.local" in called
 
 
 def test_demo_overlay_is_the_base_and_the_mesh_policy():
