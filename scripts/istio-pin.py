@@ -4,9 +4,9 @@
 For each istio/wasmplugins/<file>.yaml whose url is `oci://<registry>/<module>:<tag>`:
 - the tag becomes the workspace version and `sha256` the image's manifest digest
   (build/oci/digests.json, written by `make oci`);
-- istio/wasmplugins/https/<file>.yaml, the merge patch for serving the .wasm over
+- istio/overlays/https/<file>.yaml, the overlay's patch for serving the .wasm over
   https, gets the same version in its url and the .wasm's own sha256 (it is created
-  from a template when missing).
+  from a template when missing, and added to that overlay's kustomization.yaml).
 
 Only those lines change; comments and layout stay. `make test` fails while a pin is
 stale (test_istio_manifests.py), so run this after any change that alters a .wasm and
@@ -23,12 +23,18 @@ OCI_URL = re.compile(r"^(?P<lead>[ \t]*url:[ \t]*oci://(?P<repo>\S+)/(?P<module>
 HTTPS_URL = re.compile(r"^(?P<lead>[ \t]*url:[ \t]*https?://\S+/)(?P<tag>[^/\s]+)(?P<file>/[^/\s]+\.wasm)[ \t]*$", re.M)
 SHA256 = re.compile(r"^(?P<lead>[ \t]*sha256:[ \t]*)\S*[ \t]*$", re.M)
 
+METADATA = re.compile(r"^metadata:\n(?:[ \t]+.*\n)*?[ \t]+name:[ \t]*(?P<name>\S+)[ \t]*\n"
+                      r"(?:[ \t]+.*\n)*?[ \t]+namespace:[ \t]*(?P<namespace>\S+)", re.M)
+HTTPS_OVERLAY = Path("overlays") / "https"
 HTTPS_TEMPLATE = """\
-# Serve {module}.wasm over https instead of an OCI registry: a JSON merge patch on
-# ../{file} (sha256 is then the .wasm file's own sha256).
-#   kubectl patch --local -f istio/wasmplugins/{file} --type merge \\
-#     --patch-file istio/wasmplugins/https/{file} -o yaml | kubectl apply -f -
-# `make istio-pin` rewrites sha256 from the build; `make test` fails while it is stale.
+# Serve {module}.wasm over https instead of an OCI registry: a patch (./kustomization.yaml)
+# on ../../wasmplugins/{file}; sha256 is then the .wasm file's own sha256.
+# `make istio-pin` rewrites url and sha256 from the build; `make test` fails while stale.
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: {name}
+  namespace: {namespace}
 spec:
   url: https://artifacts.example.com/wasmgate/{version}/{module}.wasm
   sha256: {sha}
@@ -42,6 +48,19 @@ def pin(text: str, pattern: re.Pattern, replacement) -> str:
     return updated
 
 
+def add_patch(kustomization: Path, patch: str) -> int:
+    """Appends `- path: <patch>` to the kustomization's `patches:` list, its last key,
+    unless it is listed already. Returns the number of files changed (0 or 1)."""
+    text = kustomization.read_text()
+    if re.search(rf"^- path:[ \t]*{re.escape(patch)}[ \t]*$", text, re.M):
+        return 0
+    if not re.search(r"^patches:[ \t]*\n(?![\s\S]*^[A-Za-z])", text, re.M):
+        raise ValueError(f"{kustomization}: `patches:` must be the last key to add {patch}")
+    kustomization.write_text(text.rstrip("\n") + f"\n- path: {patch}\n")
+    print(f"  listed {patch} in {kustomization}")
+    return 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digests", type=Path, default=Path("build/oci/digests.json"))
@@ -52,6 +71,8 @@ def main(argv=None) -> int:
     version, modules = built["version"], built["modules"]
     changed = 0
     for manifest in sorted((args.istio / "wasmplugins").glob("*.yaml")):
+        if manifest.name == "kustomization.yaml":
+            continue
         text = manifest.read_text()
         url = OCI_URL.search(text)
         if url is None:
@@ -66,14 +87,20 @@ def main(argv=None) -> int:
         pinned = pin(text, OCI_URL, rf"\g<lead>:{version}")
         pinned = pin(pinned, SHA256, rf"\g<lead>{digests['manifest']}")
 
-        patch = args.istio / "wasmplugins" / "https" / manifest.name
+        patch = args.istio / HTTPS_OVERLAY / manifest.name
         if patch.is_file():
             patch_text = pin(patch.read_text(), HTTPS_URL, rf"\g<lead>{version}\g<file>")
             patch_text = pin(patch_text, SHA256, rf"\g<lead>{digests['wasm']}")
         else:
             patch.parent.mkdir(parents=True, exist_ok=True)
+            meta = METADATA.search(text)
+            if meta is None:
+                print(f"error: {manifest} has no metadata name and namespace", file=sys.stderr)
+                return 1
             patch_text = HTTPS_TEMPLATE.format(module=module, file=manifest.name,
+                                               name=meta["name"], namespace=meta["namespace"],
                                                version=version, sha=digests["wasm"])
+            changed += add_patch(args.istio / HTTPS_OVERLAY / "kustomization.yaml", patch.name)
         for path, new in ((manifest, pinned), (patch, patch_text)):
             if not path.is_file() or path.read_text() != new:
                 path.write_text(new)

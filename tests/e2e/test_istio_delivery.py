@@ -238,7 +238,7 @@ def test_emulated_istio_delivery_serves_the_shipped_wasmplugin(gateway, callouts
 
 
 def test_emulated_istio_delivery_over_https(gateway, callouts):
-    """The https variant (wasmplugins/https/ merge patch): the agent checks the .wasm's
+    """The https variant (overlays/https/ patch): the agent checks the .wasm's
     own sha256 instead of the image digest."""
     for variant in https_variants(wasm_plugins(SHIPPED)):
         assert variant.doc["spec"]["url"].startswith("https://")

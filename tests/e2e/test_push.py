@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from harness import ROOT
-from harness.istio_checks import built_digests
+from harness.istio_checks import built_digests, shipped_manifests, wasm_plugins
 from harness.paths import BUILD
 from harness.ports import free_ports
 from harness.process import spawn, stop_process
@@ -77,8 +77,8 @@ def test_make_push_sends_every_image_and_istio_pulls_it_back_by_the_pinned_diges
         assert f"pushed {registry}/wasmgate/{module}:{version}@sha256:{digest}" in result.stdout
 
     # What a WasmPlugin names: the shipped manifest's url with our registry, and its pin.
-    for manifest in sorted((ROOT / "istio" / "wasmplugins").glob("*.yaml")):
-        spec = yaml.safe_load(manifest.read_text())["spec"]
+    for manifest in wasm_plugins(shipped_manifests()):
+        spec = manifest.doc["spec"]
         url, pinned = spec["url"], spec["sha256"]
         assert url.startswith("oci://registry.example.com/wasmgate/"), url
         module = url.rsplit("/", 1)[1].split(":")[0]

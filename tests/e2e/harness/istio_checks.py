@@ -36,7 +36,7 @@ from .istio_delivery import IstiodEmulation, WasmPlugin
 from .paths import BUILD, ROOT
 
 ISTIO_DIR = ROOT / "istio"
-HTTPS_PATCHES = ISTIO_DIR / "wasmplugins" / "https"
+HTTPS_PATCHES = ISTIO_DIR / "overlays" / "https"
 CRD_FILE = ROOT / "tests" / "istio" / "crds" / "crd-all.gen.istio-1.30.3.yaml"
 DIGESTS_FILE = BUILD / "oci" / "digests.json"
 
@@ -156,14 +156,17 @@ INSTALL_KINDS = {"IstioOperator"}
 def _istio_documents() -> list:
     found = []
     for path in sorted(ISTIO_DIR.rglob("*.yaml")):
-        if not path.is_relative_to(HTTPS_PATCHES):
+        # kustomization.yaml files and the https overlay's patches are not objects
+        # (harness/istio_kustomize.py renders them).
+        if path.name != "kustomization.yaml" and not path.is_relative_to(HTTPS_PATCHES):
             found.extend(load_manifests(path))
     return found
 
 
 def shipped_manifests() -> list:
-    """Every Istio object under istio/ (the https merge patches are not objects, nor are
-    the install-time `INSTALL_KINDS`; Kubernetes' own objects are `kubernetes_manifests`)."""
+    """Every Istio object under istio/, each from its own file (not the https overlay's
+    patches, nor the install-time `INSTALL_KINDS`; Kubernetes' own objects are
+    `kubernetes_manifests`)."""
     return [m for m in _istio_documents()
             if _api_group(m).endswith("istio.io") and m.kind not in INSTALL_KINDS]
 
@@ -202,8 +205,9 @@ def merge_patch(target, patch):
 
 
 def https_variants(plugins: list) -> list:
-    """Each WasmPlugin with its https merge patch (wasmplugins/https/<same file>)
-    applied: the manifests a user applies to fetch the .wasm over https."""
+    """Each WasmPlugin with its https patch (overlays/https/<same file>) applied as a
+    JSON merge patch: what `kubectl apply -k istio/overlays/https` applies to fetch the
+    .wasm over https (test_istio_kustomize.py checks kustomize makes the same)."""
     variants = []
     for plugin in plugins:
         patch_file = HTTPS_PATCHES / plugin.file.name
