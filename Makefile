@@ -38,7 +38,8 @@ wasm:
 	@for f in $(SEPARATE); do echo "$(CARGO) rustc --release --target $(WASM_TARGET) -p wasmgate-$$f --crate-type cdylib"; \
 		$(CARGO) rustc --release --target $(WASM_TARGET) -p wasmgate-$$f --crate-type cdylib; done
 	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-combined
-	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; done
+	@for f in $(FILTERS); do cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_$${f//-/_}.wasm $(BUILD)/wasm/$$f.wasm; \
+		python3 scripts/unexport.py --manifest filters/$$f/Cargo.toml $(BUILD)/wasm/$$f.wasm; done
 
 # The tools are built as the images build them (Cargo.toml's `service` profile): the
 # tests, `make run` and `make bench` run what docker/*.Dockerfile ships.
@@ -116,6 +117,7 @@ bench-wasm:
 	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial -p wasmgate-bench-hostcalls
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
+	python3 scripts/unexport.py --manifest bench/trivial/Cargo.toml $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
 
 msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
