@@ -9,6 +9,8 @@
 //!
 //! It deliberately avoids `wasmgate-host` (logging set-up, panic hook, config
 //! parsing) so that the floor is the SDK's own cost and nothing of ours.
+//! It is built like the filters, though: `make bench-wasm` removes the exports of the
+//! callbacks it does not implement (scripts/unexport.py), as `make wasm` does for them.
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
