@@ -14,7 +14,9 @@ mod root;
 pub use request::ApiKeyRequest;
 pub use root::{ApiKeyRoot, FILTER};
 
-#[cfg(feature = "standalone")]
+// Only in a .wasm: a native build that links several filters (the combined module's
+// tests) would otherwise define the entry point `_initialize` once per filter.
+#[cfg(all(feature = "standalone", target_arch = "wasm32"))]
 proxy_wasm::main! {{
     wasmgate_host::init(root::FILTER);
     proxy_wasm::set_root_context(|context_id| Box::new(root::ApiKeyRoot::new(context_id)));

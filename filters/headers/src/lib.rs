@@ -12,7 +12,9 @@ mod root;
 pub use request::HeadersRequest;
 pub use root::{HeadersRoot, FILTER};
 
-#[cfg(feature = "standalone")]
+// Only in a .wasm: a native build that links several filters (the combined module's
+// tests) would otherwise define the entry point `_initialize` once per filter.
+#[cfg(all(feature = "standalone", target_arch = "wasm32"))]
 proxy_wasm::main! {{
     wasmgate_host::init(root::FILTER);
     proxy_wasm::set_root_context(|_| Box::new(root::HeadersRoot::default()));

@@ -16,7 +16,9 @@ mod root;
 pub use request::RateLimitRequest;
 pub use root::{RateLimitRoot, FILTER};
 
-#[cfg(feature = "standalone")]
+// Only in a .wasm: a native build that links several filters (the combined module's
+// tests) would otherwise define the entry point `_initialize` once per filter.
+#[cfg(all(feature = "standalone", target_arch = "wasm32"))]
 proxy_wasm::main! {{
     wasmgate_host::init(root::FILTER);
     proxy_wasm::set_root_context(|context_id| Box::new(root::RateLimitRoot::new(context_id)));

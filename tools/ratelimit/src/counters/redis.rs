@@ -20,30 +20,47 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
-/// Reads every counter of a request and, with `apply`, admits `delta` on all of them or none.
+/// The first part of CHECK and RESERVE: `read(wanted)` reads every counter of the request,
+/// with its holds, into `out` (value, held, ttl per counter) and clears `admitted` unless
+/// `wanted` more fits on all of them. Holds of a window that has ended are dropped with it.
 ///
-/// KEYS: counter, holds (per counter). ARGV: window seconds, max (per counter), delta, apply.
-/// Returns value, held, ttl (ms; negative: no window) per counter, as they were before, then
-/// 1 (admitted) or 0. Holds of a window that has ended are dropped with it.
-const CHECK: &str = r"
+/// KEYS: counter, holds (per counter). ARGV: window seconds, max (per counter), then the
+/// script's own arguments from `ARGV[2 * n + 1]`.
+macro_rules! read_counters {
+    () => {
+        r"
 local n = #KEYS / 2
-local delta = tonumber(ARGV[2 * n + 1])
-local apply = ARGV[2 * n + 2] == '1'
 local out = {}
 local admitted = 1
-for i = 1, n do
-  local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
-  local ttl = redis.call('PTTL', counter)
-  local value, held = 0, 0
-  if ttl == -2 then
-    redis.call('DEL', holds)
-  else
-    value = tonumber(redis.call('GET', counter)) or 0
-    for _, amount in ipairs(redis.call('HVALS', holds)) do held = held + tonumber(amount) end
+local function read(wanted)
+  for i = 1, n do
+    local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
+    local ttl = redis.call('PTTL', counter)
+    local value, held = 0, 0
+    if ttl == -2 then
+      redis.call('DEL', holds)
+    else
+      value = tonumber(redis.call('GET', counter)) or 0
+      for _, amount in ipairs(redis.call('HVALS', holds)) do held = held + tonumber(amount) end
+    end
+    out[3 * i - 2], out[3 * i - 1], out[3 * i] = value, held, ttl
+    if value + held + wanted > tonumber(ARGV[2 * i]) then admitted = 0 end
   end
-  out[3 * i - 2], out[3 * i - 1], out[3 * i] = value, held, ttl
-  if value + held + delta > tonumber(ARGV[2 * i]) then admitted = 0 end
 end
+"
+    };
+}
+
+/// Reads every counter of a request and, with `apply`, admits `delta` on all of them or none.
+///
+/// ARGV after the counters': delta, apply. Returns value, held, ttl (ms; negative: no
+/// window) per counter, as they were before, then 1 (admitted) or 0.
+const CHECK: &str = concat!(
+    read_counters!(),
+    r"
+local delta = tonumber(ARGV[2 * n + 1])
+local apply = ARGV[2 * n + 2] == '1'
+read(delta)
 if apply and admitted == 1 and delta > 0 then
   for i = 1, n do
     local counter = KEYS[2 * i - 1]
@@ -53,32 +70,20 @@ if apply and admitted == 1 and delta > 0 then
 end
 out[3 * n + 1] = admitted
 return out
-";
+"
+);
 
 /// Holds `hold` on every counter if `check` more fits on all of them (all or nothing).
 ///
-/// KEYS: counter, holds (per counter). ARGV: window seconds, max (per counter), check, hold,
-/// lease id. Returns value, held, ttl per counter (ttl after a window it started), then 1 or 0.
-const RESERVE: &str = r"
-local n = #KEYS / 2
+/// ARGV after the counters': check, hold, lease id. Returns value, held, ttl per counter
+/// (ttl after a window it started), then 1 or 0.
+const RESERVE: &str = concat!(
+    read_counters!(),
+    r"
 local check = tonumber(ARGV[2 * n + 1])
 local hold = tonumber(ARGV[2 * n + 2])
 local lease = ARGV[2 * n + 3]
-local out = {}
-local admitted = 1
-for i = 1, n do
-  local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
-  local ttl = redis.call('PTTL', counter)
-  local value, held = 0, 0
-  if ttl == -2 then
-    redis.call('DEL', holds)
-  else
-    value = tonumber(redis.call('GET', counter)) or 0
-    for _, amount in ipairs(redis.call('HVALS', holds)) do held = held + tonumber(amount) end
-  end
-  out[3 * i - 2], out[3 * i - 1], out[3 * i] = value, held, ttl
-  if value + held + check > tonumber(ARGV[2 * i]) then admitted = 0 end
-end
+read(check)
 if admitted == 1 and hold > 0 then
   for i = 1, n do
     local counter, holds = KEYS[2 * i - 1], KEYS[2 * i]
@@ -92,7 +97,8 @@ if admitted == 1 and hold > 0 then
 end
 out[3 * n + 1] = admitted
 return out
-";
+"
+);
 
 /// Settles a lease: if it is held, releases it and counts `min(used, held)`.
 ///
