@@ -17,6 +17,7 @@ COPY crates crates
 COPY filters filters
 COPY tools tools
 COPY bench bench
+COPY fuzz fuzz
 RUN cargo build --locked --profile service -p wasmgate-demo -p wasmgate-keystore
 
 FROM debian:bookworm-slim
