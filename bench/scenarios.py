@@ -332,7 +332,8 @@ add(Scenario(
     load=lambda ctx: Load(headers=_TENANT),
     probes=lambda ctx: [Probe("the service was asked: its answer's headers came back",
                               headers=_TENANT,
-                              response={"x-ratelimit-limit": "4000000000, 4000000000;w=1"})],
+                              response={"x-ratelimit-limit":
+                                        '4000000000, 4000000000;w=60;name="per-tenant"'})],
     fixtures=(RATELIMIT_SERVICE,),
     route_action=native.route_rate_limits("x-tenant-id"),
     counters={"ok": "cluster.ratelimit.ratelimit.ok",

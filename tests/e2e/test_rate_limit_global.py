@@ -7,6 +7,7 @@ combined module's `rate_limit` stage (`deployment`). Fleets of gateways, Redis a
 faults: test_rate_limit_fleet.py."""
 
 import json
+import time
 
 import pytest
 
@@ -30,6 +31,11 @@ descriptors:
     descriptors:
       - key: x-tenant-id
         rate_limit: {name: per-tenant, unit: minute, requests_per_unit: 20}
+  - key: rule
+    value: seconds
+    descriptors:
+      - key: x-tenant-id
+        rate_limit: {name: per-tenant, unit: second, requests_per_unit: 100000}
 """
 
 
@@ -108,6 +114,30 @@ def test_lease_spends_locally_and_renews_in_the_background(deployment, start_env
     more = [get(envoy.port(), "/lease/orders", tenant("acme")).status for _ in range(12)]
     assert more.count(200) == 8, more
     assert set(more[8:]) == {429}, more
+
+
+def test_lease_windows_of_a_second_are_never_refused_below_the_limit(deployment, start_envoy,
+                                                                     service):
+    """The service leases nothing in a window's last 100 ms (its lease margin: a lease
+    would be spent in the next window). Requests of those 100 ms are asked about one by
+    one, as in exact mode, instead of being refused while the limit is far off."""
+    envoy = gateway(start_envoy, deployment,
+                    policy(rule("seconds", tier("lease", failure_mode="deny",
+                                                lease={"size": 20, "period": "1s"}),
+                                requests=1_000_000)),
+                    [("127.0.0.1", service.port)])
+    statuses = []
+    deadline = time.monotonic() + 2.5
+    # Three window ends or so; bounded in count and time.
+    while time.monotonic() < deadline and len(statuses) < 20_000:
+        statuses.append(get(envoy.port(), "/seconds/orders", tenant("acme")).status)
+    refused = [s for s in statuses if s != 200]
+    assert not refused, f"{len(refused)} of {len(statuses)} refused: {set(refused)}"
+    # Asked one by one only near a window's end: far fewer calls than requests.
+    calls = envoy.metric("wasmgate_rate_limit_global_calls_total")
+    assert 1 <= calls < len(statuses) / 2, (calls, len(statuses))
+    assert envoy.metric("wasmgate_rate_limit_global_failures_total") == 0
+    assert not wasm_trouble(envoy.log())
 
 
 def test_each_failure_mode_does_what_it_says_without_a_service(deployment, start_envoy):

@@ -31,6 +31,8 @@ struct FakeService {
     limit: u64,
     window_ms: u64,
     lease_valid_ms: u64,
+    /// No lease is granted this close to a window's end (`--lease-margin`).
+    margin_ms: u64,
     counters: RefCell<HashMap<String, Counter>>,
     next_lease: Cell<u64>,
     /// Answer every call with this gRPC status instead (14: UNAVAILABLE).
@@ -53,6 +55,7 @@ impl FakeService {
             limit,
             window_ms: MINUTE,
             lease_valid_ms: 10_000,
+            margin_ms: 0,
             counters: RefCell::default(),
             next_lease: Cell::new(0),
             down: Cell::new(None),
@@ -137,7 +140,11 @@ impl FakeService {
             }
             let held: u64 = counter.holds.values().sum();
             let left = self.limit - (counter.count + held).min(self.limit);
-            let granted = renewal.want.min(left);
+            let to_reset = counter.window_end - now;
+            // Too close to the reset to be spent safely: nothing is granted, though the
+            // window has budget left.
+            let closing = to_reset <= self.margin_ms;
+            let granted = if closing { 0 } else { renewal.want.min(left) };
             let mut grant = LeaseGrant {
                 code: Code::Ok as i32,
                 current_limit: self.current_limit(),
@@ -150,9 +157,10 @@ impl FakeService {
                 self.next_lease.set(self.next_lease.get() + 1);
                 grant.lease_id = format!("lease-{}", self.next_lease.get());
                 grant.granted = granted;
+                let valid_ms = self.lease_valid_ms.min(to_reset - self.margin_ms);
                 grant.valid_for = Some(prost_types::Duration {
-                    seconds: (self.lease_valid_ms / 1000) as i64,
-                    nanos: 0,
+                    seconds: (valid_ms / 1000) as i64,
+                    nanos: ((valid_ms % 1000) * 1_000_000) as i32,
                 });
                 counter.holds.insert(grant.lease_id.clone(), granted);
             }
@@ -218,18 +226,21 @@ impl Instance {
     /// One request, exact mode answered at once by `service`.
     fn exact(&self, request: &FakeRequest, service: &FakeService, now: u64) -> Verdict {
         let decision = self.policy.decide(request, &self.store, now);
-        match decision.verdict {
-            Verdict::AskService(call) => {
-                let answer = match service.should_rate_limit(&call.message, now) {
-                    Ok(bytes) => read_answer(0, &bytes, now, now, call.timeout()),
-                    Err(status) => read_answer(status, &[], now, now, call.timeout()),
-                };
-                self.policy
-                    .conclude(&call.pending, answer, &self.store, now)
-                    .verdict
-            }
-            other => other,
-        }
+        self.answered(decision.verdict, service, now)
+    }
+
+    /// A verdict, with an exact-mode call answered at once by `service`.
+    fn answered(&self, verdict: Verdict, service: &FakeService, now: u64) -> Verdict {
+        let Verdict::AskService(call) = verdict else {
+            return verdict;
+        };
+        let answer = match service.should_rate_limit(&call.message, now) {
+            Ok(bytes) => read_answer(0, &bytes, now, now, call.timeout()),
+            Err(status) => read_answer(status, &[], now, now, call.timeout()),
+        };
+        self.policy
+            .conclude(&call.pending, answer, &self.store, now)
+            .verdict
     }
 
     /// One request in lease mode: its verdict, or `Waiting` (its context id is returned).
@@ -246,12 +257,13 @@ impl Instance {
         }
     }
 
-    fn wake(&self, ready: Vec<Waiter>, now: u64) {
+    fn wake(&self, ready: Vec<Waiter>, service: &FakeService, now: u64) {
         for waiter in ready {
             let context = waiter.context_id;
             match self.policy.resume(waiter, &self.store, now).verdict {
                 Verdict::AwaitLease(wait) => self.policy.wait_for_lease(context, wait),
                 verdict => {
+                    let verdict = self.answered(verdict, service, now);
                     self.woken.borrow_mut().insert(context, verdict);
                 }
             }
@@ -261,7 +273,7 @@ impl Instance {
     /// The root's tick: send what is due to `service` and apply the answers.
     fn tick(&self, service: &FakeService, now: u64) {
         let tick = self.policy.lease_tick(&self.store, now);
-        self.wake(tick.ready, now);
+        self.wake(tick.ready, service, now);
         for call in tick.calls {
             let token = self.tokens.get() + 1;
             self.tokens.set(token);
@@ -274,7 +286,7 @@ impl Instance {
             let answer = self
                 .policy
                 .lease_answer(token, status, &bytes, &self.store, now);
-            self.wake(answer.ready, now);
+            self.wake(answer.ready, service, now);
         }
     }
 
@@ -573,7 +585,7 @@ fn a_request_waits_no_longer_than_the_timeout() {
     assert!(early.ready.is_empty());
     let late = gw.policy.lease_tick(&gw.store, T0 + 50);
     assert_eq!(late.ready.len(), 1);
-    gw.wake(late.ready, T0 + 50);
+    gw.wake(late.ready, &FakeService::new(1000), T0 + 50);
     // failure_mode local with no share: the local bucket (which admitted it) decides.
     assert!(matches!(gw.woken(context), Some(Verdict::Allowed(_))));
     assert!(!gw.policy.is_waiting(context));
@@ -597,4 +609,86 @@ fn a_replaced_configuration_decides_its_waiters_at_once() {
     assert_eq!(released[0].0, context);
     assert!(matches!(released[0].1.verdict, Verdict::FailedClosed(_)));
     assert!(!gw.policy.is_waiting(context));
+}
+
+/// Requests every `step_ms` for `duration_ms` over the fleet, the service answering at
+/// once and every instance ticking between requests; admissions per window (windows of
+/// `window_ms` from T0), refusals, and the requests asked about one by one.
+fn lease_traffic(
+    fleet: &[Instance],
+    service: &FakeService,
+    step_ms: u64,
+    duration_ms: u64,
+) -> (Vec<u64>, u64, u64) {
+    let mut admitted = vec![0; (duration_ms / service.window_ms + 1) as usize];
+    let (mut refused, mut asked) = (0, 0);
+    let mut waiting: Vec<(usize, u32, u64)> = Vec::new();
+    let mut count = |verdict: &Verdict, at: u64| match Instance::outcome(verdict) {
+        Outcome::Admitted => admitted[((at - T0) / service.window_ms) as usize] += 1,
+        Outcome::Refused => refused += 1,
+        other => panic!("{other:?}"),
+    };
+    for i in 0..duration_ms / step_ms {
+        let now = T0 + i * step_ms;
+        let which = (i % fleet.len() as u64) as usize;
+        let (verdict, context) = fleet[which].lease(&tenant("acme"), now);
+        match verdict {
+            Verdict::Unlimited => waiting.push((which, context, now)),
+            Verdict::AskService(_) => {
+                asked += 1;
+                count(&fleet[which].answered(verdict, service, now), now);
+            }
+            verdict => count(&verdict, now),
+        }
+        for instance in fleet {
+            instance.tick(service, now);
+        }
+        waiting.retain(|(which, context, at)| match fleet[*which].woken(*context) {
+            Some(verdict) => {
+                count(&verdict, *at);
+                false
+            }
+            None => true,
+        });
+    }
+    assert!(waiting.is_empty(), "{waiting:?} still waiting");
+    (admitted, refused, asked)
+}
+
+#[test]
+fn a_closing_window_is_asked_about_request_by_request_not_refused() {
+    // Windows of a second; the service leases nothing in a window's last 100 ms.
+    let mut service = FakeService::new(1_000);
+    service.window_ms = 1_000;
+    service.margin_ms = 100;
+    let gw = Instance::new(&config(LEASE));
+    // A request every 5 ms for 3 s: 200 a window, far below the limit.
+    let (admitted, refused, asked) = lease_traffic(std::slice::from_ref(&gw), &service, 5, 3_000);
+    assert_eq!(refused, 0);
+    assert_eq!(admitted[..3], [200, 200, 200]);
+    // Asked one by one only near each window's end (20 requests in the last 100 ms).
+    assert!((1..=3 * 20).contains(&asked), "{asked} asked");
+    assert!(
+        service.calls.get() < 600 / 2,
+        "{} calls",
+        service.calls.get()
+    );
+}
+
+#[test]
+fn a_closing_window_still_admits_no_more_than_the_limit() {
+    let mut service = FakeService::new(100);
+    service.window_ms = 1_000;
+    service.margin_ms = 100;
+    let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&config(LEASE))).collect();
+    // 500 requests a window for a limit of 100: the closing ones are counted exactly.
+    let (admitted, refused, _) = lease_traffic(&fleet, &service, 2, 3_000);
+    for (window, count) in admitted[..3].iter().enumerate() {
+        assert!(*count <= 100, "window {window}: {count} admitted");
+        assert!(
+            *count >= 100 - 3 * 2 * 10,
+            "window {window}: {count} admitted"
+        );
+    }
+    assert_eq!(refused + admitted.iter().sum::<u64>(), 1_500);
 }

@@ -101,6 +101,10 @@ enum Refusal {
     OverLimit,
     /// The service could not be asked or could not decide.
     Failed,
+    /// The service would not lease although the window has budget left: the window ends
+    /// within its lease margin (a lease would be spent in the next window). Until the
+    /// reset each request is asked about, as in exact mode.
+    Closing,
 }
 
 /// The fleet's view as the last renewal reported it (a [`GlobalView`] whose name is
@@ -164,6 +168,9 @@ pub(crate) enum Spend {
     Wait { renew: bool },
     /// No lease, and the service failed recently: the failure mode decides.
     Failed,
+    /// No lease until the window resets, though the window has budget: ask the service
+    /// about this request (exact mode).
+    Ask,
 }
 
 /// The result of spending, and where the key lives.
@@ -220,6 +227,7 @@ fn encode(digest: &Digest, record: &LeaseRecord<'_>) -> Vec<u8> {
         Refusal::None => 0,
         Refusal::OverLimit => 1,
         Refusal::Failed => 2,
+        Refusal::Closing => 3,
     });
     match &record.view {
         None => bytes.push(0),
@@ -278,6 +286,7 @@ fn read(bytes: &[u8]) -> Option<(Digest, LeaseRecord<'_>)> {
         0 => Refusal::None,
         1 => Refusal::OverLimit,
         2 => Refusal::Failed,
+        3 => Refusal::Closing,
         _ => return None,
     };
     let view = match r.u8()? {
@@ -371,6 +380,7 @@ impl<'a> LeaseRecord<'a> {
         if self.ask_after > now {
             return match self.refusal {
                 Refusal::OverLimit => (Spend::OverLimit(self.view_now(now)), false),
+                Refusal::Closing => (Spend::Ask, false),
                 Refusal::None | Refusal::Failed => (Spend::Failed, false),
             };
         }
@@ -485,12 +495,21 @@ impl<'a> LeaseRecord<'a> {
                 if let Some(view) = view {
                     self.view = Some(View::from_global(view));
                 }
-                if let Some(view) = self.view.as_mut() {
-                    view.remaining = 0;
+                // Budget left, yet no lease: the window ends within the service's lease
+                // margin. Its remaining hits are asked for one request at a time.
+                let closing = grant.limit_remaining > 0;
+                if !closing {
+                    if let Some(view) = self.view.as_mut() {
+                        view.remaining = 0;
+                    }
                 }
                 // Ask again at the reset, or sooner: other instances may give back budget.
                 let reset = self.view.as_ref().map_or(u64::MAX, |v| v.reset_at_ms);
-                self.refusal = Refusal::OverLimit;
+                self.refusal = if closing {
+                    Refusal::Closing
+                } else {
+                    Refusal::OverLimit
+                };
                 self.ask_after = reset.min(now.saturating_add(period_ms));
             }
             _ => failed(self),

@@ -152,7 +152,8 @@ pub enum Verdict {
     Uncounted(StoreTrouble),
     /// The global tier could not decide and its failure mode denies: answer with this.
     FailedClosed(LimitedReply),
-    /// Exact mode: send this call and pause; its answer goes to [`RateLimitPolicy::conclude`].
+    /// Exact mode (or lease mode while its key's window closes, see `lease.rs`): send this
+    /// call and pause; its answer goes to [`RateLimitPolicy::conclude`].
     AskService(ServiceCall),
     /// Lease mode: pause until the key has a lease ([`RateLimitPolicy::wait_for_lease`]).
     AwaitLease(LeaseWait),
@@ -526,6 +527,19 @@ impl RateLimitPolicy {
                 self.fail(pending, ServiceFailure::NoLease, store, now_ms)
             }
             Spend::Wait { .. } => Decision::new(Verdict::AwaitLease(wait), TableEvents::default()),
+            // The window closes before a lease could be spent: this request is asked
+            // about on its own, counted in the window it belongs to.
+            Spend::Ask => {
+                let descriptor = match request {
+                    Some((identity, view)) => self.descriptor(pending, identity, view),
+                    None => wait.descriptor.clone(),
+                };
+                let call = ServiceCall {
+                    message: global::should_rate_limit(&tier.domain, &descriptor, wait.cost),
+                    pending: pending.clone(),
+                };
+                Decision::new(Verdict::AskService(call), TableEvents::default())
+            }
         };
         decision.global.renewal_queued = renew;
         decision
@@ -666,8 +680,13 @@ impl RateLimitPolicy {
             .map(|waiter| {
                 let context_id = waiter.context_id;
                 let mut decision = self.resume(waiter, store, now_ms);
-                if let Verdict::AwaitLease(wait) = decision.verdict {
-                    decision = self.fail(&wait.pending, ServiceFailure::NoLease, store, now_ms);
+                // Nothing would wake it, nor take the answer to a call.
+                match &decision.verdict {
+                    Verdict::AwaitLease(LeaseWait { pending, .. })
+                    | Verdict::AskService(ServiceCall { pending, .. }) => {
+                        decision = self.fail(pending, ServiceFailure::NoLease, store, now_ms);
+                    }
+                    _ => {}
                 }
                 (context_id, decision)
             })

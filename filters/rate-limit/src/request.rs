@@ -200,7 +200,7 @@ impl RateLimitRequest {
 
     /// Holds body and trailers while the request waits for the global tier.
     pub fn hold_while_undecided(&self) -> Action {
-        let waiting = self.waits_for_lease && self.state.policy.is_waiting(self.context_id);
+        let waiting = self.waits_for_lease && self.state.is_undecided(self.context_id);
         if waiting || self.call.is_some() {
             Action::Pause
         } else {

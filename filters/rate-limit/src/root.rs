@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use wasmgate_host::{Continuation, Counter, Gauge, Histogram, HostStore, TickDemand};
 use wasmgate_rate_limit_policy::{
-    Decision, FailureMode, LeaseAnswer, RateLimitPolicy, ResponseHeaders, ServiceFailure,
-    TableEvents, Verdict, Waiter, LEASE_METHOD, LEASE_SERVICE,
+    read_answer, Decision, FailureMode, LeaseAnswer, Pending, RateLimitPolicy, ResponseHeaders,
+    ServiceCall, ServiceFailure, TableEvents, Verdict, Waiter, LEASE_METHOD, LEASE_SERVICE,
+    RLS_METHOD, RLS_SERVICE,
 };
 
 pub const FILTER: &str = "wasmgate-rate-limit";
@@ -146,6 +147,10 @@ pub struct FilterState {
     /// The response headers of requests waiting for a lease, filled when they are let
     /// through.
     waiting: RefCell<HashMap<u32, Rc<RefCell<ResponseHeaders>>>>,
+    /// Requests that waited for a lease and are now asked about one by one (their key's
+    /// window closes before a lease could be spent): the root's call token -> the
+    /// request, what to decide it with, and when the call was sent.
+    asked: RefCell<HashMap<u32, (u32, Pending, u64)>>,
 }
 
 impl FilterState {
@@ -168,6 +173,26 @@ impl FilterState {
         if let Ok(mut waiting) = self.waiting.try_borrow_mut() {
             waiting.remove(&context_id);
         }
+        if let Ok(mut asked) = self.asked.try_borrow_mut() {
+            asked.retain(|_, (waiter, _, _)| *waiter != context_id);
+        }
+    }
+
+    /// Whether a request that waited for a lease is still undecided (waiting, or asked
+    /// about by the root).
+    pub fn is_undecided(&self, context_id: u32) -> bool {
+        self.policy.is_waiting(context_id)
+            || self
+                .asked
+                .borrow()
+                .values()
+                .any(|(waiter, _, _)| *waiter == context_id)
+    }
+
+    /// Whether a gRPC answer with this token is the root's: a lease renewal, or a call
+    /// about a request that waited.
+    pub fn awaits(&self, token: u32) -> bool {
+        self.policy.awaits_lease_answer(token) || self.asked.borrow().contains_key(&token)
     }
 
     fn on_tick(&self, now: u64) {
@@ -205,7 +230,18 @@ impl FilterState {
         self.adjust_tick();
     }
 
-    fn on_renewal_answer(&self, token: u32, grpc_status: u32, size: usize, now: u64) {
+    fn on_grpc_answer(&self, token: u32, grpc_status: u32, size: usize, now: u64) {
+        let asked = self.asked.borrow_mut().remove(&token);
+        if let Some((context_id, pending, sent_at)) = asked {
+            self.metrics
+                .global_call_ms
+                .record(now.saturating_sub(sent_at));
+            let message = read_grpc_answer(grpc_status, size);
+            let answer = read_answer(grpc_status, &message, sent_at, now, pending.timeout());
+            let decision = self.policy.conclude(&pending, answer, &HostStore, now);
+            self.finish_waiter(context_id, decision, now);
+            return;
+        }
         let message = read_grpc_answer(grpc_status, size);
         if grpc_status != 0 {
             log::debug!("{FILTER}: lease renewal failed: gRPC status {grpc_status}");
@@ -228,29 +264,41 @@ impl FilterState {
     fn wake(&self, waiter: Waiter, now: u64) {
         let context_id = waiter.context_id;
         let decision = self.policy.resume(waiter, &HostStore, now);
-        self.finish_waiter(context_id, decision);
+        self.finish_waiter(context_id, decision, now);
     }
 
     /// This configuration is being replaced: its waiting requests are decided now
     /// (nothing would wake them later).
     fn retire(&self, now: u64) {
         for (context_id, decision) in self.policy.release_waiters(&HostStore, now) {
-            self.finish_waiter(context_id, decision);
+            self.finish_waiter(context_id, decision, now);
+        }
+        // Their answers would come to the configuration that replaces this one.
+        let asked: Vec<_> = self.asked.borrow_mut().drain().collect();
+        for (_, (context_id, pending, _)) in asked {
+            let decision =
+                self.policy
+                    .conclude(&pending, Err(ServiceFailure::NoLease), &HostStore, now);
+            self.finish_waiter(context_id, decision, now);
         }
     }
 
     /// Carries out the decision about a request that waited, then makes the root the
     /// effective context again (later host calls, a renewal above all, stay the root's).
-    fn finish_waiter(&self, context_id: u32, decision: Decision) {
+    fn finish_waiter(&self, context_id: u32, decision: Decision, now: u64) {
         self.metrics.record_decision(&decision);
-        if let Verdict::AwaitLease(wait) = decision.verdict {
-            self.policy.wait_for_lease(context_id, wait);
-            return;
-        }
+        let verdict = match decision.verdict {
+            Verdict::AwaitLease(wait) => {
+                self.policy.wait_for_lease(context_id, wait);
+                return;
+            }
+            Verdict::AskService(call) => return self.ask_for_waiter(context_id, call, now),
+            verdict => verdict,
+        };
         let headers = self.waiting.borrow_mut().remove(&context_id);
         // A request that is gone cannot be made effective; nothing to do then.
         if hostcalls::set_effective_context(context_id).is_ok() {
-            match request::finish(&self.metrics, decision.verdict) {
+            match request::finish(&self.metrics, verdict) {
                 Finish::Continue(response_headers) => {
                     if let Some(cell) = headers {
                         *cell.borrow_mut() = response_headers;
@@ -261,6 +309,41 @@ impl FilterState {
             }
         }
         let _ = hostcalls::set_effective_context(self.root_context_id);
+    }
+}
+
+impl FilterState {
+    /// Asks the service about a request that waited (the root sends the call, so its
+    /// answer comes back here); a call that cannot be sent is decided by the failure mode.
+    fn ask_for_waiter(&self, context_id: u32, call: ServiceCall, now: u64) {
+        let sent = hostcalls::dispatch_grpc_call(
+            call.cluster(),
+            RLS_SERVICE,
+            RLS_METHOD,
+            Vec::new(),
+            Some(&call.message),
+            call.timeout(),
+        );
+        match sent {
+            Ok(token) => {
+                self.metrics.global_calls.increment();
+                self.asked
+                    .borrow_mut()
+                    .insert(token, (context_id, call.pending, now));
+            }
+            Err(status) => {
+                log::warn!(
+                    "{FILTER}: cannot call the rate-limit service on cluster {:?}: {status:?}",
+                    call.cluster()
+                );
+                let failure = Err(ServiceFailure::Dispatch);
+                let decision = self
+                    .policy
+                    .conclude(&call.pending, failure, &HostStore, now);
+                // The verdict of a failure is never another call or wait.
+                self.finish_waiter(context_id, decision, now);
+            }
+        }
     }
 }
 
@@ -341,6 +424,7 @@ impl RateLimitRoot {
             tick: self.tick.clone(),
             continuation: self.continuation.clone(),
             waiting: RefCell::default(),
+            asked: RefCell::default(),
         });
         state.adjust_tick();
         if let Some(previous) = self.state.replace(state) {
@@ -354,11 +438,10 @@ impl RateLimitRoot {
         Some(RateLimitRequest::new(context_id, state))
     }
 
-    /// Whether a gRPC answer with this token is one of this filter's lease renewals.
+    /// Whether a gRPC answer with this token is this filter's root's (a lease renewal, or a
+    /// call about a request that waited).
     pub fn awaits(&self, token: u32) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|state| state.policy.awaits_lease_answer(token))
+        self.state.as_ref().is_some_and(|state| state.awaits(token))
     }
 
     /// The root's tick (or this stage's share of it).
@@ -368,10 +451,10 @@ impl RateLimitRoot {
         }
     }
 
-    /// A lease renewal answered.
+    /// A lease renewal, or a call about a request that waited, answered.
     pub fn on_grpc_call_response(&self, token: u32, status_code: u32, response_size: usize) {
         if let Some(state) = &self.state {
-            state.on_renewal_answer(
+            state.on_grpc_answer(
                 token,
                 status_code,
                 response_size,

@@ -370,6 +370,37 @@ fn records_round_trip_and_foreign_bytes_are_unreadable() {
     assert_eq!(decode(&longer), Slot::Unreadable);
     // A bucket record (format 1) is not a lease record.
     assert_eq!(decode(&[1; 40]), Slot::Unreadable);
+    for refusal in [Refusal::None, Refusal::Failed, Refusal::Closing] {
+        let record = LeaseRecord {
+            refusal,
+            ..record.clone()
+        };
+        assert_eq!(
+            decode(&encode(&digest, &record)),
+            Slot::Held(digest, record.clone())
+        );
+    }
+}
+
+#[test]
+fn a_window_closing_with_budget_left_asks_per_request_until_the_reset() {
+    // The service leased nothing, the window ending within its margin, 12 hits left.
+    let mut record = LeaseRecord::default();
+    let result = RenewalResult::Answered {
+        settled: vec![],
+        grant: Some(grant(Code::OverLimit, "", 0, 0, 12)),
+    };
+    record.finish_renewal(&result, T0, T0 + 3, 60_000);
+    assert_eq!(record.refusal, Refusal::Closing);
+    // The reset (30 s after the renewal was sent) comes before the next period.
+    assert_eq!(record.ask_after, T0 + 30_000);
+    assert_eq!(record.spend(1, 10, T0 + 4, CLAIM), (Spend::Ask, false));
+    assert_eq!(record.view.as_ref().map(|v| v.remaining), Some(12));
+    // At the reset a request claims the next lease.
+    assert_eq!(
+        record.spend(1, 10, T0 + 30_000, CLAIM),
+        (Spend::Wait { renew: true }, true)
+    );
 }
 
 #[test]
