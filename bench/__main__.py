@@ -56,6 +56,10 @@ def parse_args(argv):
     parser.add_argument("--compare-upstreams", action=argparse.BooleanOptionalAction,
                         help="also run bare and the wasm floor against both upstreams "
                              "(default: only in a full run without --only/--rounds/...)")
+    parser.add_argument("--release-memory", action="store_true",
+                        help="every measured Envoy's bootstrap hands freed memory back "
+                             "(memory_allocator_manager, 128 MiB a second; not in the "
+                             "shipped configs)")
     parser.add_argument("--out", type=Path, help="the Markdown report (full: BENCHMARKS.md)")
     parser.add_argument("--json", type=Path, help="raw results (default: next to the work dir)")
     parser.add_argument("--render", type=Path, metavar="RESULTS_JSON",
@@ -105,6 +109,7 @@ def settings_from(args) -> Settings:
         only=only,
         bare_every=args.bare_every if args.bare_every is not None else bare_every,
         keystore_old=str(args.keystore_old) if args.keystore_old else None,
+        release_memory=args.release_memory,
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from harness.paths import ROOT, envoy_binary
 
 from . import targets
-from .run import (BASELINE, FLOOR, Sample, ScenarioResult, Settings, median_range,
+from .run import (BASELINE, FLOOR, RELEASE_MEMORY, Sample, ScenarioResult, Settings, median_range,
                   paired_differences, paired_ratios)
 from .service import render as render_service
 
@@ -238,7 +238,16 @@ to read and extend it: [Method](#method)).{quick}
 | load generator | {env['wrk']} |
 | upstream | {', '.join(f'{k}: {v}' for k, v in env['upstreams'].items())} |
 | placement | {env['placement']} |
+| Envoy bootstrap | {_bootstrap_note(settings)} |
 | load average (1/5/15 min) | {env['loadavg'].get('start', '?')} at start, {env['loadavg'].get('end', '?')} at end |"""
+
+
+def _bootstrap_note(settings: Settings) -> str:
+    if not settings.release_memory:
+        return "as shipped (tcmalloc keeps the pages Envoy frees)"
+    return (f"`--release-memory`: `memory_allocator_manager` hands back "
+            f"{RELEASE_MEMORY['bytes_to_release']:,} bytes of free pages every "
+            f"{RELEASE_MEMORY['memory_release_interval']}")
 
 
 def _targets(fig: Figures) -> str:

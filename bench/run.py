@@ -51,6 +51,10 @@ HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "explicit_http_config": {"http2_protocol_options": {}}}}
 
+# `--release-memory`: Envoy's bootstrap tells tcmalloc to hand free pages back (issue 17,
+# item 3; measured not to pay, so not in the shipped configs: BENCHMARKS.md, Findings).
+RELEASE_MEMORY = {"bytes_to_release": 134217728, "memory_release_interval": "1s"}
+
 BASELINE = "bare"
 FLOOR = "wasm-floor"
 
@@ -72,6 +76,9 @@ class Settings:
     only: tuple = ()
     bare_every: int = 0  # load `bare` again before every N scenarios of a round (0: once)
     keystore_old: str = None  # the old key store binary to compare with (None: build it)
+    # Every measured Envoy hands freed memory back (`RELEASE_MEMORY`); the shipped configs
+    # do not.
+    release_memory: bool = False
 
 
 @dataclass
@@ -211,7 +218,8 @@ class Bench:
             # The same connection manager everywhere; PASS_THROUGH lets header rules
             # remove the upstream's `server` (Envoy would write its own afterwards).
             hcm_extra={"server_header_transformation": "PASS_THROUGH"})
-        return bootstrap([listener], clusters, node_id="wasmgate-bench")
+        extra = {"memory_allocator_manager": RELEASE_MEMORY} if self.settings.release_memory else {}
+        return bootstrap([listener], clusters, node_id="wasmgate-bench", **extra)
 
     def launch(self, scenario: Scenario, concurrency: int, upstream, result: ScenarioResult):
         """Starts and probes the scenario's Envoy; None (and `result.failure`) if it
