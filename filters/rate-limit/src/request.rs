@@ -60,6 +60,32 @@ pub fn finish(metrics: &Metrics, verdict: Verdict) -> Finish {
     }
 }
 
+/// Sends a `ShouldRateLimit` call from the effective context (its answer comes back to
+/// that context): Envoy's token, or `None` (logged) when it cannot be sent.
+pub fn send_call(metrics: &Metrics, call: &ServiceCall) -> Option<u32> {
+    let sent = hostcalls::dispatch_grpc_call(
+        call.cluster(),
+        RLS_SERVICE,
+        RLS_METHOD,
+        Vec::new(),
+        Some(&call.message),
+        call.timeout(),
+    );
+    match sent {
+        Ok(token) => {
+            metrics.global_calls.increment();
+            Some(token)
+        }
+        Err(status) => {
+            log::warn!(
+                "{FILTER}: cannot call the rate-limit service on cluster {:?}: {status:?}",
+                call.cluster()
+            );
+            None
+        }
+    }
+}
+
 fn send_reply(reply: &LimitedReply) {
     let headers: Vec<(&str, &str)> = reply
         .headers
@@ -137,25 +163,12 @@ impl RateLimitRequest {
     /// Sends the exact-mode call and pauses; a call that cannot be sent is a failure
     /// the tier's failure mode decides at once.
     fn ask(&mut self, call: ServiceCall, now: u64) -> Action {
-        let sent = hostcalls::dispatch_grpc_call(
-            call.cluster(),
-            RLS_SERVICE,
-            RLS_METHOD,
-            Vec::new(),
-            Some(&call.message),
-            call.timeout(),
-        );
-        match sent {
-            Ok(token) => {
-                self.state.metrics.global_calls.increment();
+        match send_call(&self.state.metrics, &call) {
+            Some(token) => {
                 self.call = Some((token, call.pending, now));
                 Action::Pause
             }
-            Err(status) => {
-                log::warn!(
-                    "{FILTER}: cannot call the rate-limit service on cluster {:?}: {status:?}",
-                    call.cluster()
-                );
+            None => {
                 let decision = self.state.policy.conclude(
                     &call.pending,
                     Err(ServiceFailure::Dispatch),

@@ -13,7 +13,6 @@ use wasmgate_host::{Continuation, Counter, Gauge, Histogram, HostStore, TickDema
 use wasmgate_rate_limit_policy::{
     read_answer, Decision, FailureMode, LeaseAnswer, Pending, RateLimitPolicy, ResponseHeaders,
     ServiceCall, ServiceFailure, TableEvents, Verdict, Waiter, LEASE_METHOD, LEASE_SERVICE,
-    RLS_METHOD, RLS_SERVICE,
 };
 
 pub const FILTER: &str = "wasmgate-rate-limit";
@@ -316,26 +315,13 @@ impl FilterState {
     /// Asks the service about a request that waited (the root sends the call, so its
     /// answer comes back here); a call that cannot be sent is decided by the failure mode.
     fn ask_for_waiter(&self, context_id: u32, call: ServiceCall, now: u64) {
-        let sent = hostcalls::dispatch_grpc_call(
-            call.cluster(),
-            RLS_SERVICE,
-            RLS_METHOD,
-            Vec::new(),
-            Some(&call.message),
-            call.timeout(),
-        );
-        match sent {
-            Ok(token) => {
-                self.metrics.global_calls.increment();
+        match request::send_call(&self.metrics, &call) {
+            Some(token) => {
                 self.asked
                     .borrow_mut()
                     .insert(token, (context_id, call.pending, now));
             }
-            Err(status) => {
-                log::warn!(
-                    "{FILTER}: cannot call the rate-limit service on cluster {:?}: {status:?}",
-                    call.cluster()
-                );
+            None => {
                 let failure = Err(ServiceFailure::Dispatch);
                 let decision = self
                     .policy
