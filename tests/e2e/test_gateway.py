@@ -727,13 +727,15 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
         warm_up = []
 
         def connected():
-            """Every request of the round is on a connection upstream, or orders-v1 has
-            every connection it may have (the last batch may have to wait)."""
+            """Every request of the round is on a connection upstream (or already
+            answered: one that reached the route's timeout), or orders-v1 has every
+            connection it may have (the last batch may have to wait)."""
             if envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]:
                 return True
             upstream = sum(envoy.stat(f"cluster.{c}.upstream_rq_active") for c in orders)
             waiting = sum(envoy.stat(f"cluster.{c}.upstream_rq_pending_active") for c in orders)
-            return waiting == 0 and upstream == 200 * len(warm_up)
+            answered = sum(len(batch.answers) for batch in warm_up)
+            return waiting == 0 and upstream + answered == 200 * len(warm_up)
 
         for _ in range(3):
             for server in orders.values():
@@ -742,7 +744,7 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
             while envoy.stat(stat + "upstream_cx_active") < limits["max_connections"]:
                 assert len(warm_up) < 8, f"{envoy.stat(stat + 'upstream_cx_active')} connections"
                 warm_up.append(flood(200))
-                wait_for(connected, 30, "the batch's connections to open", interval=0.05)
+                wait_for(connected, 60, "the batch's connections to open", interval=0.05)
             for server in orders.values():
                 server.release()
             for batch in warm_up:
