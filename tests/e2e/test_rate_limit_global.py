@@ -97,6 +97,32 @@ def test_exact_refuses_past_the_global_limit_with_the_usual_answer(deployment, s
     assert envoy.metric("wasmgate_rate_limit_limited_total") == 2
 
 
+def test_a_rule_with_only_a_global_tier_is_counted_by_the_service_alone(deployment, start_envoy,
+                                                                        service):
+    """No local limits: every request asks the service, the headers show its limit alone,
+    and without a service the default failure mode lets requests through."""
+    global_only = {"name": "exact", "match": {"prefix": "/exact"}, "global": tier("exact")}
+    envoy = gateway(start_envoy, deployment, policy(global_only, ietf_headers=True),
+                    [("127.0.0.1", service.port)])
+    answers = [get(envoy.port(), "/exact/orders", tenant("acme")) for _ in range(7)]
+    assert [a.status for a in answers] == [200] * 5 + [429] * 2
+    assert [a.header("x-ratelimit-remaining") for a in answers[:5]] == ["4", "3", "2", "1", "0"]
+    assert answers[0].header("ratelimit-policy") == '"per-tenant";q=5;w=60'
+    assert json.loads(answers[5].body)["violated-policies"] == ["per-tenant"]
+    assert envoy.metric("wasmgate_rate_limit_global_calls_total") == 7
+    assert envoy.metric("wasmgate_rate_limit_global_over_limit_total") == 2
+
+    nobody = free_ports(1)[0]
+    away = gateway(start_envoy, deployment, policy(global_only), [("127.0.0.1", nobody)])
+    unchecked = [get(away.port(), "/exact/orders", tenant("acme")) for _ in range(3)]
+    assert [a.status for a in unchecked] == [200] * 3
+    # Nothing was counted: there is no limit to show.
+    assert unchecked[0].header("x-ratelimit-limit") is None
+    decided = "wasmgate_rate_limit_global_failure_decisions_total"
+    assert away.metric(decided, result="allow") == 3
+    assert not wasm_trouble(envoy.log()) and not wasm_trouble(away.log())
+
+
 def test_lease_spends_locally_and_renews_in_the_background(deployment, start_envoy, service):
     envoy = gateway(start_envoy, deployment,
                     policy(rule("lease", tier("lease", lease={"size": 5, "period": "1s"}))),

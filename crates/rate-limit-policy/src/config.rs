@@ -95,6 +95,8 @@ struct RuleSpec {
     route: Option<RouteMatch>,
     #[serde(default)]
     endpoint: Endpoint,
+    /// The rule's local buckets; none for a rule that only has a global tier.
+    #[serde(default)]
     limits: Vec<LimitSpec>,
     #[serde(default)]
     plans: BTreeMap<String, Vec<LimitSpec>>,
@@ -356,6 +358,22 @@ impl RuleSpec {
         if cost == 0 {
             return Err(ConfigError::new("cost", "a request costs at least 1"));
         }
+        // A rule without local limits is counted by its global tier alone (what Envoy's
+        // own ratelimit filter does): it needs one, and has no local buckets to fall
+        // back to or to vary by plan.
+        let global_only = self.limits.is_empty();
+        if global_only && self.global.is_none() {
+            return Err(ConfigError::new(
+                "limits",
+                format!("1 to {MAX_LIMITS} limits, all applied together (a rule may leave them out only with a \"global\" tier)"),
+            ));
+        }
+        if global_only && !self.plans.is_empty() {
+            return Err(ConfigError::new(
+                "plans",
+                "plans vary a rule's local limits, and this rule has none (\"limits\" is empty); the global tier's descriptor names the plan only for a rule with plans",
+            ));
+        }
         let global = match self.global {
             None => None,
             Some(mut spec) => {
@@ -365,7 +383,10 @@ impl RuleSpec {
                     .map(compile_identity)
                     .transpose()
                     .map_err(|e| e.within("global.identity"))?;
-                Some(spec.compile(identity).map_err(|e| e.within("global"))?)
+                Some(
+                    spec.compile(identity, !global_only)
+                        .map_err(|e| e.within("global"))?,
+                )
             }
         };
         let share = global
@@ -389,7 +410,17 @@ impl RuleSpec {
                 fallback,
             })
         };
-        let limits = compile_limits(self.limits, cost).map_err(|e| e.within("limits"))?;
+        let limits = if global_only {
+            if cost > MAX_TOKENS {
+                return Err(ConfigError::new(
+                    "cost",
+                    format!("{cost}: from 1 to {MAX_TOKENS}"),
+                ));
+            }
+            LimitSet::new(Vec::new(), cost)
+        } else {
+            compile_limits(self.limits, cost).map_err(|e| e.within("limits"))?
+        };
         let default = plan("", limits)?;
         let mut plans = Vec::with_capacity(self.plans.len());
         for (name, specs) in self.plans {

@@ -692,3 +692,91 @@ fn a_closing_window_still_admits_no_more_than_the_limit() {
     }
     assert_eq!(refused + admitted.iter().sum::<u64>(), 1_500);
 }
+
+/// A rule with a global tier and no local limits: what Envoy's own ratelimit filter does.
+fn global_only(global: &str) -> String {
+    format!(
+        r#"{{"table": {{"slots": 64, "lease_slots": 64}},
+            "identity": [{{"header": "x-user-id"}}],
+            "rules": [{{"name": "tenants", "match": {{"prefix": "/api/"}}, "global": {global}}}]}}"#
+    )
+}
+
+#[test]
+fn a_rule_with_only_a_global_tier_counts_at_the_service_and_touches_no_bucket() {
+    let service = FakeService::new(25);
+    let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&global_only(EXACT))).collect();
+    for instance in &fleet {
+        assert_eq!(instance.store.key_count(), 0, "no bucket table is created");
+    }
+    let mut admitted = 0;
+    for i in 0..60u64 {
+        let verdict = fleet[(i % 3) as usize].exact(&tenant("acme"), &service, T0 + i);
+        match (Instance::outcome(&verdict), verdict) {
+            (Outcome::Admitted, Verdict::Allowed(headers)) => {
+                admitted += 1;
+                // The headers show the fleet's limit, the only one the rule has.
+                assert_eq!(header(&headers, "x-ratelimit-limit"), Some("25"));
+                assert_eq!(
+                    header(&headers, "x-ratelimit-remaining"),
+                    Some((25 - admitted).to_string().as_str())
+                );
+            }
+            (Outcome::Refused, Verdict::Limited(reply)) => {
+                assert_eq!(header(&reply.headers, "x-ratelimit-remaining"), Some("0"));
+                assert_eq!(header(&reply.headers, "retry-after"), Some("60"));
+            }
+            (_, other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(admitted, 25);
+    assert_eq!(
+        service.calls.get(),
+        60,
+        "every request asked, none shed locally"
+    );
+    assert_eq!(service.state(TENANT_KEY), (25, 0));
+    for instance in &fleet {
+        assert_eq!(instance.store.key_count(), 0, "still no bucket");
+    }
+}
+
+#[test]
+fn a_global_only_rule_fails_open_unless_told_to_deny() {
+    for (tier, expected) in [
+        (EXACT.to_owned(), Outcome::Admitted),
+        (
+            EXACT.replace("\"exact\",", "\"exact\", \"failure_mode\": \"deny\","),
+            Outcome::FailedClosed,
+        ),
+    ] {
+        let gw = Instance::new(&global_only(&tier));
+        let service = FakeService::new(100);
+        service.down.set(Some(14));
+        let decision = gw.policy.decide(&tenant("acme"), &gw.store, T0);
+        let Verdict::AskService(call) = decision.verdict else {
+            panic!("{tier}")
+        };
+        let answer = read_answer(14, &[], T0, T0, call.timeout());
+        let decided = gw.policy.conclude(&call.pending, answer, &gw.store, T0);
+        assert_eq!(Instance::outcome(&decided.verdict), expected, "{tier}");
+        let mode = decided.global.failure.map(|(_, mode)| mode);
+        let wanted = match expected {
+            Outcome::Admitted => FailureMode::Allow,
+            _ => FailureMode::Deny,
+        };
+        assert_eq!(mode, Some(wanted), "{tier}");
+        assert_eq!(gw.store.key_count(), 0, "{tier}: nothing counted locally");
+    }
+}
+
+#[test]
+fn a_global_only_rule_in_lease_mode_spends_its_lease_and_stays_within_the_limit() {
+    let service = FakeService::new(95);
+    let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&global_only(LEASE))).collect();
+    let (admitted, refused) = lease_burst(&fleet, &service, 300, T0);
+    assert_eq!(admitted + refused, 300);
+    assert!(admitted <= 95, "{admitted}");
+    assert!(admitted >= 95 - 3 * 2 * 10, "{admitted}");
+    assert!(service.calls.get() < 60, "{} calls", service.calls.get());
+}

@@ -132,10 +132,13 @@ struct LeaseSpec {
 }
 
 impl GlobalSpec {
-    /// `identity` is the tier's identity sources, already compiled (`None`: the rule's).
+    /// `identity` is the tier's identity sources, already compiled (`None`: the rule's);
+    /// `local_limits`: whether the rule has local buckets (`failure_mode: local` falls
+    /// back to them, and is the default only then).
     pub(crate) fn compile(
         self,
         identity: Option<Vec<IdentitySource>>,
+        local_limits: bool,
     ) -> Result<GlobalTier, ConfigError> {
         let cluster = self.cluster.ok_or_else(|| {
             ConfigError::new(
@@ -155,7 +158,18 @@ impl GlobalSpec {
         if timeout < Duration::from_millis(1) || timeout > MAX_TIMEOUT {
             return Err(ConfigError::new("timeout", "from 1ms to 10s"));
         }
-        let failure_mode = self.failure_mode.unwrap_or(FailureMode::Local);
+        let failure_mode = match self.failure_mode {
+            None if local_limits => FailureMode::Local,
+            // As Envoy's own ratelimit filter (`failure_mode_deny: false`).
+            None => FailureMode::Allow,
+            Some(FailureMode::Local) if !local_limits => {
+                return Err(ConfigError::new(
+                    "failure_mode",
+                    "\"local\" falls back to the rule's local limits, and this rule has none: choose \"allow\" or \"deny\", or give the rule \"limits\"",
+                ))
+            }
+            Some(mode) => mode,
+        };
         let fallback_share = match (self.fallback_share, failure_mode) {
             (None, _) => 1.0,
             (Some(share), FailureMode::Local) if share > 0.0 && share <= 1.0 => share,

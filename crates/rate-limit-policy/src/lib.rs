@@ -280,6 +280,7 @@ impl RateLimitPolicy {
     pub fn overflow_digests(&self) -> Vec<Digest> {
         self.all_rules()
             .flat_map(|rule| std::iter::once(&rule.default).chain(&rule.plans))
+            .filter(|plan| !plan.limits.limits().is_empty())
             .flat_map(|plan| {
                 std::iter::once(plan.overflow).chain(plan.fallback.as_ref().map(|f| f.overflow))
             })
@@ -287,12 +288,17 @@ impl RateLimitPolicy {
     }
 
     /// Creates the tables' slots where missing; see [`BucketTable::prepare`]. The census
-    /// is the bucket table's; the lease table's slots are created too.
+    /// is the bucket table's; the lease table's slots are created too. A configuration
+    /// whose rules all have a global tier only uses no bucket, and creates none.
     pub fn prepare(&self, store: &dyn SharedStore) -> TableCensus {
         if let Some(leases) = &self.leases {
             leases.prepare(store);
         }
-        self.table.prepare(store, &self.overflow_digests())
+        let overflow = self.overflow_digests();
+        if overflow.is_empty() {
+            return TableCensus::default();
+        }
+        self.table.prepare(store, &overflow)
     }
 
     /// Names this instance in lease renewals (logs and metrics of the service only).
@@ -342,40 +348,14 @@ impl RateLimitPolicy {
         };
         let endpoint = route_endpoint.as_deref().unwrap_or(&rule.rule_endpoint);
         let identity = identify(&self.identity, view);
-        let digest =
-            self.digests
-                .get_or_insert([&rule.name, &plan.name, endpoint, &identity], || {
-                    bucket_digest(&[
-                        b"bucket",
-                        rule.name.as_bytes(),
-                        plan.name.as_bytes(),
-                        endpoint.as_bytes(),
-                        identity.as_bytes(),
-                        &limits_fingerprint(limits),
-                    ])
-                });
-        let outcome = self
-            .table
-            .take(store, &digest, &plan.overflow, limits, now_ms);
-        let events = outcome.events;
-        let local = match outcome.verdict {
-            TableVerdict::Taken(levels) => Some(levels),
-            TableVerdict::Short(levels, _) if rule.shadow => {
-                let headers = self.answers.admitted(limits, Some(&levels), None, now_ms);
-                return Decision::new(Verdict::ShadowLimited(headers), events);
+        // A rule with a global tier only (no local limits) touches no bucket.
+        let (local, events) = if limits.limits().is_empty() {
+            (None, TableEvents::default())
+        } else {
+            match self.take_local(rule, plan, endpoint, &identity, store, now_ms) {
+                Ok(taken) => taken,
+                Err(decision) => return *decision,
             }
-            TableVerdict::Short(levels, shortfall) => {
-                let reply = self
-                    .answers
-                    .limited(limits, &levels, shortfall, None, now_ms);
-                return Decision::new(Verdict::Limited(reply), events);
-            }
-            // Without a global tier the request passes uncounted; with one, the global
-            // tier still counts it.
-            TableVerdict::Unavailable(trouble) if rule.global.is_none() => {
-                return Decision::new(Verdict::Uncounted(trouble), events)
-            }
-            TableVerdict::Unavailable(_) => None,
         };
         let Some(tier) = &rule.global else {
             let headers = self.answers.admitted(limits, local.as_ref(), None, now_ms);
@@ -431,6 +411,60 @@ impl RateLimitPolicy {
                 decision
             }
         }
+    }
+
+    /// Takes the request's cost from its local buckets: the levels after it (`None`: the
+    /// table was unavailable and the global tier still counts it) and what the table did,
+    /// or the decision when the buckets settle it (refused, or uncounted without a tier).
+    fn take_local(
+        &self,
+        rule: &Rule,
+        plan: &Plan,
+        endpoint: &str,
+        identity: &str,
+        store: &dyn SharedStore,
+        now_ms: u64,
+    ) -> Result<(Option<Levels>, TableEvents), Box<Decision>> {
+        let limits = &plan.limits;
+        let digest =
+            self.digests
+                .get_or_insert([&rule.name, &plan.name, endpoint, identity], || {
+                    bucket_digest(&[
+                        b"bucket",
+                        rule.name.as_bytes(),
+                        plan.name.as_bytes(),
+                        endpoint.as_bytes(),
+                        identity.as_bytes(),
+                        &limits_fingerprint(limits),
+                    ])
+                });
+        let outcome = self
+            .table
+            .take(store, &digest, &plan.overflow, limits, now_ms);
+        let events = outcome.events;
+        let local = match outcome.verdict {
+            TableVerdict::Taken(levels) => Some(levels),
+            TableVerdict::Short(levels, _) if rule.shadow => {
+                let headers = self.answers.admitted(limits, Some(&levels), None, now_ms);
+                return Err(Box::new(Decision::new(
+                    Verdict::ShadowLimited(headers),
+                    events,
+                )));
+            }
+            TableVerdict::Short(levels, shortfall) => {
+                let reply = self
+                    .answers
+                    .limited(limits, &levels, shortfall, None, now_ms);
+                return Err(Box::new(Decision::new(Verdict::Limited(reply), events)));
+            }
+            // Without a global tier the request passes uncounted; with one, the global
+            // tier still counts it.
+            TableVerdict::Unavailable(trouble) if rule.global.is_none() => {
+                return Err(Box::new(Decision::new(Verdict::Uncounted(trouble), events)))
+            }
+            TableVerdict::Unavailable(_) => None,
+        };
+        Ok((local, events))
     }
 
     fn descriptor(

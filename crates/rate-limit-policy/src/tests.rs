@@ -590,6 +590,26 @@ fn invalid_configurations_name_the_field() {
             r#"{"default": {"limits": [{"requests": 5, "per": "1s"}]}, "table": {"lease_slots": 4, "probe": 8, "slots": 16}}"#,
             "table.lease_slots: 4: between",
         ),
+        (
+            r#"{"default": {"limits": []}}"#,
+            "default.limits: 1 to 8 limits, all applied together (a rule may leave them out only with a \"global\" tier)",
+        ),
+        (
+            r#"{"default": {"cost": 2}}"#,
+            "default.limits: 1 to 8 limits",
+        ),
+        (
+            r#"{"default": {"global": {"mode": "exact", "cluster": "rls"}, "plans": {"gold": [{"requests": 5, "per": "1s"}]}}}"#,
+            "default.plans: plans vary a rule's local limits, and this rule has none",
+        ),
+        (
+            r#"{"default": {"global": {"mode": "exact", "cluster": "rls", "failure_mode": "local"}}}"#,
+            "default.global.failure_mode: \"local\" falls back to the rule's local limits, and this rule has none",
+        ),
+        (
+            r#"{"default": {"global": {"mode": "lease", "cluster": "rls", "fallback_share": 0.5}}}"#,
+            "default.global.fallback_share: only with \"failure_mode\": \"local\" (this tier's is \"allow\")",
+        ),
     ];
     for (json, expected) in cases {
         let err = refusal(json);
