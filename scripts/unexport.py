@@ -15,9 +15,11 @@ Each filter crate names what to remove in its Cargo.toml:
     [package.metadata.wasmgate]
     unexported = ["proxy_on_response_body", "proxy_on_log"]
 
-Only the per-request HTTP callbacks in REMOVABLE may be named: they are the ones the
-host skips when absent, and whose SDK default is "continue" or nothing at all.
-`proxy_on_done` and `proxy_on_delete` free the SDK's contexts and are never removed.
+Only the per-request callbacks in REMOVABLE may be named: they are the ones the host
+skips when absent, and whose SDK default is "continue", "done" or nothing at all.
+`proxy_on_done` may go when no context implements `on_done` (the host then takes a
+context as done, which is the SDK's default answer; a filter cleans up in `Drop`
+instead); `proxy_on_delete` frees the SDK's contexts and is never removed.
 A name the module does not export is an error (an SDK rename must not go unnoticed).
 Only the export section changes: the functions stay in the code, unreferenced.
 
@@ -43,6 +45,7 @@ REMOVABLE = {
     "proxy_on_response_body": "on_http_response_body",
     "proxy_on_response_trailers": "on_http_response_trailers",
     "proxy_on_log": "on_log",
+    "proxy_on_done": "on_done",
 }
 
 

@@ -18,7 +18,7 @@ _spec.loader.exec_module(unexport)
 
 FILTERS = sorted(p.name for p in (ROOT / "filters").iterdir() if p.name != "host")
 # Always exported: Envoy needs them, or the SDK frees its contexts in them.
-REQUIRED = {"proxy_on_context_create", "proxy_on_request_headers", "proxy_on_done", "proxy_on_delete"}
+REQUIRED = {"proxy_on_context_create", "proxy_on_request_headers", "proxy_on_delete"}
 
 
 def declared(crate_dir) -> set[str]:
@@ -95,8 +95,8 @@ def test_removes_only_the_named_export_and_keeps_every_other_byte():
 def test_refuses_a_callback_that_is_not_removable():
     with pytest.raises(unexport.WasmError, match="not a removable callback: proxy_on_request_headers"):
         unexport.unexport(module(SAMPLE), {"proxy_on_request_headers"})
-    with pytest.raises(unexport.WasmError, match="proxy_on_done"):
-        unexport.unexport(module(SAMPLE), {"proxy_on_done"})
+    with pytest.raises(unexport.WasmError, match="proxy_on_delete"):
+        unexport.unexport(module(SAMPLE), {"proxy_on_delete"})
 
 
 def test_refuses_a_name_the_module_does_not_export():
