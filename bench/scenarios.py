@@ -23,7 +23,7 @@ from .scenario import (
 )
 from .wasmgate import (
     BENCH_TENANT, HEADER_RULES, JWKS_CLUSTER, KEYSTORE_CLUSTER, RATE_LIMIT_NEVER,
-    RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_LIMITS, RATELIMIT_TIMEOUT,
+    RATELIMIT_CLUSTER, RATELIMIT_DOMAIN, RATELIMIT_LIMITS, RATELIMIT_NEVER, RATELIMIT_TIMEOUT,
 )
 
 REGISTRY = Registry()
@@ -239,6 +239,19 @@ for _mode, _how in (("exact", "one ShouldRateLimit call per request"),
         fixtures=(RATELIMIT_SERVICE,),
         counters=WASM_GLOBAL_COUNTERS,
     ))
+    # The same tier on a rule without local limits: what Envoy's ratelimit filter does.
+    add(Scenario(
+        f"rate-limit-global-{_mode}", f"wasmgate rate-limit filter, a rule with a global tier "
+        f"only (no local limits) in {_mode} mode on the tenant ({_how}), as `rate-limit-{_mode}`",
+        filters=lambda ctx, m=_mode: [wasmgate.rate_limit(
+            ctx, wasmgate.rate_limit_global_config(m, local=False))],
+        load=lambda ctx: Load(headers=_TENANT),
+        probes=lambda ctx: [Probe("counted globally only: the headers show the service's limit",
+                                  headers=_TENANT,
+                                  response={"x-ratelimit-limit": str(RATELIMIT_NEVER)})],
+        fixtures=(RATELIMIT_SERVICE,),
+        counters=WASM_GLOBAL_COUNTERS,
+    ))
 
 # --- chains: the gateway's three filters ---------------------------------------------
 
@@ -333,11 +346,27 @@ add(Scenario(
     probes=lambda ctx: [Probe("the service was asked: its answer's headers came back",
                               headers=_TENANT,
                               response={"x-ratelimit-limit":
-                                        '4000000000, 4000000000;w=60;name="per-tenant"'})],
+                                        f'{RATELIMIT_NEVER}, {RATELIMIT_NEVER};w=60;name="per-tenant"'})],
     fixtures=(RATELIMIT_SERVICE,),
     route_action=native.route_rate_limits("x-tenant-id"),
     counters={"ok": "cluster.ratelimit.ratelimit.ok",
               "errors": "cluster.ratelimit.ratelimit.error"},
+))
+
+# The floor of the call from wasm: a filter that only pauses each request for the same
+# ShouldRateLimit call (encoded once, answer unread). Against `native-ratelimit`, what
+# Envoy's proxy-wasm gRPC path costs by itself (BENCHMARKS.md, Findings, G1).
+add(Scenario(
+    "wasm-grpc-call", "instrument: a wasm filter that only makes the `native-ratelimit` call "
+    "(one ShouldRateLimit per request, encoded once, answer unread; 503 if it fails)",
+    filters=lambda ctx: [wasm_filter(ctx.bench_wasm("grpc-call"), {
+        "cluster": RATELIMIT_CLUSTER, "domain": RATELIMIT_DOMAIN,
+        "entries": [["rule", "api"], ["x-tenant-id", BENCH_TENANT]], "timeout_ms": 1000},
+        name="grpc-call")],
+    load=lambda ctx: Load(headers=_TENANT),
+    probes=lambda ctx: [Probe("the call succeeded (a failed one is answered 503)",
+                              headers=_TENANT)],
+    fixtures=(RATELIMIT_SERVICE,),
 ))
 
 add(Scenario(

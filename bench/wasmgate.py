@@ -84,6 +84,8 @@ def rate_limit_config(identity_header: str = None, slots: int = 100_000) -> dict
 # one-second windows, 0.2% with these.
 BENCH_TENANT = "tenant-bench"
 RATELIMIT_DOMAIN = "wasmgate"
+# The service's limit for the bench tenant: never reached.
+RATELIMIT_NEVER = 4_000_000_000
 RATELIMIT_LIMITS = f"""
 domain: {RATELIMIT_DOMAIN}
 descriptors:
@@ -91,16 +93,17 @@ descriptors:
     value: api
     descriptors:
       - key: x-tenant-id
-        rate_limit: {{name: per-tenant, unit: minute, requests_per_unit: 4000000000}}
+        rate_limit: {{name: per-tenant, unit: minute, requests_per_unit: {RATELIMIT_NEVER}}}
 """
 # Both the filter and Envoy's ratelimit filter wait this long for an answer: a loaded
 # bench must measure the call, not the failure mode.
 RATELIMIT_TIMEOUT = "1s"
 
 
-def rate_limit_global_config(mode: str, lease_size: int = 1000) -> dict:
+def rate_limit_global_config(mode: str, lease_size: int = 1000, local: bool = True) -> dict:
     """`rate_limit_config()` with a global tier in `mode` ("exact" or "lease") on the
-    tenant (`x-tenant-id`); a lease asks for `lease_size` hits at a time."""
+    tenant (`x-tenant-id`); a lease asks for `lease_size` hits at a time. `local=False`:
+    the rule has no local limits (the global tier alone counts it)."""
     config = rate_limit_config()
     tier = {"mode": mode, "cluster": RATELIMIT_CLUSTER, "domain": RATELIMIT_DOMAIN,
             "timeout": RATELIMIT_TIMEOUT, "failure_mode": "deny",
@@ -108,6 +111,8 @@ def rate_limit_global_config(mode: str, lease_size: int = 1000) -> dict:
     if mode == "lease":
         tier["lease"] = {"size": lease_size, "period": "1s"}
     config["rules"][0]["global"] = tier
+    if not local:
+        del config["rules"][0]["limits"]
     return config
 
 
