@@ -484,22 +484,25 @@ fn lease_burst(fleet: &[Instance], service: &FakeService, count: u64, start: u64
 
 #[test]
 fn leases_never_admit_more_than_the_limit_and_hold_back_at_most_the_bound() {
-    let service = FakeService::new(95);
-    let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&config(LEASE))).collect();
-    let (admitted, refused) = lease_burst(&fleet, &service, 300, T0);
-    assert_eq!(admitted + refused, 300);
-    assert!(admitted <= 95, "{admitted}");
-    // The documented bound: 3 instances × 2 × size.
-    assert!(admitted >= 95 - 3 * 2 * 10, "{admitted}");
-    // Far fewer calls than requests.
-    assert!(service.calls.get() < 60, "{} calls", service.calls.get());
-    // A period after the burst, idle leases go back: the counter holds exactly what was
-    // admitted, nothing stays held.
-    for instance in &fleet {
-        instance.tick(&service, T0 + 300 + 1_000);
-        instance.tick(&service, T0 + 300 + 2_100);
+    // A rule with local limits, and one whose lease tier is its only tier.
+    for json in [config(LEASE), global_only(LEASE)] {
+        let service = FakeService::new(95);
+        let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&json)).collect();
+        let (admitted, refused) = lease_burst(&fleet, &service, 300, T0);
+        assert_eq!(admitted + refused, 300);
+        assert!(admitted <= 95, "{admitted}");
+        // The documented bound: 3 instances × 2 × size.
+        assert!(admitted >= 95 - 3 * 2 * 10, "{admitted}");
+        // Far fewer calls than requests.
+        assert!(service.calls.get() < 60, "{} calls", service.calls.get());
+        // A period after the burst, idle leases go back: the counter holds exactly what
+        // was admitted, nothing stays held.
+        for instance in &fleet {
+            instance.tick(&service, T0 + 300 + 1_000);
+            instance.tick(&service, T0 + 300 + 2_100);
+        }
+        assert_eq!(service.state(TENANT_KEY), (admitted, 0));
     }
-    assert_eq!(service.state(TENANT_KEY), (admitted, 0));
 }
 
 #[test]
@@ -768,15 +771,4 @@ fn a_global_only_rule_fails_open_unless_told_to_deny() {
         assert_eq!(mode, Some(wanted), "{tier}");
         assert_eq!(gw.store.key_count(), 0, "{tier}: nothing counted locally");
     }
-}
-
-#[test]
-fn a_global_only_rule_in_lease_mode_spends_its_lease_and_stays_within_the_limit() {
-    let service = FakeService::new(95);
-    let fleet: Vec<Instance> = (0..3).map(|_| Instance::new(&global_only(LEASE))).collect();
-    let (admitted, refused) = lease_burst(&fleet, &service, 300, T0);
-    assert_eq!(admitted + refused, 300);
-    assert!(admitted <= 95, "{admitted}");
-    assert!(admitted >= 95 - 3 * 2 * 10, "{admitted}");
-    assert!(service.calls.get() < 60, "{} calls", service.calls.get());
 }
