@@ -114,13 +114,15 @@ bench: build bench-wasm ## Measure the filters against bare Envoy and native one
 	.venv/bin/python -m bench $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 bench-wasm:
-	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial -p wasmgate-bench-hostcalls -p wasmgate-bench-grpc-call
+	$(CARGO) build --release --target $(WASM_TARGET) -p wasmgate-bench-trivial -p wasmgate-bench-hostcalls -p wasmgate-bench-grpc-call -p wasmgate-bench-grpc-steps
 	@mkdir -p $(BUILD)/bench
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_trivial.wasm $(BUILD)/bench/trivial.wasm
 	python3 scripts/unexport.py --manifest bench/trivial/Cargo.toml $(BUILD)/bench/trivial.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_hostcalls.wasm $(BUILD)/bench/hostcalls.wasm
 	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_grpc_call.wasm $(BUILD)/bench/grpc-call.wasm
 	python3 scripts/unexport.py --manifest bench/grpc-call/Cargo.toml $(BUILD)/bench/grpc-call.wasm
+	cp $(TARGET_DIR)/$(WASM_TARGET)/release/wasmgate_bench_grpc_steps.wasm $(BUILD)/bench/grpc-steps.wasm
+	python3 scripts/unexport.py --manifest bench/grpc-steps/Cargo.toml $(BUILD)/bench/grpc-steps.wasm
 
 msrv: ## Check Cargo.toml's rust-version: the locked deps' floor, and that toolchain builds all.
 	@scripts/check-rust-version.sh

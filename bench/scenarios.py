@@ -369,6 +369,29 @@ add(Scenario(
     fixtures=(RATELIMIT_SERVICE,),
 ))
 
+# What each step of the exact-mode rule costs around that call (run with --only
+# grpc-steps-none,grpc-steps-read_request,...): the call as `wasm-grpc-call`, with the
+# response phase exported, plus one step, or all of them.
+GRPC_STEPS = ("read_request", "encode", "read_answer", "histogram", "response_headers")
+# Other ways to read the request, compared with `read_request` (not in "all").
+GRPC_READS = ("snapshot", "single_gets")
+for _name, _steps in (("none", ()), *((step, (step,)) for step in GRPC_STEPS + GRPC_READS),
+                      ("all", GRPC_STEPS)):
+    add(Scenario(
+        f"grpc-steps-{_name}", f"instrument: the `wasm-grpc-call` call, its response phase "
+        f"exported, and steps: {', '.join(_steps) or 'none'}",
+        filters=lambda ctx, steps=_steps: [wasm_filter(ctx.bench_wasm("grpc-steps"), {
+            "cluster": RATELIMIT_CLUSTER, "domain": RATELIMIT_DOMAIN,
+            "entries": [["rule", "api"], ["x-tenant-id", BENCH_TENANT]],
+            "steps": list(steps)}, name="grpc-steps")],
+        load=lambda ctx: Load(headers=_TENANT),
+        probes=lambda ctx: [Probe("the call succeeded (a failed one is answered 503)",
+                                  headers=_TENANT)],
+        fixtures=(RATELIMIT_SERVICE,),
+        passes=frozenset({THROUGHPUT}),
+        default=False,
+    ))
+
 add(Scenario(
     "native-api-key-auth", f"native api_key_auth, {API_KEYS} keys, one key per request",
     filters=lambda ctx: [native.api_key_auth(API_KEYS)],

@@ -13,17 +13,23 @@
 //! Configuration (JSON): `{"cluster": "ratelimit", "domain": "wasmgate",
 //! "entries": [["rule", "api"], ["x-tenant-id", "t"]], "timeout_ms": 1000}`.
 
+mod call;
+
+use call::{configured_call, CallRoot};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
-use wasmgate_ratelimit_protocol::rls::{Entry, RateLimitDescriptor, RateLimitRequest};
 use wasmgate_ratelimit_protocol::{Message, RLS_METHOD, RLS_SERVICE};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| Box::new(CallRoot::default()));
+    proxy_wasm::set_root_context(|_| {
+        Box::new(CallRoot::new("wasm-grpc-call", Call::from_json, |call| {
+            Box::new(CallRequest { call })
+        }))
+    });
 }}
 
 /// What every request sends, worked out once.
@@ -36,58 +42,12 @@ struct Call {
 impl Call {
     fn from_json(bytes: &[u8]) -> Option<Call> {
         let config: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let entries = config["entries"]
-            .as_array()?
-            .iter()
-            .map(|pair| {
-                Some(Entry {
-                    key: pair[0].as_str()?.to_owned(),
-                    value: pair[1].as_str()?.to_owned(),
-                })
-            })
-            .collect::<Option<Vec<Entry>>>()?;
-        let request = RateLimitRequest {
-            domain: config["domain"].as_str()?.to_owned(),
-            descriptors: vec![RateLimitDescriptor {
-                entries,
-                limit: None,
-                hits_addend: None,
-            }],
-            hits_addend: 1,
-        };
+        let (cluster, request) = configured_call(&config)?;
         Some(Call {
-            cluster: config["cluster"].as_str()?.to_owned(),
+            cluster,
             message: request.encode_to_vec(),
             timeout: Duration::from_millis(config["timeout_ms"].as_u64().unwrap_or(1000)),
         })
-    }
-}
-
-#[derive(Default)]
-struct CallRoot {
-    call: Option<Rc<Call>>,
-}
-
-impl Context for CallRoot {}
-
-impl RootContext for CallRoot {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
-        self.call = Call::from_json(&config).map(Rc::new);
-        if self.call.is_none() {
-            log::warn!("wasm-grpc-call: a configuration like {{\"cluster\", \"domain\", \"entries\"}} is needed");
-        }
-        self.call.is_some()
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(CallRequest {
-            call: Rc::clone(self.call.as_ref()?),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
 
