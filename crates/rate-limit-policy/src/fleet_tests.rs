@@ -700,7 +700,7 @@ fn a_closing_window_still_admits_no_more_than_the_limit() {
 fn global_only(global: &str) -> String {
     format!(
         r#"{{"table": {{"slots": 64, "lease_slots": 64}},
-            "identity": [{{"header": "x-user-id"}}],
+            "identity": [{{"header": "x-user-id"}}, {{"address": {{}}}}],
             "rules": [{{"name": "tenants", "match": {{"prefix": "/api/"}}, "global": {global}}}]}}"#
     )
 }
@@ -742,6 +742,11 @@ fn a_rule_with_only_a_global_tier_counts_at_the_service_and_touches_no_bucket() 
     for instance in &fleet {
         assert_eq!(instance.store.key_count(), 0, "still no bucket");
     }
+    // The rule's identity (the address, after x-user-id) keys no bucket and not the
+    // global tier, which has its own: it is never read.
+    let request = tenant("acme").with_address("192.0.2.1:1000");
+    fleet[0].exact(&request, &service, T0 + 100);
+    assert_eq!(request.address_reads.get(), 0);
 }
 
 #[test]

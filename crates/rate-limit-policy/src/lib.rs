@@ -347,9 +347,15 @@ impl RateLimitPolicy {
                 .map(|name| format!("route={name}")),
         };
         let endpoint = route_endpoint.as_deref().unwrap_or(&rule.rule_endpoint);
-        let identity = identify(&self.identity, view);
+        // The rule's identity keys its buckets, and the global tier's when it has none of
+        // its own; a rule with neither use never reads it (an address is a host call).
+        let global_only = limits.limits().is_empty();
+        let identity = match &rule.global {
+            Some(tier) if global_only && tier.identity.is_some() => String::new(),
+            _ => identify(&self.identity, view),
+        };
         // A rule with a global tier only (no local limits) touches no bucket.
-        let (local, events) = if limits.limits().is_empty() {
+        let (local, events) = if global_only {
             (None, TableEvents::default())
         } else {
             match self.take_local(rule, plan, endpoint, &identity, store, now_ms) {

@@ -2,6 +2,7 @@
 //! in-memory store, verdicts and headers out, at fixed instants.
 
 use crate::{RateLimitPolicy, RequestView, Verdict};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use wasmgate_shared_store::MemoryStore;
 
@@ -10,6 +11,8 @@ pub struct FakeRequest {
     headers: BTreeMap<String, String>,
     address: Option<String>,
     route: Option<String>,
+    /// How often the policy asked for the address (a host call in Envoy).
+    pub address_reads: Cell<u32>,
 }
 
 impl FakeRequest {
@@ -40,6 +43,7 @@ impl RequestView for FakeRequest {
         self.headers.get(name).cloned()
     }
     fn source_address(&self) -> Option<String> {
+        self.address_reads.set(self.address_reads.get() + 1);
         self.address.clone()
     }
     fn route_name(&self) -> Option<String> {
