@@ -576,6 +576,7 @@ for _op, _what in (
         ("property", "get_property(source.address)"),
         ("counter", "increment_metric"),
         ("shared_get", "get_shared_data of 64 bytes"),
+        ("shared_cas", "get_shared_data of 64 bytes and its compare-and-swap write"),
         ("time", "get_current_time"),
         ("sha256_token", "SHA-256 of a 700-byte token (no host call)"),
         ("siphash_token", "SipHash-1-3 of a 700-byte token (no host call)"),
@@ -583,6 +584,27 @@ for _op, _what in (
     add(Scenario(
         f"hostcall-{_op}", f"host-call instrument: {HOSTCALL_REPEAT} × {_what} per request",
         filters=lambda ctx, op=_op: [wasm_filter(ctx.bench_wasm("hostcalls"), op,
+                                                 name="hostcalls")],
+        passes=frozenset({THROUGHPUT}),
+        default=False,
+    ))
+
+# The same calls once a request: what each costs in situ, its code path cold (a loop
+# measures it warm; a call that returns data costs several times more once). Read each
+# against hostcall1-none.
+for _op, _what in (
+        ("none", "nothing (the instrument's own cost)"),
+        ("get_present", "get_map_value of a present header (user-agent)"),
+        ("get_all", "get_map of every request header"),
+        ("set", "set_map_value of one header"),
+        ("property", "get_property(source.address)"),
+        ("counter", "increment_metric"),
+        ("shared_get", "get_shared_data of 64 bytes"),
+        ("shared_cas", "get_shared_data of 64 bytes and its compare-and-swap write"),
+        ("time", "get_current_time")):
+    add(Scenario(
+        f"hostcall1-{_op}", f"host-call instrument: {_what}, once a request",
+        filters=lambda ctx, op=_op: [wasm_filter(ctx.bench_wasm("hostcalls"), f"{op} 1",
                                                  name="hostcalls")],
         passes=frozenset({THROUGHPUT}),
         default=False,

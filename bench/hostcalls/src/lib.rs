@@ -6,8 +6,10 @@
 //! scenarios (run with `--only`) divide the added Envoy CPU per request by `REPEAT`.
 //! `none` repeats nothing: the instrument's own cost. It decides how wasmgate's
 //! filters read and write headers (one call for every header, or single gets), so it
-//! measures the calls they make. Built by `make bench` into `build/bench/`, never
-//! shipped.
+//! measures the calls they make. A count after the word (`get_all 1`) repeats the call
+//! that many times instead: once, a call costs what it costs in a request, its code
+//! path cold (the `hostcall1-<op>` scenarios), where a loop measures it warm. Built by
+//! `make bench` into `build/bench/`, never shipped.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -45,6 +47,9 @@ enum Op {
     Counter,
     /// `get_shared_data` of a 64-byte value.
     SharedGet,
+    /// `get_shared_data` of a 64-byte value and a compare-and-swap write of it back, as
+    /// a token bucket is spent.
+    SharedCas,
     /// `get_current_time`.
     Time,
     /// No host call: SHA-256 (ring) of a 700-byte token, as a token cache key.
@@ -68,6 +73,7 @@ impl Op {
             "property" => Op::Property,
             "counter" => Op::Counter,
             "shared_get" => Op::SharedGet,
+            "shared_cas" => Op::SharedCas,
             "time" => Op::Time,
             "sha256_token" => Op::Sha256Token,
             "siphash_token" => Op::SipHashToken,
@@ -82,7 +88,19 @@ const SHARED_KEY: &str = "wasmgate.bench.hostcalls";
 #[derive(Default)]
 struct CostRoot {
     op: Option<Op>,
+    repeat: usize,
     counter: u32,
+}
+
+/// `op` or `op count`: the operation, and how many times a request repeats it.
+fn parse_config(text: &str) -> Option<(Op, usize)> {
+    let mut words = text.split_whitespace();
+    let op = Op::parse(words.next()?)?;
+    let repeat = match words.next() {
+        Some(count) => count.parse().ok()?,
+        None => REPEAT,
+    };
+    words.next().is_none().then_some((op, repeat))
 }
 
 impl Context for CostRoot {}
@@ -90,12 +108,14 @@ impl Context for CostRoot {}
 impl RootContext for CostRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
         let config = self.get_plugin_configuration().unwrap_or_default();
-        self.op = Op::parse(&String::from_utf8_lossy(&config));
+        let parsed = parse_config(&String::from_utf8_lossy(&config));
+        self.op = parsed.map(|(op, _)| op);
+        self.repeat = parsed.map_or(REPEAT, |(_, repeat)| repeat);
         if self.op == Some(Op::Counter) {
             self.counter = hostcalls::define_metric(MetricType::Counter, "wasmgate.bench.calls")
                 .unwrap_or_default();
         }
-        if self.op == Some(Op::SharedGet) {
+        if matches!(self.op, Some(Op::SharedGet | Op::SharedCas)) {
             let _ = hostcalls::set_shared_data(SHARED_KEY, Some(&[7u8; 64]), None);
         }
         self.op.is_some()
@@ -104,6 +124,7 @@ impl RootContext for CostRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(CostRequest {
             op: self.op?,
+            repeat: self.repeat,
             counter: Rc::new(self.counter),
             hasher: RandomState::new(),
         }))
@@ -116,6 +137,7 @@ impl RootContext for CostRoot {
 
 struct CostRequest {
     op: Op,
+    repeat: usize,
     counter: Rc<u32>,
     hasher: RandomState,
 }
@@ -133,7 +155,7 @@ impl HttpContext for CostRequest {
         } else {
             Vec::new()
         };
-        for _ in 0..REPEAT {
+        for _ in 0..self.repeat {
             let _ = match self.op {
                 Op::None => Ok(()),
                 Op::GetAbsent => hostcalls::get_map_value_bytes(map, "x-absent").map(drop),
@@ -150,6 +172,13 @@ impl HttpContext for CostRequest {
                 Op::Property => hostcalls::get_property(vec!["source", "address"]).map(drop),
                 Op::Counter => hostcalls::increment_metric(*self.counter, 1),
                 Op::SharedGet => hostcalls::get_shared_data(SHARED_KEY).map(drop),
+                Op::SharedCas => match hostcalls::get_shared_data(SHARED_KEY) {
+                    Ok((Some(value), cas)) => {
+                        hostcalls::set_shared_data(SHARED_KEY, Some(&value), cas)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(status) => Err(status),
+                },
                 Op::Time => hostcalls::get_current_time().map(drop),
                 Op::Sha256Token => {
                     std::hint::black_box(ring::digest::digest(
@@ -169,5 +198,27 @@ impl HttpContext for CostRequest {
             };
         }
         Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_word_alone_repeats_the_call_the_default_number_of_times() {
+        assert_eq!(parse_config("get_all"), Some((Op::GetAll, REPEAT)));
+    }
+
+    #[test]
+    fn a_count_after_the_word_sets_the_repeats() {
+        assert_eq!(parse_config("shared_cas 1"), Some((Op::SharedCas, 1)));
+    }
+
+    #[test]
+    fn an_unknown_word_a_bad_count_or_extra_words_configure_nothing() {
+        for text in ["nope", "get_all x", "get_all -1", "get_all 1 2", ""] {
+            assert!(parse_config(text).is_none(), "{text:?}");
+        }
     }
 }
