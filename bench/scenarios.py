@@ -565,50 +565,45 @@ for _async, _when in ((False, "on the first request that needs it"),
 # --- instruments: what one host call costs (run with --only hostcall-none,...) ----------
 
 HOSTCALL_REPEAT = 100  # bench/hostcalls/src/lib.rs: REPEAT
-for _op, _what in (
-        ("none", "nothing (the instrument's own cost)"),
-        ("get_absent", "get_map_value of an absent header"),
-        ("get_present", "get_map_value of a present header (user-agent)"),
-        ("get_all", "get_map of every request header"),
-        ("remove_absent", "remove_map_value of an absent header"),
-        ("set", "set_map_value of one header"),
-        ("set_all", "set_map of every request header"),
-        ("property", "get_property(source.address)"),
-        ("counter", "increment_metric"),
-        ("shared_get", "get_shared_data of 64 bytes"),
-        ("shared_cas", "get_shared_data of 64 bytes and its compare-and-swap write"),
-        ("time", "get_current_time"),
-        ("sha256_token", "SHA-256 of a 700-byte token (no host call)"),
-        ("siphash_token", "SipHash-1-3 of a 700-byte token (no host call)"),
-        ("alloc", "a small heap allocation and its release (no host call)")):
-    add(Scenario(
-        f"hostcall-{_op}", f"host-call instrument: {HOSTCALL_REPEAT} × {_what} per request",
-        filters=lambda ctx, op=_op: [wasm_filter(ctx.bench_wasm("hostcalls"), op,
-                                                 name="hostcalls")],
-        passes=frozenset({THROUGHPUT}),
-        default=False,
-    ))
+HOSTCALL_OPS = {
+    "none": "nothing (the instrument's own cost)",
+    "get_absent": "get_map_value of an absent header",
+    "get_present": "get_map_value of a present header (user-agent)",
+    "get_all": "get_map of every request header",
+    "remove_absent": "remove_map_value of an absent header",
+    "set": "set_map_value of one header",
+    "set_all": "set_map of every request header",
+    "property": "get_property(source.address)",
+    "counter": "increment_metric",
+    "shared_get": "get_shared_data of 64 bytes",
+    "shared_cas": "get_shared_data of 64 bytes and its compare-and-swap write",
+    "time": "get_current_time",
+    "sha256_token": "SHA-256 of a 700-byte token (no host call)",
+    "siphash_token": "SipHash-1-3 of a 700-byte token (no host call)",
+    "alloc": "a small heap allocation and its release (no host call)",
+}
+# The host calls also made once a request (`hostcall1-<op>`): what each costs in situ,
+# its code path cold (a loop measures it warm; a call that returns data costs several
+# times more once). Read each against hostcall1-none.
+HOSTCALL_ONCE = ("none", "get_present", "get_all", "set", "property", "counter",
+                 "shared_get", "shared_cas", "time")
 
-# The same calls once a request: what each costs in situ, its code path cold (a loop
-# measures it warm; a call that returns data costs several times more once). Read each
-# against hostcall1-none.
-for _op, _what in (
-        ("none", "nothing (the instrument's own cost)"),
-        ("get_present", "get_map_value of a present header (user-agent)"),
-        ("get_all", "get_map of every request header"),
-        ("set", "set_map_value of one header"),
-        ("property", "get_property(source.address)"),
-        ("counter", "increment_metric"),
-        ("shared_get", "get_shared_data of 64 bytes"),
-        ("shared_cas", "get_shared_data of 64 bytes and its compare-and-swap write"),
-        ("time", "get_current_time")):
-    add(Scenario(
-        f"hostcall1-{_op}", f"host-call instrument: {_what}, once a request",
-        filters=lambda ctx, op=_op: [wasm_filter(ctx.bench_wasm("hostcalls"), f"{op} 1",
-                                                 name="hostcalls")],
+
+def _hostcall_scenario(name: str, what: str, config: str) -> Scenario:
+    return Scenario(
+        name, f"host-call instrument: {what}",
+        filters=lambda ctx: [wasm_filter(ctx.bench_wasm("hostcalls"), config,
+                                         name="hostcalls")],
         passes=frozenset({THROUGHPUT}),
         default=False,
-    ))
+    )
+
+
+for _op, _what in HOSTCALL_OPS.items():
+    add(_hostcall_scenario(f"hostcall-{_op}", f"{HOSTCALL_REPEAT} × {_what} per request", _op))
+for _op in HOSTCALL_ONCE:
+    add(_hostcall_scenario(f"hostcall1-{_op}", f"{HOSTCALL_OPS[_op]}, once a request",
+                           f"{_op} 1"))
 
 
 # --- instruments: each filter ten times in a row (run with --only floor-x10,...) -----
