@@ -691,15 +691,47 @@ def test_an_instance_answering_500s_is_ejected_for_30s_and_never_both(tmp_path, 
         gateway.stop()
 
 
+def _orders_routes_wait_longer(config):
+    """gateway.yaml with every route to an orders cluster timing out after 60 s, not
+    10 s (`test_past_its_circuit_breakers_a_cluster_answers_503_at_once`)."""
+    changed = []
+
+    def leads_to_orders(route):
+        named = [route.get("cluster", "")]
+        named += [c["name"] for c in route.get("weighted_clusters", {}).get("clusters", [])]
+        return any(name.startswith("orders-") for name in named)
+
+    def walk(node):
+        if isinstance(node, dict):
+            route = node.get("route")
+            if isinstance(route, dict) and "timeout" in route and leads_to_orders(route):
+                route["timeout"] = "60s"
+                changed.append(route)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(config)
+    assert changed, "gateway.yaml has no route to an orders cluster with a timeout"
+
+
 # Two thousand connections held open: on its own (conftest.py, `serial`).
 @pytest.mark.serial
 def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_certs, on_failure):
     """gateway.yaml's circuit breakers, as shipped: 1024 connections (one per request
     over HTTP/1.1, so also the 1024 requests), then 256 requests waiting for one, then
-    every further request gets 503 at once (response flag UO), counted by Envoy."""
+    every further request gets 503 at once (response flag UO), counted by Envoy.
+
+    The test holds over a thousand requests upstream at once; the orders routes answer
+    them 504 after 60 s instead of the shipped 10 s (`_orders_routes_wait_longer`): on
+    a busy machine opening the connections took longer than 10 s and the first
+    requests, timed out, closed theirs before the last opened."""
     orders = {instance: HoldingUpstream().start() for instance in ("orders-v1", "orders-v2")}
     gateway = DemoGateway(tmp_path, demo_certs,
-                          upstreams={name: server.port for name, server in orders.items()})
+                          upstreams={name: server.port for name, server in orders.items()},
+                          edit=_orders_routes_wait_longer)
     on_failure(gateway.logs)
     stat = "cluster.orders-v1."
     breakers = stat + "circuit_breakers.default."
@@ -715,21 +747,21 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
 
         def flood(count):
             return InFlight(envoy.port(), [("/api/v2/orders", tokens[n % len(tokens)])
-                                           for n in range(count)], timeout=60,
+                                           for n in range(count)], timeout=90,
                             sources=addresses).start()
 
         # First the connections: batches of requests, held upstream, open connections
         # until orders-v1 has all 1024 (a flood would fill the queue faster than
         # connections open and overflow before there are 1024). Answered, they stay
-        # open, idle in Envoy's pool. On a busy machine the first requests of a round
-        # may reach the route's 10 s timeout first, which closes their connections:
-        # another round opens the missing ones.
+        # open, idle in Envoy's pool. A round that has not got there after 8 batches
+        # (a request answered early, at the route's timeout, closes its connection) is
+        # let go, and the next one reuses the idle connections and opens the rest.
         warm_up = []
 
         def connected():
             """Every request of the round is on a connection upstream (or already
-            answered: one that reached the route's timeout), or orders-v1 has every
-            connection it may have (the last batch may have to wait)."""
+            answered), or orders-v1 has every connection it may have (the last batch
+            may have to wait)."""
             if envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]:
                 return True
             upstream = sum(envoy.stat(f"cluster.{c}.upstream_rq_active") for c in orders)
@@ -737,14 +769,18 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
             answered = sum(len(batch.answers) for batch in warm_up)
             return waiting == 0 and upstream + answered == 200 * len(warm_up)
 
-        for _ in range(3):
+        rounds = []  # per round: connections after each batch, answers before the release
+        for _ in range(4):
             for server in orders.values():
                 server.hold()
-            warm_up = []
-            while envoy.stat(stat + "upstream_cx_active") < limits["max_connections"]:
-                assert len(warm_up) < 8, f"{envoy.stat(stat + 'upstream_cx_active')} connections"
+            warm_up, opened = [], []
+            while (envoy.stat(stat + "upstream_cx_active") < limits["max_connections"]
+                   and len(warm_up) < 8):
                 warm_up.append(flood(200))
-                wait_for(connected, 60, "the batch's connections to open", interval=0.05)
+                wait_for(connected, 90, "the batch's connections to open", interval=0.05)
+                opened.append(envoy.stat(stat + "upstream_cx_active"))
+            early = Counter(a.status for batch in warm_up for a in list(batch.answers))
+            rounds.append((opened, dict(early)))
             for server in orders.values():
                 server.release()
             for batch in warm_up:
@@ -752,7 +788,8 @@ def test_past_its_circuit_breakers_a_cluster_answers_503_at_once(tmp_path, demo_
             wait_for(lambda: envoy.stat(stat + "upstream_rq_active") == 0, 30, "the pool to be idle")
             if envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]:
                 break
-        assert envoy.stat(stat + "upstream_cx_active") == limits["max_connections"]
+        assert envoy.stat(stat + "upstream_cx_active") == limits["max_connections"], (
+            f"connections after each batch, and answers before the release, per round: {rounds}")
 
         # Then a flood, held again: 90% of orders requests go to orders-v1 (the canary
         # split), so 1650 requests bring it well past 1024 + 256.

@@ -71,12 +71,14 @@ class DemoGateway(Stack):
     keys = None          # KeyStore: the key store's CLI and counters
     collector = None     # OtlpReceiver, with tracing
 
-    def __init__(self, workdir, certs_dir, upstreams: dict = None, tracing: bool = False):
+    def __init__(self, workdir, certs_dir, upstreams: dict = None, tracing: bool = False,
+                 edit=None):
         """`upstreams`: {instance: port} of servers a test runs in place of some demo
-        services (they must answer `GET /healthz`)."""
+        services (they must answer `GET /healthz`). `edit`: see `Stack.start_envoy`."""
         super().__init__(workdir, certs_dir)
         self.upstreams = upstreams or {}
         self.tracing = tracing
+        self.edit = edit
 
     def start(self):
         try:
@@ -106,6 +108,7 @@ class DemoGateway(Stack):
             ports[18092] = ratelimit.port
             # Access log lines reach stdout within 250 ms (Envoy's default is 10 s).
             self.envoy = self.start_envoy("gateway", GATEWAY_CONFIG, ports, tracing=self.tracing,
+                                          edit=self.edit,
                                           extra_args=["--file-flush-interval-msec", "250"])
             # On a busy machine the first health checks can time out while Envoy is
             # still starting; until the next round passes, every host counts as

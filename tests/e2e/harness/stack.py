@@ -32,15 +32,20 @@ class Stack:
         return self.instances[name]
 
     def start_envoy(self, name: str, shipped_config: str, ports: dict, tracing: bool = False,
-                    **envoy_kwargs) -> Envoy:
+                    edit=None, **envoy_kwargs) -> Envoy:
         """Envoy on `shipped_config` with `ports` mapped and the demo certificates of
         this stack (and its `#~ ` tracing lines turned on, with `tracing`). Every port
         the file names must be mapped: an unmapped one would bind or call a fixed port
-        that someone else on the machine may hold."""
+        that someone else on the machine may hold. `edit(config)`, when given, changes
+        the loaded config (a dict) in place before Envoy starts: for a test that needs
+        another value of a setting it does not test (the circuit-breaker test's route
+        timeouts)."""
         unmapped = shipped_ports(shipped_config) - ports.keys()
         assert not unmapped, (
             f"{shipped_config} names ports {sorted(unmapped)} that the test does not map")
         config = load_shipped(shipped_config, ports, certs_dir=self.certs_dir, tracing=tracing)
+        if edit is not None:
+            edit(config)
         self.envoys[name] = Envoy(config, self.workdir, name=name, **envoy_kwargs).start()
         return self.envoys[name]
 
