@@ -92,21 +92,21 @@ def _rewrite_ports(node, ports):
             _rewrite_ports(item, ports)
 
 
-def _mappings(node):
+def mappings(node):
     """Every mapping of a parsed YAML document, in file order."""
     if isinstance(node, dict):
         yield node
         for value in node.values():
-            yield from _mappings(value)
+            yield from mappings(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _mappings(item)
+            yield from mappings(item)
 
 
 def shipped_typed_configs(relative_path: str, type_suffix: str) -> list:
     """Every object of a shipped Envoy config whose `@type` ends with `type_suffix`
     (`HttpConnectionManager`, `wasm.v3.Wasm`), in file order."""
-    return [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+    return [node for node in mappings(yaml.safe_load((ROOT / relative_path).read_text()))
             if str(node.get("@type", "")).endswith(type_suffix)]
 
 
@@ -116,7 +116,7 @@ def shipped_plugin_configs(relative_path: str) -> list:
     request meets, which Istio's WasmPlugins mirror. Filters that are off unless a
     virtual host or route switches them on (`disabled: true`, gateway.yaml's backends
     for frontends) are left out: a WasmPlugin cannot be switched per host."""
-    filters = [node for node in _mappings(yaml.safe_load((ROOT / relative_path).read_text()))
+    filters = [node for node in mappings(yaml.safe_load((ROOT / relative_path).read_text()))
                if str(node.get("typed_config", {}).get("@type", "")).endswith("wasm.v3.Wasm")
                and not node.get("disabled")]
     return [(f["typed_config"]["config"].get("name"),
